@@ -1,0 +1,39 @@
+"""VLE (Vision-Language Encoder) for today's transformers.
+
+``import vle`` registers the model family with transformers' Auto classes, so that
+``AutoModel.from_pretrained("hfl/vle-base")`` and friends work on the published checkpoints.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForVisualQuestionAnswering
+
+from .configuration_vle import VLEConfig
+from .modeling_vle import (
+    VLEForITM,
+    VLEForMLM,
+    VLEForPBC,
+    VLEForVCRQ2A,
+    VLEForVCRQA2R,
+    VLEForVQA,
+    VLEHeadOutput,
+    VLEModel,
+    VLEModelOutput,
+    VLEPreTrainedModel,
+)
+
+AutoConfig.register("vle", VLEConfig, exist_ok=True)
+AutoModel.register(VLEConfig, VLEModel, exist_ok=True)
+AutoModelForVisualQuestionAnswering.register(VLEConfig, VLEForVQA, exist_ok=True)
+
+__all__ = [
+    "VLEConfig",
+    "VLEModel",
+    "VLEModelOutput",
+    "VLEHeadOutput",
+    "VLEPreTrainedModel",
+    "VLEForVQA",
+    "VLEForITM",
+    "VLEForPBC",
+    "VLEForMLM",
+    "VLEForVCRQ2A",
+    "VLEForVCRQA2R",
+]
