@@ -59,6 +59,7 @@ class VLEConfig(PretrainedConfig):
         fusion_attn_implementation: ``"sdpa"`` (default, ``torch.nn.functional.scaled_dot_product_attention``)
             or ``"eager"`` (explicit softmax(QK^T)V, kept for comparison); the encoders use transformers'
             own attention selection.
+        tie_word_embeddings: tie the MLM decoder to the text word embeddings.
     """
 
     model_type = "vle"
@@ -80,6 +81,7 @@ class VLEConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-12,
         classifier_dropout: float | None = None,
         fusion_attn_implementation: str = "sdpa",
+        tie_word_embeddings: bool = True,
         **kwargs: Any,
     ):
         # Files written by the original code carry a few keys that are not configuration.
@@ -103,6 +105,8 @@ class VLEConfig(PretrainedConfig):
                 f"got {fusion_attn_implementation!r}"
             )
         self.fusion_attn_implementation = fusion_attn_implementation
+        # The MLM decoder shares the text word embeddings (transformers 4.x's default, which VLE relied on).
+        self.tie_word_embeddings = tie_word_embeddings
         super().__init__(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:

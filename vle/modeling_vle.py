@@ -251,6 +251,44 @@ class VLEPreTrainedModel(PreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [r"position_ids"]
     _no_split_modules = ["VLEFusionLayer", "CLIPEncoderLayer", "DebertaV2Layer"]
 
+    @classmethod
+    def from_vision_text_pretrained(
+        cls,
+        vision_model_name_or_path: str | None = None,
+        text_model_name_or_path: str | None = None,
+        image_size: int | None = None,
+        **kwargs: Any,
+    ) -> VLEPreTrainedModel:
+        """Build a new VLE (or head class) from a pretrained CLIP vision tower and a pretrained text encoder.
+
+        ``vision_*``/``text_*`` keyword arguments go to the encoders' ``from_pretrained`` (``vision_model=`` /
+        ``text_model=`` pass ready modules); the others to [`VLEConfig`]. ``image_size`` resizes the vision
+        position embeddings by bicubic interpolation (as VLE's VQA fine-tuning did). The fusion layers,
+        projections and heads are newly initialised and need training.
+        """
+        vision_kwargs = {k[len("vision_"):]: kwargs.pop(k) for k in list(kwargs) if k.startswith("vision_")}
+        text_kwargs = {k[len("text_"):]: kwargs.pop(k) for k in list(kwargs) if k.startswith("text_")}
+        vision_model = vision_kwargs.pop("model", None)
+        if vision_model is None:
+            if vision_model_name_or_path is None:
+                raise ValueError("Give vision_model_name_or_path or vision_model=")
+            vision_config = AutoConfig.from_pretrained(vision_model_name_or_path)
+            if vision_config.model_type == "clip":
+                vision_config = vision_config.vision_config
+            vision_model = CLIPVisionModel.from_pretrained(vision_model_name_or_path, config=vision_config, **vision_kwargs)
+        text_model = text_kwargs.pop("model", None)
+        if text_model is None:
+            if text_model_name_or_path is None:
+                raise ValueError("Give text_model_name_or_path or text_model=")
+            text_model = AutoModel.from_pretrained(text_model_name_or_path, **text_kwargs)
+        if image_size is not None and image_size != vision_model.config.image_size:
+            resize_vision_position_embeddings(vision_model, image_size)
+
+        config = VLEConfig(text_config=text_model.config, vision_config=vision_model.config, **kwargs)
+        model = cls(config, vision_model=vision_model, text_model=text_model)
+        logger.warning("The fusion layers, projections and heads are newly initialised: train before use.")
+        return model
+
 
 class VLEModel(VLEPreTrainedModel):
     """The VLE encoder: text and image encoders, projections, token types, co-attention layers and poolers."""
@@ -404,51 +442,14 @@ class VLEModel(VLEPreTrainedModel):
             return (pooler_output, x, y)
         return VLEModelOutput(pooler_output=pooler_output, text_embeds=x, image_embeds=y)
 
-    @classmethod
-    def from_vision_text_pretrained(
-        cls,
-        vision_model_name_or_path: str | None = None,
-        text_model_name_or_path: str | None = None,
-        image_size: int | None = None,
-        **kwargs: Any,
-    ) -> VLEPreTrainedModel:
-        """Build a new VLE (or head class) from a pretrained CLIP vision tower and a pretrained text encoder.
-
-        ``vision_*``/``text_*`` keyword arguments go to the encoders' ``from_pretrained`` (``vision_model=`` /
-        ``text_model=`` pass ready modules); the others to [`VLEConfig`]. ``image_size`` resizes the vision
-        position embeddings by bicubic interpolation (as VLE's VQA fine-tuning did). The fusion layers,
-        projections and heads are newly initialised and need training.
-        """
-        vision_kwargs = {k[len("vision_"):]: kwargs.pop(k) for k in list(kwargs) if k.startswith("vision_")}
-        text_kwargs = {k[len("text_"):]: kwargs.pop(k) for k in list(kwargs) if k.startswith("text_")}
-        vision_model = vision_kwargs.pop("model", None)
-        if vision_model is None:
-            if vision_model_name_or_path is None:
-                raise ValueError("Give vision_model_name_or_path or vision_model=")
-            vision_config = AutoConfig.from_pretrained(vision_model_name_or_path)
-            if vision_config.model_type == "clip":
-                vision_config = vision_config.vision_config
-            vision_model = CLIPVisionModel.from_pretrained(vision_model_name_or_path, config=vision_config, **vision_kwargs)
-        text_model = text_kwargs.pop("model", None)
-        if text_model is None:
-            if text_model_name_or_path is None:
-                raise ValueError("Give text_model_name_or_path or text_model=")
-            text_model = AutoModel.from_pretrained(text_model_name_or_path, **text_kwargs)
-        if image_size is not None and image_size != vision_model.config.image_size:
-            resize_vision_position_embeddings(vision_model, image_size)
-
-        config = VLEConfig(text_config=text_model.config, vision_config=vision_model.config, **kwargs)
-        model = cls(config, vision_model=vision_model, text_model=text_model)
-        logger.warning("The fusion layers, projections and heads are newly initialised: train before use.")
-        return model
-
 
 def resize_vision_position_embeddings(vision_model: CLIPVisionModel, image_size: int) -> None:
     """Permanently resize a CLIP vision tower's position embeddings to ``image_size`` (bicubic, CLS kept)."""
-    embeddings = vision_model.vision_model.embeddings
+    embeddings = vision_model.embeddings
     new_grid = image_size // embeddings.patch_size
     weight = interpolate_position_embedding(embeddings.position_embedding.weight.data, new_grid)
     embeddings.position_embedding = nn.Embedding(weight.shape[0], weight.shape[1], _weight=weight.clone())
+    embeddings.position_embedding.weight._is_hf_initialized = True  # keep it through a later post_init()
     embeddings.position_ids = torch.arange(weight.shape[0], device=weight.device).unsqueeze(0)
     embeddings.num_patches, embeddings.num_positions = new_grid * new_grid, weight.shape[0]
     embeddings.image_size = image_size
