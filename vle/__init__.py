@@ -4,9 +4,11 @@
 ``AutoModel.from_pretrained("hfl/vle-base")`` and friends work on the published checkpoints.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForVisualQuestionAnswering
+from transformers import AutoConfig, AutoModel, AutoModelForVisualQuestionAnswering, AutoProcessor
 
 from .configuration_vle import VLEConfig
+from .errors import ImageLoadError, VLEError, VLEInputError
+from .image_io import image_sha256, load_image
 from .modeling_vle import (
     VLEForITM,
     VLEForMLM,
@@ -19,10 +21,19 @@ from .modeling_vle import (
     VLEModelOutput,
     VLEPreTrainedModel,
 )
+from .pipeline_vle import (
+    VLEForITMPipeline,
+    VLEForPBCPipeline,
+    VLEForVCRQ2APipeline,
+    VLEForVCRQA2RPipeline,
+    VLEForVQAPipeline,
+)
+from .processing_vle import VLEProcessor
 
 AutoConfig.register("vle", VLEConfig, exist_ok=True)
 AutoModel.register(VLEConfig, VLEModel, exist_ok=True)
 AutoModelForVisualQuestionAnswering.register(VLEConfig, VLEForVQA, exist_ok=True)
+AutoProcessor.register(VLEConfig, VLEProcessor, exist_ok=True)
 
 __all__ = [
     "VLEConfig",
@@ -36,4 +47,15 @@ __all__ = [
     "VLEForMLM",
     "VLEForVCRQ2A",
     "VLEForVCRQA2R",
+    "VLEProcessor",
+    "VLEForVQAPipeline",
+    "VLEForITMPipeline",
+    "VLEForPBCPipeline",
+    "VLEForVCRQ2APipeline",
+    "VLEForVCRQA2RPipeline",
+    "VLEError",
+    "VLEInputError",
+    "ImageLoadError",
+    "load_image",
+    "image_sha256",
 ]
