@@ -202,3 +202,17 @@ def test_from_vision_text_pretrained_keeps_encoder_weights(tmp_path):
     with torch.no_grad():
         out = model(input_ids=ids, pixel_values=torch.randn(1, 3, 64, 64))
     assert out.logits.shape == (1, 2)
+
+
+def test_auto_processor_loads_original_processor_layout(tmp_path):
+    from transformers import AutoProcessor
+
+    from tiny_vle_processor import write_original_processor_files
+
+    write_original_processor_files(tmp_path, image_size=48)
+    VLEModel.from_pretrained(ORACLE / "VLEModel").config.save_pretrained(tmp_path)
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(processor, vle.VLEProcessor)
+    batch = processor(text=["a photo of a cat.", "dogs"], images=[np.zeros((60, 40, 3), dtype=np.uint8)] * 2)
+    assert batch["pixel_values"].shape == (2, 3, 48, 48)
+    assert batch["input_ids"].shape[0] == 2 and batch["attention_mask"][1].sum() < batch["attention_mask"][0].sum()
