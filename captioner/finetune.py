@@ -1,0 +1,456 @@
+"""Training and fine-tuning BLIP captioners: ``python -m captioner.finetune --pairs pairs.jsonl --out DIR``.
+
+Each JSONL line is ``{"image": path, "caption": str}`` (optionally ``"label": str`` for vision
+pre-training). Without ``--model`` a NEW small BLIP is built from scratch (WordPiece vocabulary trained
+on the captions, see :mod:`captioner.scratch`); with ``--model ID_OR_PATH`` that checkpoint is fine-tuned.
+
+Training: AdamW, linear warm-up + decay, gradient accumulation, gradient clipping, bf16 mixed precision
+on CUDA and multi-GPU through accelerate (``accelerate launch -m captioner.finetune ...``), an
+evaluation per epoch (loss + exact match of greedy captions on a held-out set), a checkpoint per epoch
+(``DIR/checkpoints/epoch-NNN``, continue with ``--resume``), tqdm progress, seeded shuffling. The final
+model and processor are saved to ``DIR`` (loadable with :meth:`captioner.BlipCaptioner.from_pretrained`).
+
+Python API for in-memory data: :func:`train_captioner` with ``(PIL image, caption[, label])`` pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import re
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.state import AcceleratorState
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import BlipForConditionalGeneration, BlipProcessor, HfArgumentParser, get_linear_schedule_with_warmup
+
+from .blip import BlipCaptioner
+from .data import CaptionCollator, CaptionPair, ListDataset, as_pairs, load_image, read_pairs_jsonl
+from .errors import CaptionerError
+from .scratch import new_blip
+from .vision_pretrain import pretrain_vision
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_JSON = "trainer_state.json"
+STATE_TENSORS = "trainer_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, evaluation and checkpoint settings (each is also a ``--dashed-name`` CLI flag)."""
+
+    epochs: int = field(default=3, metadata={"help": "caption training epochs"})
+    batch_size: int = field(default=32, metadata={"help": "per-device batch size"})
+    lr: float = field(default=5e-5, metadata={"help": "peak learning rate (use ~5e-4 from scratch)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    warmup_steps: int | None = field(default=None, metadata={"help": "warm-up steps (default: warmup_ratio)"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "warm-up share of all optimiser steps"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
+    mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA) | no | bf16 | fp16"})
+    seed: int = field(default=0, metadata={"help": "seed for initialisation, split and shuffling"})
+    prompt: str | None = field(default=None, metadata={"help": "conditional prefix, e.g. 'a picture of'"})
+    max_caption_tokens: int = field(default=40, metadata={"help": "captions are truncated to this many tokens"})
+    eval_fraction: float = field(default=0.05, metadata={"help": "held-out share when no eval pairs are given"})
+    eval_max: int = field(default=500, metadata={"help": "evaluate on at most this many held-out pairs"})
+    eval_num_beams: int = field(default=1, metadata={"help": "beams for evaluation captions (1 = greedy)"})
+    eval_max_new_tokens: int = field(default=30, metadata={"help": "max new tokens for evaluation captions"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "keep the newest N epoch checkpoints (0 = all)"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    progress: bool = field(default=True, metadata={"help": "show tqdm progress bars"})
+    vision_epochs: int = field(default=0, metadata={"help": "vision pre-training epochs on the labels (0 = off)"})
+    vision_lr: float = field(default=1e-3, metadata={"help": "vision pre-training learning rate"})
+    vision_batch_size: int = field(default=64, metadata={"help": "vision pre-training batch size"})
+    vision_max_shift: int = field(default=8, metadata={"help": "vision pre-training random shift in pixels"})
+    vision_flip: bool = field(default=True, metadata={"help": "vision pre-training random horizontal flips"})
+
+
+@dataclass
+class ScratchConfig:
+    """Sizes of a NEW small BLIP built when no model is given (see :func:`captioner.scratch.new_blip`)."""
+
+    vocab_size: int = field(default=1000, metadata={"help": "WordPiece vocabulary size (upper bound)"})
+    image_size: int = field(default=64, metadata={"help": "input image size in pixels"})
+    patch_size: int = field(default=8, metadata={"help": "vision patch size"})
+    vision_hidden: int = field(default=128, metadata={"help": "vision width"})
+    vision_layers: int = field(default=3, metadata={"help": "vision layers"})
+    vision_heads: int = field(default=4, metadata={"help": "vision attention heads"})
+    text_hidden: int = field(default=128, metadata={"help": "text decoder width"})
+    text_layers: int = field(default=2, metadata={"help": "text decoder layers"})
+    text_heads: int = field(default=4, metadata={"help": "text decoder attention heads"})
+
+
+@dataclass
+class RunArgs:
+    """What to train on and where to write."""
+
+    pairs: str = field(metadata={"help": 'JSONL file of {"image": path, "caption": str[, "label": str]} lines'})
+    out: str = field(metadata={"help": "output folder (final model + checkpoints/)"})
+    model: str | None = field(
+        default=None, metadata={"help": "BLIP Hub id or folder to fine-tune (default: new small BLIP)"}
+    )
+    eval_pairs: str | None = field(
+        default=None, metadata={"help": "held-out JSONL (default: eval_fraction of --pairs)"}
+    )
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in --out"})
+
+
+@dataclass
+class TrainResult:
+    """Where the model went and what happened: one history entry per epoch."""
+
+    out_dir: str
+    history: list[dict]
+    vision_history: list[dict]
+
+    @property
+    def exact_match(self) -> float | None:
+        """Exact match of the last evaluation (None when there was no held-out set)."""
+        return self.history[-1].get("eval_exact_match") if self.history else None
+
+
+def normalise_caption(text: str) -> str:
+    """Lower-case, drop punctuation, collapse spaces: the form compared by exact match."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Share of predictions equal to their reference after :func:`normalise_caption`."""
+    if not references:
+        return 0.0
+    return sum(
+        normalise_caption(p) == normalise_caption(r) for p, r in zip(predictions, references, strict=True)
+    ) / len(references)
+
+
+def mixed_precision_mode(requested: str) -> str:
+    """``auto`` → ``bf16`` on a CUDA GPU that supports it, else ``no``; other values pass through."""
+    if requested not in ("auto", "no", "bf16", "fp16"):
+        raise CaptionerError(f"mixed_precision must be auto, no, bf16 or fp16, got {requested!r}.")
+    if requested == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return requested
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete epoch checkpoint under ``out_dir/checkpoints``, or None."""
+    root = Path(out_dir) / CHECKPOINT_DIR
+    done = [p for p in root.glob("epoch-*") if (p / STATE_JSON).is_file()] if root.is_dir() else []
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def split_pairs(pairs: list[CaptionPair], fraction: float, seed: int) -> tuple[list[CaptionPair], list[CaptionPair]]:
+    """Deterministic (train, held-out) split holding out ``fraction`` of the pairs (at least one if > 0)."""
+    if fraction <= 0 or len(pairs) < 2:
+        return pairs, []
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(len(pairs) - 1, max(1, round(fraction * len(pairs))))
+    held = set(order[:n_eval])
+    return [p for i, p in enumerate(pairs) if i not in held], [pairs[i] for i in sorted(held)]
+
+
+def _load_model(model, processor, pairs: list[CaptionPair], scratch: ScratchConfig, seed: int):
+    if model is None:
+        if processor is not None:
+            raise CaptionerError("A processor was given without a model; pass both, or neither to train from scratch.")
+        return new_blip([p.caption for p in pairs], seed=seed, **asdict(scratch))
+    if isinstance(model, (str, Path)):
+        try:
+            return (
+                BlipForConditionalGeneration.from_pretrained(model, dtype=torch.float32),
+                processor or BlipProcessor.from_pretrained(model),
+            )
+        except (OSError, ValueError) as exc:
+            raise CaptionerError(
+                f"Could not load the BLIP model {model!r} to fine-tune: {exc}. Pass a folder saved "
+                "with save_pretrained or a Hub id such as Salesforce/blip-image-captioning-base."
+            ) from exc
+    if processor is None:
+        raise CaptionerError("Pass the BlipProcessor together with an in-memory model.")
+    return model, processor
+
+
+def evaluate(
+    model, processor, pairs: list[CaptionPair], collator: CaptionCollator, accelerator: Accelerator, config: TrainConfig
+) -> dict:
+    """Held-out loss and exact match of generated captions (runs on the calling process only)."""
+    model.eval()
+    losses = []
+    with torch.no_grad(), accelerator.autocast():
+        for start in range(0, len(pairs), config.batch_size):
+            batch = {k: v.to(accelerator.device) for k, v in collator(pairs[start : start + config.batch_size]).items()}
+            losses.append(model(**batch).loss.float().item())
+        captioner = BlipCaptioner(
+            model,
+            processor,
+            "training",
+            prompt=config.prompt,
+            num_beams=config.eval_num_beams,
+            max_new_tokens=config.eval_max_new_tokens,
+        )
+        predictions = captioner.caption([load_image(p.image) for p in pairs], batch_size=config.batch_size)
+    return {
+        "eval_loss": sum(losses) / len(losses),
+        "eval_exact_match": exact_match(predictions, [p.caption for p in pairs]),
+        "eval_samples": [
+            {"reference": p.caption, "prediction": c} for p, c in list(zip(pairs, predictions, strict=True))[:5]
+        ],
+    }
+
+
+def _save_checkpoint(path: Path, model, processor, optimizer, scheduler, accelerator: Accelerator, state: dict) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    tensors = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    if accelerator.scaler is not None:
+        tensors["scaler"] = accelerator.scaler.state_dict()
+    torch.save(tensors, path / STATE_TENSORS)
+    (path / STATE_JSON).write_text(json.dumps(state, indent=2))  # written last: marks the checkpoint complete
+
+
+def _prune_checkpoints(out_dir: Path, keep: int) -> None:
+    if keep <= 0:
+        return
+    done = sorted(
+        (p for p in (out_dir / CHECKPOINT_DIR).glob("epoch-*") if (p / STATE_JSON).is_file()),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def new_accelerator(config: TrainConfig) -> Accelerator:
+    """An Accelerator for ``config``. accelerate keeps process-wide state, so (like transformers' Trainer) the
+    previous run's settings are reset first; the distributed process group (PartialState) is kept."""
+    AcceleratorState._reset_state()
+    return Accelerator(
+        mixed_precision=mixed_precision_mode(config.mixed_precision),
+        gradient_accumulation_steps=config.grad_accum,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+    )
+
+
+def _start(
+    model,
+    processor,
+    pairs: list[CaptionPair],
+    out_dir: Path,
+    resume: bool,
+    config: TrainConfig,
+    scratch: ScratchConfig,
+    accelerator: Accelerator,
+):
+    """(model, processor, state): from the newest checkpoint when resuming, else built/loaded (+ vision stage)."""
+    checkpoint = latest_checkpoint(out_dir)
+    if checkpoint is not None and not resume:
+        raise CaptionerError(
+            f"{out_dir} already holds checkpoints; pass resume=True (--resume) to continue, "
+            "or choose another output folder."
+        )
+    if checkpoint is not None:
+        accelerator.print(f"Resuming from {checkpoint}")
+        state = json.loads((checkpoint / STATE_JSON).read_text())
+        state["checkpoint"] = str(checkpoint)
+        return (
+            BlipForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32),
+            BlipProcessor.from_pretrained(checkpoint),
+            state,
+        )
+    if resume:
+        accelerator.print(f"No checkpoint in {out_dir}; starting from the beginning.")
+    state = {"epoch": 0, "global_step": 0, "history": [], "vision_history": []}
+    model, processor = _load_model(model, processor, pairs, scratch, config.seed)
+    if config.vision_epochs > 0:
+        labels = [p.label for p in pairs]
+        if any(label is None for label in labels):
+            raise CaptionerError(
+                "vision_epochs > 0 needs a label for every training pair "
+                '((image, caption, label) tuples or a "label" field in the JSONL).'
+            )
+        state["vision_history"] = pretrain_vision(
+            model,
+            processor.image_processor,
+            [p.image for p in pairs],
+            labels,
+            accelerator=accelerator,
+            epochs=config.vision_epochs,
+            lr=config.vision_lr,
+            batch_size=config.vision_batch_size,
+            max_shift=config.vision_max_shift,
+            flip=config.vision_flip,
+            seed=config.seed,
+            progress=config.progress,
+        )
+    return model, processor, state
+
+
+def _optimizer(model, config: TrainConfig, batches_per_epoch: int):
+    """AdamW (no weight decay on biases and norms) + linear warm-up/decay over all optimiser steps."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
+    total = math.ceil(batches_per_epoch / config.grad_accum) * config.epochs
+    warmup = config.warmup_steps if config.warmup_steps is not None else math.ceil(config.warmup_ratio * total)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total)
+
+
+def _train_epoch(
+    model, loader, optimizer, scheduler, accelerator: Accelerator, config: TrainConfig, state: dict, epoch: int
+) -> float:
+    """One pass over ``loader``; returns the mean training loss over all processes."""
+    model.train()
+    loader.set_epoch(epoch)
+    loss_sum, n_batches = 0.0, 0
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        disable=not (config.progress and accelerator.is_local_main_process),
+    )
+    for batch in bar:
+        with accelerator.accumulate(model):
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                if config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                state["global_step"] += 1
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        loss_sum += loss.detach().float().item()
+        n_batches += 1
+        bar.set_postfix(loss=f"{loss_sum / n_batches:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+    mean = torch.tensor(loss_sum / max(n_batches, 1), device=accelerator.device)
+    return accelerator.reduce(mean, "mean").item()
+
+
+def train_captioner(
+    pairs: Sequence,
+    out_dir: str | Path,
+    model: str | BlipForConditionalGeneration | None = None,
+    processor: BlipProcessor | None = None,
+    eval_pairs: Sequence | None = None,
+    config: TrainConfig | None = None,
+    scratch: ScratchConfig | None = None,
+    resume: bool = False,
+    **overrides,
+) -> TrainResult:
+    """Train (``model=None``: a new small BLIP) or fine-tune a BLIP captioner on ``pairs``; save it to ``out_dir``.
+
+    ``pairs`` are ``(image, caption)`` or ``(image, caption, label)`` tuples (PIL images or paths) or
+    :class:`~captioner.data.CaptionPair`. ``eval_pairs`` default to ``config.eval_fraction`` of ``pairs``.
+    ``overrides`` set :class:`TrainConfig` fields (``epochs=2, lr=5e-4, ...``). With ``resume=True``
+    training continues from the newest checkpoint in ``out_dir`` (starting fresh when there is none).
+    """
+    unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise CaptionerError(f"Unknown training option(s) {unknown}; see captioner.finetune.TrainConfig.")
+    config = replace(config or TrainConfig(), **overrides)
+    out_dir = Path(out_dir)
+    pairs = as_pairs(pairs)
+    if not pairs:
+        raise CaptionerError("No training pairs; pass (image, caption) pairs.")
+    if eval_pairs is None:
+        pairs, held_out = split_pairs(pairs, config.eval_fraction, config.seed)
+    else:
+        held_out = as_pairs(eval_pairs)
+    held_out = held_out[: config.eval_max]
+
+    accelerator = new_accelerator(config)
+    set_seed(config.seed)
+    model, processor, state = _start(
+        model, processor, pairs, out_dir, resume, config, scratch or ScratchConfig(), accelerator
+    )
+    collator = CaptionCollator(
+        processor, model.config.text_config.bos_token_id, config.max_caption_tokens, config.prompt
+    )
+    loader = DataLoader(
+        ListDataset(pairs),
+        batch_size=config.batch_size,
+        shuffle=True,
+        collate_fn=collator,
+        num_workers=config.num_workers,
+    )
+    optimizer, scheduler = _optimizer(model, config, len(loader))
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if "checkpoint" in state:
+        saved = torch.load(Path(state.pop("checkpoint")) / STATE_TENSORS, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if accelerator.scaler is not None and "scaler" in saved:
+            accelerator.scaler.load_state_dict(saved["scaler"])
+
+    for epoch in range(state["epoch"], config.epochs):
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": _train_epoch(model, loader, optimizer, scheduler, accelerator, config, state, epoch),
+            "lr": scheduler.get_last_lr()[0],
+            "global_step": state["global_step"],
+        }
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            if held_out:
+                record.update(evaluate(unwrapped, processor, held_out, collator, accelerator, config))
+            state.update(epoch=epoch + 1, config=asdict(config))
+            state["history"].append(record)
+            _save_checkpoint(
+                out_dir / CHECKPOINT_DIR / f"epoch-{epoch + 1:03d}",
+                unwrapped,
+                processor,
+                optimizer,
+                scheduler,
+                accelerator,
+                state,
+            )
+            _prune_checkpoints(out_dir, config.keep_checkpoints)
+            accelerator.print(json.dumps({k: v for k, v in record.items() if k != "eval_samples"}))
+        accelerator.wait_for_everyone()
+
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(out_dir)
+        processor.save_pretrained(out_dir)
+        log = {k: state.get(k) for k in ("history", "vision_history", "config")}
+        (out_dir / "training_log.json").write_text(json.dumps(log, indent=2))
+    accelerator.wait_for_everyone()
+    return TrainResult(out_dir=str(out_dir), history=state["history"], vision_history=state["vision_history"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the process exit status."""
+    parser = HfArgumentParser((RunArgs, TrainConfig, ScratchConfig), description=__doc__.split("\n\n")[0])
+    run, config, scratch = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        pairs = read_pairs_jsonl(run.pairs)
+        eval_pairs = read_pairs_jsonl(run.eval_pairs) if run.eval_pairs else None
+        result = train_captioner(
+            pairs, run.out, model=run.model, eval_pairs=eval_pairs, config=config, scratch=scratch, resume=run.resume
+        )
+    except CaptionerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"saved the captioner to {result.out_dir} (exact match {result.exact_match})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The small chat interface every LLM backend implements, and the checks shared by all of them.
+
+Messages are OpenAI-style ``[{"role": "system"|"user"|"assistant", "content": str}, ...]``.
+Generation options (keyword-only everywhere): ``max_new_tokens`` (default 64), ``temperature``
+(``None``/``0`` = greedy, the reproducible default), ``top_p`` and ``timeout`` (seconds; exceeding it
+raises :class:`~llm.errors.LLMTimeoutError`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from .errors import LLMError
+
+ROLES = ("system", "user", "assistant")
+DEFAULT_MAX_NEW_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Validated generation options; ``greedy`` is True unless a positive temperature is given."""
+
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    temperature: float | None = None
+    top_p: float | None = None
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise LLMError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}.")
+        if self.temperature is not None and self.temperature < 0:
+            raise LLMError(f"temperature must be >= 0 (0 or None = greedy), got {self.temperature!r}.")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise LLMError(f"top_p must be in (0, 1], got {self.top_p!r}.")
+        if self.timeout is not None and self.timeout <= 0:
+            raise LLMError(f"timeout must be a positive number of seconds, got {self.timeout!r}.")
+
+    @property
+    def greedy(self) -> bool:
+        return not self.temperature
+
+
+def check_messages(messages: Sequence[dict]) -> list[dict]:
+    """Validate a chat (non-empty list of role/content dicts) and return it as a list of plain dicts."""
+    if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or not messages:
+        raise LLMError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts.")
+    out = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or msg.get("role") not in ROLES or not isinstance(msg.get("content"), str):
+            raise LLMError(f"message #{i} is {msg!r}; each message needs a role in {ROLES} and a string content.")
+        out.append({"role": msg["role"], "content": msg["content"]})
+    return out
+
+
+class ChatLLM(ABC):
+    """A chat model: ``generate`` (whole reply), ``stream`` (reply in text chunks), ``generate_batch``.
+
+    Attributes: ``model_id`` (what was loaded) and ``max_context`` (context length in tokens, or
+    ``None`` when unknown). Under greedy decoding ``"".join(stream(m)) == generate(m)``.
+    """
+
+    model_id: str = ""
+    max_context: int | None = None
+
+    @abstractmethod
+    def generate(
+        self,
+        messages: Sequence[dict],
+        *,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """The assistant's reply to ``messages``."""
+
+    @abstractmethod
+    def stream(
+        self,
+        messages: Sequence[dict],
+        *,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[str]:
+        """The assistant's reply to ``messages`` as text chunks, yielded as soon as they are decoded."""
+
+    def generate_batch(
+        self,
+        batch: Sequence[Sequence[dict]],
+        *,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        timeout: float | None = None,
+    ) -> list[str]:
+        """Replies to several chats, in order. The base version answers them one by one."""
+        return [
+            self.generate(m, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, timeout=timeout)
+            for m in batch
+        ]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model_id={self.model_id!r})"

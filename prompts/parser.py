@@ -1,0 +1,173 @@
+"""Parsing an LLM reply into the final answer (and explanation).
+
+For ``short`` templates the parser looks, in order, for an ``Answer:`` label, a bare letter
+(``B`` / ``(B)`` / ``option B`` → the second candidate), an exact candidate, a candidate mentioned in
+the text, and finally a short free-text answer. An empty or unusable reply falls back to the top
+candidate with ``fallback=True``. For ``long`` templates the answer is the reply sentence itself.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .render import LETTERS, check_candidates, one_line
+from .templates import template_kind
+
+MAX_FREE_WORDS = 6
+_ANSWER_LABEL = re.compile(r"(?:final\s+|short\s+)?answer\s*[:：]", re.IGNORECASE)
+_EXPLANATION_LABEL = re.compile(r"(?:explanation|reason(?:ing)?|because)\s*[:：]", re.IGNORECASE)
+_LETTER = re.compile(r"^(?:option|choice|candidate)?\s*[(\[]?([A-Za-z])[)\].:]?$", re.IGNORECASE)
+_LETTER_PREFIX = re.compile(r"^[(\[]?([A-Z])[)\].:]\s+(.+)$")
+_WRAPPERS = "\"'`*_“”‘’«»<> \t"
+_TRAILING = ".,;:!?。"
+
+
+@dataclass
+class ParsedAnswer:
+    """What the parser made of a reply.
+
+    ``source`` says how the answer was found: ``label`` (after "Answer:"), ``letter`` (a candidate
+    letter), ``candidate`` (a candidate named in the reply), ``free`` (the reply's own short answer,
+    or the sentence of a long template) or ``fallback`` (reply unusable: top candidate, ``fallback=True``).
+    """
+
+    answer: str
+    explanation: str
+    fallback: bool
+    source: str
+
+
+def normalise(text: str) -> str:
+    """Lower-case, collapse whitespace, strip wrapping quotes/markdown and trailing punctuation."""
+    text = one_line(text)
+    previous = None
+    while text != previous:
+        previous = text
+        text = text.strip(_WRAPPERS).rstrip(_TRAILING)
+    return text.lower()
+
+
+def _clean(text: str) -> str:
+    """Like :func:`normalise` but keeps the case."""
+    text = one_line(text)
+    previous = None
+    while text != previous:
+        previous = text
+        text = text.strip(_WRAPPERS).rstrip(_TRAILING)
+    return text
+
+
+def _match_candidate(text: str, candidates: list[tuple[str, float]]) -> tuple[str, str] | None:
+    """(candidate, source) when ``text`` is a letter or equals a candidate, else None."""
+    cleaned = _clean(text)
+    letter = _LETTER.match(cleaned)
+    if letter and cleaned.lower() not in {normalise(c) for c, _ in candidates}:
+        index = LETTERS.find(letter.group(1).upper())
+        if 0 <= index < len(candidates):
+            return candidates[index][0], "letter"
+    prefixed = _LETTER_PREFIX.match(cleaned)
+    if prefixed:
+        index = LETTERS.find(prefixed.group(1))
+        if 0 <= index < len(candidates) and normalise(prefixed.group(2)) == normalise(candidates[index][0]):
+            return candidates[index][0], "letter"
+    for cand, _ in candidates:
+        if normalise(cand) == normalise(cleaned):
+            return cand, "candidate"
+    return None
+
+
+def _mentioned_candidate(text: str, candidates: list[tuple[str, float]]) -> str | None:
+    """The candidate named earliest in ``text`` as whole words (longest wins on ties), else None."""
+    low = one_line(text).lower()
+    best = None
+    for cand, _ in candidates:
+        c = normalise(cand)
+        if not c:
+            continue
+        m = re.search(r"(?<!\w)" + re.escape(c) + r"(?!\w)", low)
+        if m and (best is None or (m.start(), -len(c)) < (best[0], -len(best[1]))):
+            best = (m.start(), c, cand)
+    return best[2] if best else None
+
+
+def _leading_candidate(text: str, candidates: list[tuple[str, float]]) -> str | None:
+    """The longest candidate that ``text`` starts with as whole words ("dark blue, probably" → "dark blue")."""
+    low = normalise(text)
+    for cand, _ in sorted(candidates, key=lambda c: -len(c[0])):
+        c = normalise(cand)
+        if c and re.match(re.escape(c) + r"(?!\w)", low):
+            return cand
+    return None
+
+
+def _fallback(candidates: list[tuple[str, float]], explanation: str = "") -> "ParsedAnswer":
+    top = candidates[0][0] if candidates else ""
+    return ParsedAnswer(answer=top, explanation=explanation, fallback=True, source="fallback")
+
+
+def _split_label(reply: str) -> tuple[str | None, str]:
+    """(text after the first "Answer:" label up to its line end, explanation) from a reply."""
+    m = _ANSWER_LABEL.search(reply)
+    if not m:
+        return None, ""
+    rest = reply[m.end() :]
+    stop = _EXPLANATION_LABEL.search(rest)
+    line_end = rest.find("\n")
+    cut = min(x for x in (stop.start() if stop else len(rest), line_end if line_end >= 0 else len(rest)))
+    answer = rest[:cut]
+    expl_m = _EXPLANATION_LABEL.search(reply)
+    if expl_m:
+        explanation = reply[expl_m.end() :]
+    else:
+        explanation = reply[: m.start()] + " " + rest[cut:]
+    return answer, one_line(explanation)
+
+
+def parse_answer(
+    reply: str, candidates: Sequence[tuple[str, float]], template: str = "short", directory: str | Path | None = None
+) -> ParsedAnswer:
+    """Turn an LLM ``reply`` into a :class:`ParsedAnswer`, using ``candidates`` (best first) to resolve it.
+
+    ``template`` is a template name or kind (``"short"``/``"long"``): for long templates the answer is
+    the stripped reply sentence and the explanation is empty. ``directory`` is where custom templates live.
+    """
+    cands = check_candidates(candidates)
+    reply = reply or ""
+    if not reply.strip():
+        return _fallback(cands)
+    if template_kind(template, directory) == "long":
+        return ParsedAnswer(answer=one_line(reply), explanation="", fallback=False, source="free")
+
+    labelled, explanation = _split_label(reply)
+    if labelled is not None:
+        if not _clean(labelled):
+            mentioned = _mentioned_candidate(explanation, cands)
+            if mentioned is not None:
+                return ParsedAnswer(mentioned, explanation, False, "candidate")
+            return _fallback(cands, explanation)
+        found = _match_candidate(labelled, cands)
+        if found is not None:
+            answer, how = found
+            return ParsedAnswer(answer, explanation, False, "letter" if how == "letter" else "label")
+        leading = _leading_candidate(labelled, cands)
+        if leading is not None:
+            return ParsedAnswer(leading, explanation, False, "label")
+        answer = _clean(re.split(r"(?<=[.!?])\s", labelled.strip(), maxsplit=1)[0])
+        return ParsedAnswer(answer, explanation, False, "label")
+
+    text = reply.strip()
+    first_line = next(line for line in text.splitlines() if line.strip())
+    explanation = one_line(text[text.find(first_line) + len(first_line) :])
+    found = _match_candidate(first_line, cands)
+    if found is not None:
+        return ParsedAnswer(found[0], explanation, False, found[1])
+    mentioned = _mentioned_candidate(text, cands)
+    if mentioned is not None:
+        return ParsedAnswer(mentioned, one_line(text), False, "candidate")
+    free = _clean(re.split(r"(?<=[.!?])\s", first_line.strip(), maxsplit=1)[0])
+    if free and len(free.split()) <= MAX_FREE_WORDS:
+        return ParsedAnswer(free, explanation, False, "free")
+    return _fallback(cands, one_line(text))

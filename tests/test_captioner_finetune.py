@@ -1,0 +1,245 @@
+"""Tests for captioner training: the from-scratch builder, the training loop, resume, vision pre-training, CLI."""
+
+import json
+import random
+import shutil
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from PIL import Image, ImageDraw
+from tiny_models import single_thread
+
+from captioner import BlipCaptioner, CaptionerError
+from captioner.data import CaptionPair, read_pairs_jsonl
+from captioner.finetune import (
+    ScratchConfig,
+    exact_match,
+    latest_checkpoint,
+    main,
+    mixed_precision_mode,
+    split_pairs,
+    train_captioner,
+)
+from captioner.scratch import new_blip
+from captioner.vision_pretrain import pretrain_vision
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 170, 30)}
+SHAPES = ("circle", "square")
+TINY = ScratchConfig(
+    vocab_size=60,
+    image_size=32,
+    patch_size=8,
+    vision_hidden=32,
+    vision_layers=1,
+    vision_heads=2,
+    text_hidden=32,
+    text_layers=1,
+    text_heads=2,
+)
+FAST = {"batch_size": 8, "lr": 3e-3, "progress": False, "warmup_steps": 1}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    with single_thread():
+        yield
+
+
+def shape_image(colour: str, shape: str, seed: int, size: int = 32) -> Image.Image:
+    image = Image.new("RGB", (size, size), "white")
+    offset = random.Random(seed).randint(0, 8)
+    box = (3 + offset, 3 + offset, 19 + offset, 19 + offset)
+    draw = ImageDraw.Draw(image)
+    (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=COLOURS[colour])
+    return image
+
+
+@pytest.fixture(scope="module")
+def pairs() -> list[tuple]:
+    """24 (image, caption, shape label) triples: 4 of each colour/shape combination."""
+    return [(shape_image(c, s, seed=i), f"a {c} {s}", s) for i in range(4) for c in COLOURS for s in SHAPES]
+
+
+def test_new_blip_trains_a_vocabulary_and_a_small_config(pairs, tmp_path):
+    model, processor = new_blip([c for _, c, _ in pairs], **vars(TINY))
+    tokenizer = processor.tokenizer
+    assert tokenizer.bos_token == "[DEC]" and tokenizer.unk_token_id not in tokenizer("a green square").input_ids
+    text, vision = model.config.text_config, model.config.vision_config
+    assert (text.bos_token_id, text.sep_token_id, text.pad_token_id) == (
+        tokenizer.bos_token_id,
+        tokenizer.sep_token_id,
+        tokenizer.pad_token_id,
+    )
+    assert text.vocab_size == len(tokenizer) and text.hidden_size == 32 and vision.image_size == 32
+    assert processor.image_processor.size["height"] == 32
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    captions = BlipCaptioner.from_pretrained(str(tmp_path), device="cpu", max_new_tokens=4).caption([pairs[0][0]])
+    assert isinstance(captions[0], str)
+
+
+def test_training_lowers_the_loss_and_saves_a_captioner(pairs, tmp_path):
+    result = train_captioner(pairs, tmp_path, scratch=TINY, epochs=3, eval_fraction=0.25, **FAST)
+    first, last = result.history[0], result.history[-1]
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert last["train_loss"] < first["train_loss"]
+    assert last["eval_loss"] < first["eval_loss"]
+    assert 0.0 <= result.exact_match <= 1.0 and len(last["eval_samples"]) == 5
+    assert [p.name for p in sorted((tmp_path / "checkpoints").iterdir())] == ["epoch-002", "epoch-003"]
+    log = json.loads((tmp_path / "training_log.json").read_text())
+    assert len(log["history"]) == 3 and log["config"]["epochs"] == 3
+    captioner = BlipCaptioner.from_pretrained(str(tmp_path), device="cpu", max_new_tokens=5)
+    assert all(isinstance(c, str) for c in captioner.caption([p[0] for p in pairs[:3]]))
+
+
+def test_resume_continues_exactly_where_a_checkpoint_left_off(pairs, tmp_path):
+    options = dict(scratch=TINY, epochs=2, eval_fraction=0.0, keep_checkpoints=0, **FAST)
+    straight = train_captioner(pairs, tmp_path / "a", **options)
+    # Simulate a run interrupted after epoch 1: only its first checkpoint exists.
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "epoch-001", tmp_path / "b" / "checkpoints" / "epoch-001")
+    with pytest.raises(CaptionerError, match="resume"):
+        train_captioner(pairs, tmp_path / "b", **options)
+    resumed = train_captioner(pairs, tmp_path / "b", resume=True, **options)
+    assert resumed.history == straight.history
+    a = BlipCaptioner.from_pretrained(str(tmp_path / "a"), device="cpu").model.state_dict()
+    b = BlipCaptioner.from_pretrained(str(tmp_path / "b"), device="cpu").model.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], msg=name)
+    assert latest_checkpoint(tmp_path / "b").name == "epoch-002"
+
+
+def test_gradient_accumulation_and_schedule(pairs, tmp_path):
+    result = train_captioner(
+        pairs, tmp_path, scratch=TINY, epochs=2, eval_fraction=0.0, grad_accum=2, **{**FAST, "batch_size": 4}
+    )
+    assert [h["global_step"] for h in result.history] == [3, 6]  # 24 pairs / 4 per batch / 2 per step
+    assert result.history[-1]["lr"] == 0.0  # linear decay ends at zero
+    assert "eval_loss" not in result.history[-1] and result.exact_match is None
+
+
+def test_vision_pretraining_learns_and_only_touches_the_vision_tower(pairs):
+    model, processor = new_blip([c for _, c, _ in pairs], **vars(TINY))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    colours = [c.split()[1] for _, c, _ in pairs]
+    history = pretrain_vision(
+        model,
+        processor.image_processor,
+        [p[0] for p in pairs],
+        colours,
+        epochs=8,
+        lr=3e-3,
+        batch_size=8,
+        max_shift=2,
+        progress=False,
+    )
+    assert len(history) == 8 and history[-1]["loss"] < history[0]["loss"]
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("vision_model.") for k in changed)
+
+
+def test_vision_stage_in_training_needs_labels(pairs, tmp_path):
+    result = train_captioner(
+        pairs, tmp_path / "ok", scratch=TINY, epochs=1, eval_fraction=0.0, vision_epochs=2, vision_batch_size=8, **FAST
+    )
+    assert [h["epoch"] for h in result.vision_history] == [1, 2]
+    unlabelled = [(image, caption) for image, caption, _ in pairs]
+    with pytest.raises(CaptionerError, match="label"):
+        train_captioner(unlabelled, tmp_path / "bad", scratch=TINY, epochs=1, vision_epochs=1, **FAST)
+
+
+def test_fine_tunes_an_existing_checkpoint(pairs, tmp_path):
+    model, processor = new_blip([c for _, c, _ in pairs], **vars(TINY))
+    model.save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    result = train_captioner(
+        pairs, tmp_path / "tuned", model=str(tmp_path / "base"), epochs=1, eval_fraction=0.0, **FAST
+    )
+    assert len(result.history) == 1
+    with pytest.raises(CaptionerError, match="Could not load the BLIP model"):
+        train_captioner(pairs, tmp_path / "x", model=str(tmp_path / "missing"), epochs=1, **FAST)
+    with pytest.raises(CaptionerError, match="Unknown training option"):
+        train_captioner(pairs, tmp_path / "y", scratch=TINY, epoch=1)
+
+
+def test_command_line(pairs, tmp_path):
+    (tmp_path / "img").mkdir()
+    lines = []
+    for i, (image, caption, label) in enumerate(pairs):
+        image.save(tmp_path / "img" / f"{i}.png")
+        lines.append(json.dumps({"image": f"img/{i}.png", "caption": caption, "label": label}))
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    args = [
+        "--pairs",
+        str(tmp_path / "pairs.jsonl"),
+        "--out",
+        str(out),
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--eval-fraction",
+        "0.25",
+        "--no-progress",
+        "--vocab-size",
+        "60",
+        "--image-size",
+        "32",
+        "--vision-hidden",
+        "32",
+        "--vision-layers",
+        "1",
+        "--vision-heads",
+        "2",
+        "--text-hidden",
+        "32",
+        "--text-layers",
+        "1",
+        "--text-heads",
+        "2",
+    ]
+    assert main(args + ["--epochs", "1"]) == 0
+    assert main(args + ["--epochs", "2", "--resume"]) == 0
+    log = json.loads((out / "training_log.json").read_text())
+    assert [h["epoch"] for h in log["history"]] == [1, 2]
+    assert BlipCaptioner.from_pretrained(str(out), device="cpu").caption([pairs[0][0]])
+    (tmp_path / "broken.jsonl").write_text('{"image": "img/0.png"}\n')
+    assert main(["--pairs", str(tmp_path / "broken.jsonl"), "--out", str(tmp_path / "o2")]) == 2
+
+
+def test_read_pairs_jsonl_resolves_relative_paths(tmp_path):
+    (tmp_path / "pairs.jsonl").write_text('{"image": "a.png", "caption": "a cat", "label": "cat"}\n\n')
+    (pair,) = read_pairs_jsonl(tmp_path / "pairs.jsonl")
+    assert pair == CaptionPair(tmp_path / "a.png", "a cat", "cat")
+    with pytest.raises(CaptionerError, match="does not exist"):
+        read_pairs_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_exact_match_and_split():
+    assert (
+        exact_match(["A red circle.", "a blue  square", "a cat"], ["a red circle", "a blue square", "a dog"]) == 2 / 3
+    )
+    items = [CaptionPair(f"{i}.png", str(i)) for i in range(20)]
+    train, held = split_pairs(items, 0.2, seed=1)
+    assert len(held) == 4 and len(train) == 16 and not set(map(id, train)) & set(map(id, held))
+    assert split_pairs(items, 0.2, seed=1) == (train, held)
+    assert split_pairs(items, 0.0, seed=1) == (items, [])
+
+
+def test_bf16_mixed_precision_path(pairs, tmp_path):
+    """The autocast path used on CUDA also runs on CPU: training and evaluation work under bf16."""
+    try:
+        result = train_captioner(
+            pairs, tmp_path, scratch=TINY, epochs=2, eval_fraction=0.25, mixed_precision="bf16", **FAST
+        )
+    finally:
+        AcceleratorState._reset_state()  # accelerate's state is process-wide: leave no bf16 behind for others
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert BlipCaptioner.from_pretrained(str(tmp_path), device="cpu").model.dtype == torch.float32  # saved in fp32
+    if not torch.cuda.is_available():
+        assert mixed_precision_mode("auto") == "no"
+    with pytest.raises(CaptionerError, match="mixed_precision"):
+        mixed_precision_mode("fp8")
