@@ -1,0 +1,282 @@
+"""Batch evaluation: raw VQA answers vs LLM-refined answers on a VQA dataset, with the official metric.
+
+    python -m vqa_llm.evaluate --dataset easy-vqa --limit 500 --seed 0 --profile bundled --out runs/easy
+    python -m vqa_llm.evaluate --dataset vqav2 --questions v2_OpenEnded_mscoco_val2014_questions.json \\
+        --annotations v2_mscoco_val2014_annotations.json --images val2014/ --profile base --out runs/val
+    python -m vqa_llm.evaluate ... --out runs/val --resume          # continue an interrupted run
+    accelerate launch --num_processes 4 -m vqa_llm.evaluate ...     # one process per GPU
+
+Writes into ``--out``: ``predictions.jsonl`` (one record per question, see
+:mod:`vqa_llm.evaluation.records`), ``summary.json`` and ``summary.md`` (overall, per answer type and per
+question type: raw and LLM accuracy, answers the LLM fixed/broke/changed without effect, mean latency per
+stage, models, settings, wall time), ``accuracy_by_question_type.png`` and ``run.json`` (settings and sessions).
+
+* Sample: ``--limit N --seed S`` evaluates a fixed random sample of N questions. The same dataset, seed and
+  limit always give the same sample, whatever the batch size or number of processes; samples of one seed are
+  nested, so a run can be extended with a larger ``--limit`` and ``--resume``.
+* Resume: records are appended and fsync'ed batch by batch. ``--resume`` skips the questions that already
+  have a record (a line cut short by a kill is dropped and answered again); the result equals an
+  uninterrupted run. The settings that shape the answers (data, sample, models, template, top-k, LLM
+  options) must be the ones of the interrupted run; batch size and process count may change.
+* Several processes (``accelerate launch``): the remaining questions are split into contiguous blocks, one
+  per process, each on the device accelerate gives it; each process appends to its own part file and the
+  main process merges them into ``predictions.jsonl`` (sorted by question id) and writes the summary.
+  On CPU-only machines ``accelerate launch --multi_gpu --num_processes 2 ...`` starts 2 CPU processes
+  (gloo); ``--cpu`` alone starts a single process.
+
+Exit status: 0 done, 2 a user error (message on stderr), 130 interrupted (resume with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vle.vqa_data import VQADataError, VQAExample
+
+from .errors import VQALLMError
+from .evaluation.data import DATASETS, load_dataset, sample_examples
+from .evaluation.errors import EvaluationError
+from .evaluation.report import render_markdown, write_chart
+from .evaluation.store import OutputLayout, done_question_ids, merge_records, write_atomically
+from .evaluation.summary import build_summary
+from .inputs import check_template
+from .profiles import Profile, add_profile_arguments, overrides_from_args, resolve_profile
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+# settings that may differ between the sessions of one run (the sample is nested in the seed)
+_MAY_CHANGE_ON_RESUME = ("limit", "sample_size")
+logger = logging.getLogger("vqa_llm.evaluate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m vqa_llm.evaluate`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m vqa_llm.evaluate",
+        description="Evaluate raw VQA answers and LLM-refined answers on a VQA dataset (official VQA accuracy).",
+        epilog="Several processes/GPUs: accelerate launch [--num_processes N] -m vqa_llm.evaluate ...",
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, default="easy-vqa", help="dataset (default: easy-vqa)")
+    data.add_argument("--split", default="test", help="easy-VQA split: train or test (default: test)")
+    data.add_argument("--questions", help="vqav2: questions JSON (VQAv2 format; OK-VQA/A-OKVQA files too)")
+    data.add_argument("--annotations", help="vqav2: annotations JSON with the human answers")
+    data.add_argument("--images", help="vqav2: folder of the images (e.g. .../val2014)")
+    data.add_argument("--skip-missing-images", action="store_true",
+                      help="vqav2: leave out questions whose image is not in --images (default: stop)")
+    data.add_argument("--limit", type=int, default=None,
+                      help="evaluate a fixed random sample of this many questions (default: all)")
+    data.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default: 0)")
+    run = parser.add_argument_group("answering")
+    run.add_argument("--template", default="short", help="prompt template: short or long (default: short)")
+    run.add_argument("--top-k", type=int, default=5, help="VQA candidates given to the LLM (default: 5)")
+    run.add_argument("--batch-size", type=int, default=16, help="questions per batch (default: 16)")
+    run.add_argument("--max-new-tokens", type=int, default=64, help="longest LLM reply in tokens (default: 64)")
+    run.add_argument("--llm-timeout", type=float, default=120.0,
+                     help="seconds one LLM batch may take before its questions keep the VQA answer (default: 120)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", required=True, help="output folder (created if missing)")
+    out.add_argument("--resume", action="store_true",
+                     help="continue the run in --out: skip questions that already have a prediction")
+    out.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages on stderr")
+    add_profile_arguments(parser)
+    return parser
+
+
+# ------------------------------------------------------------------------------------------- settings
+def run_settings(args: argparse.Namespace, sample_size: int, use_llm: bool) -> dict[str, Any]:
+    """The settings that shape the predictions (must match when a run is resumed)."""
+    settings: dict[str, Any] = {"dataset": args.dataset}
+    if args.dataset == "easy-vqa":
+        settings["split"] = args.split
+    else:
+        settings.update({name: str(Path(getattr(args, name)).resolve())
+                         for name in ("questions", "annotations", "images")})
+        settings["skip_missing_images"] = args.skip_missing_images
+    settings.update({
+        "limit": args.limit, "seed": args.seed, "sample_size": sample_size, "top_k": args.top_k,
+        "use_llm": use_llm, "template": args.template if use_llm else None,
+        "max_new_tokens": args.max_new_tokens if use_llm else None,
+    })
+    return settings
+
+
+def _check_output(layout: OutputLayout, settings: dict[str, Any], models: dict[str, Any], resume: bool,
+                  sample_ids: set[Any]) -> dict[str, Any]:
+    """The previous run's info when resuming (``{}`` for a fresh run); EvaluationError when ``--out`` holds a
+    run that this one must not touch or continue."""
+    has_records = bool(layout.record_files())
+    if not resume:
+        if has_records:
+            raise EvaluationError(f"{layout.root} already holds predictions of an evaluation run. Pass --resume to "
+                                  "continue it, or choose another --out.")
+        return {}
+    previous: dict[str, Any] = {}
+    if has_records and layout.run_info.is_file():
+        try:
+            previous = json.loads(layout.run_info.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise EvaluationError(f"{layout.run_info} is not valid JSON ({exc}); restore it or delete it to resume "
+                                  "without the settings check.") from None
+        old = {**previous.get("settings", {}), "models": previous.get("models")}
+        new = {**settings, "models": models}
+        differ = [key for key in sorted(set(old) | set(new))
+                  if key not in _MAY_CHANGE_ON_RESUME and old.get(key) != new.get(key)]
+        if differ:
+            shown = "; ".join(f"{key}: was {old.get(key)!r}, now {new.get(key)!r}" for key in differ)
+            raise EvaluationError(f"Cannot resume the run in {layout.root} with other settings ({shown}). Use "
+                                  "the same options as before, or another --out.")
+    extra = done_question_ids(layout) - sample_ids
+    if extra:
+        raise EvaluationError(f"{layout.root} has predictions for {len(extra)} questions outside this run's sample "
+                              f"(e.g. {next(iter(extra))!r}); resume with the earlier --limit/--seed (a larger "
+                              "--limit is fine), or use another --out.")
+    return previous
+
+
+# ------------------------------------------------------------------------------------------- finishing
+def finalise(layout: OutputLayout, run_info: dict[str, Any]) -> dict[str, Any]:
+    """Merge every record into predictions.jsonl (sorted by question id) and write the summary files from it."""
+    records = merge_records(layout)
+    summary = build_summary(records, run_info)
+    write_atomically(layout.summary_json, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    write_chart(summary, layout.chart)
+    write_atomically(layout.summary_md, render_markdown(summary, layout.chart.name))
+    return summary
+
+
+def _accelerate_state(args: argparse.Namespace) -> PartialState:
+    """accelerate's process state (one process without ``accelerate launch``)."""
+    import torch
+    from accelerate import PartialState
+
+    use_cpu = (os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+               or str(args.device or "").startswith("cpu") or not torch.cuda.is_available())
+    return PartialState(cpu=use_cpu)
+
+
+def _profile_overrides(args: argparse.Namespace, state: PartialState) -> dict[str, Any]:
+    overrides = overrides_from_args(args)
+    if state.num_processes > 1:
+        if args.device:
+            logger.warning("--device %s is used by all %d processes; leave it out to give each its own device.",
+                           args.device, state.num_processes)
+        else:
+            overrides["device"] = str(state.device)
+    return overrides
+
+
+def _answer_remaining(args: argparse.Namespace, state: PartialState, profile: Profile, use_llm: bool,
+                      layout: OutputLayout, remaining: list[VQAExample]) -> None:
+    """This process's contiguous block of ``remaining``, answered and appended to its predictions file."""
+    from .evaluation.runner import AnswerSettings, answer_all
+    from .evaluation.store import RecordWriter
+    from .pipeline import VQALLMPipeline
+
+    with state.split_between_processes(remaining) as shard:
+        if not shard:
+            return
+        pipe = VQALLMPipeline.from_profile(profile, use_llm=use_llm, llm_timeout=args.llm_timeout)
+        settings = AnswerSettings(top_k=args.top_k, use_llm=use_llm, template=args.template,
+                                  max_new_tokens=args.max_new_tokens)
+        single = state.num_processes == 1
+        path = layout.predictions if single else layout.part(state.process_index, state.num_processes)
+        with RecordWriter(path) as writer:
+            answer_all(pipe, shard, settings, writer, args.batch_size,
+                       progress=state.is_main_process and not args.quiet,
+                       description="evaluating" if single else f"process 0 of {state.num_processes}")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse unusable answering options before any model loads (BadSettingError / EvaluationError)."""
+    for flag, value in (("--batch-size", args.batch_size), ("--top-k", args.top_k),
+                        ("--max-new-tokens", args.max_new_tokens)):
+        if value < 1:
+            raise EvaluationError(f"{flag} must be at least 1, got {value}.")
+    if args.llm_timeout <= 0:
+        raise EvaluationError(f"--llm-timeout must be a positive number of seconds, got {args.llm_timeout}.")
+    check_template(args.template)
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Run (or resume) the evaluation ``args`` describe; return the summary (on the main process; ``{}``
+    on the others)."""
+    check_options(args)
+    started, clock = datetime.now(timezone.utc), time.perf_counter()
+    state = _accelerate_state(args)
+    profile, reason = resolve_profile(args.profile, _profile_overrides(args, state))
+    use_llm = not args.no_llm and profile.use_llm
+    sample = sample_examples(
+        load_dataset(args.dataset, split=args.split, questions=args.questions, annotations=args.annotations,
+                     images=args.images, on_missing_image="skip" if args.skip_missing_images else "error"),
+        args.limit, args.seed)
+    settings = run_settings(args, len(sample), use_llm)
+    models = profile.model_ids()
+    layout = OutputLayout(Path(args.out))
+    previous = _check_output(layout, settings, models, args.resume, {e.question_id for e in sample})
+    done = done_question_ids(layout)
+    remaining = [example for example in sample if example.question_id not in done]
+    state.wait_for_everyone()  # every process has read the folder before anyone writes to it
+
+    run_info = {"settings": settings, "models": models, "profile": profile.name,
+                "sessions": list(previous.get("sessions", []))}
+    if state.is_main_process:
+        layout.root.mkdir(parents=True, exist_ok=True)
+        write_atomically(layout.run_info, json.dumps(run_info, indent=2) + "\n")
+        logger.info("Profile %s: %s", profile.name, reason)
+        logger.info("%d questions in the sample, %d already answered, %d to go (%d process(es)).",
+                    len(sample), len(sample) - len(remaining), len(remaining), state.num_processes)
+    state.wait_for_everyone()
+    if remaining:
+        _answer_remaining(args, state, profile, use_llm, layout, remaining)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return {}
+    run_info["sessions"].append({
+        "started": started.isoformat(timespec="seconds"), "wall_time_s": round(time.perf_counter() - clock, 3),
+        "answered": len(remaining), "processes": state.num_processes, "batch_size": args.batch_size,
+        "device": str(state.device) if state.num_processes > 1 else (args.device or profile.device or "default"),
+        "profile_reason": reason,
+    })
+    write_atomically(layout.run_info, json.dumps(run_info, indent=2) + "\n")
+    summary = finalise(layout, run_info)
+    overall = summary["overall"]
+    logger.info("Done: %d questions, raw accuracy %.2f%%%s. Results in %s", overall["n"], overall["raw_accuracy"],
+                f", LLM accuracy {overall['llm_accuracy']:.2f}%" if overall["llm_accuracy"] is not None else "",
+                layout.root)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the evaluator; return the exit status (0 done, 2 user error, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(message)s", stream=sys.stderr, level=logging.WARNING)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.getLogger("vqa_llm").setLevel(logging.WARNING if args.quiet or rank else logging.INFO)
+    try:
+        evaluate(args)
+    except (VQALLMError, VQADataError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"Interrupted. The predictions made so far are in {args.out}; run again with --resume to finish.",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

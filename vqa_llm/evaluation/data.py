@@ -1,0 +1,81 @@
+"""Which questions an evaluation run answers: the dataset and a fixed, seeded sample of it.
+
+Sampling rule (:func:`sample_examples`): the dataset's questions are shuffled with
+``random.Random(seed)`` and the first ``limit`` are kept, then put back in dataset order. The sample
+therefore depends only on the dataset, ``limit`` and ``seed``: never on the batch size, the number of
+processes or how often the run was interrupted. Samples of one seed are nested: the ``limit=100`` sample
+is contained in the ``limit=1000`` one, so a run can be extended with a larger ``--limit`` and ``--resume``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from vle.vqa_data import VQAExample, load_easy_vqa, load_vqav2
+
+from .errors import EvaluationError
+
+DATASETS = ("easy-vqa", "vqav2")
+
+
+def load_dataset(
+    dataset: str,
+    *,
+    split: str = "test",
+    questions: str | Path | None = None,
+    annotations: str | Path | None = None,
+    images: str | Path | None = None,
+    on_missing_image: Literal["error", "skip"] = "error",
+) -> list[VQAExample]:
+    """All questions of a dataset, in dataset order, each with its human answers.
+
+    ``easy-vqa`` reads the installed package's ``split`` (``train`` or ``test``). ``vqav2`` reads
+    VQAv2-format ``questions``/``annotations`` JSON files and the ``images`` folder (OK-VQA and
+    A-OKVQA files in that format work too).
+
+    Raises:
+        EvaluationError: unknown dataset, missing vqav2 paths, or questions without human answers.
+        vle.vqa_data.VQADataError: a file or folder is missing or malformed.
+    """
+    if dataset == "easy-vqa":
+        examples = load_easy_vqa(split)  # type: ignore[arg-type]
+    elif dataset == "vqav2":
+        missing = [flag for flag, value in (("--questions", questions), ("--annotations", annotations),
+                                            ("--images", images)) if not value]
+        if missing:
+            raise EvaluationError(f"--dataset vqav2 needs {', '.join(missing)}: pass the questions JSON, the "
+                                  "annotations JSON (the answers to score against) and the images folder.")
+        examples = load_vqav2(questions, annotations, images, on_missing_image=on_missing_image)
+    else:
+        raise EvaluationError(f"Unknown dataset {dataset!r}: use one of {', '.join(DATASETS)}.")
+    if not examples:
+        raise EvaluationError(f"The {dataset} data has no questions to evaluate (check the files, or the "
+                              "images folder when missing images are skipped).")
+    unscored = [example.question_id for example in examples if not example.answers]
+    if unscored:
+        raise EvaluationError(f"{len(unscored)} questions have no human answers (first: {unscored[0]}); "
+                              "evaluation needs an annotated split (e.g. val), not test-dev/test.")
+    return examples
+
+
+def sample_examples(examples: Sequence[VQAExample], limit: int | None, seed: int = 0) -> list[VQAExample]:
+    """The fixed sample of ``limit`` questions for ``seed``, in dataset order (all of them when ``limit``
+    is None or not smaller than the dataset). See the module docstring for the rule.
+
+    Raises:
+        EvaluationError: ``limit`` is below 1, or two questions share an id.
+    """
+    ids = [example.question_id for example in examples]
+    if len(set(ids)) != len(ids):
+        raise EvaluationError("The dataset has repeated question ids; each question needs its own id "
+                              "(predictions are keyed by it).")
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    if limit < 1:
+        raise EvaluationError(f"--limit must be at least 1, got {limit}.")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    return [examples[index] for index in sorted(order[:limit])]
