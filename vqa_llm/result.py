@@ -1,0 +1,86 @@
+"""What one question produces (:class:`VQALLMResult`) and the progress updates of a streamed run.
+
+A result keeps everything a researcher wants to look at: the caption, the VQA candidates with scores,
+the exact chat messages sent to the LLM, its raw reply and the parsed answer, per-stage timings and the
+ids of the models used. ``to_dict()`` is JSON-serialisable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: keys of ``VQALLMResult.timings`` (seconds)
+STAGES = ("load_image", "caption", "vision_encode", "vqa_fusion", "prompt", "llm", "total")
+UPDATE_STAGES = ("vqa", "llm", "done")
+
+
+def empty_timings() -> dict[str, float]:
+    """A timings dict with every stage at 0.0."""
+    return dict.fromkeys(STAGES, 0.0)
+
+
+@dataclass
+class VQALLMResult:
+    """The outcome of one (image, question).
+
+    ``candidates`` are the VQA model's top-k ``(answer, score)``, best first. ``llm_answer`` is the parsed LLM
+    answer (``None`` when the LLM was not used); when the LLM failed or its reply was unusable it falls back to
+    the VQA top-1 and ``llm_fallback`` is True. ``changed``: the LLM answer differs from the VQA top-1 after
+    VQA answer normalisation. ``error``: why the LLM failed (the VQA fields are still filled).
+    ``cache_hit``: the caption and the image encoding came from the per-image cache.
+    ``notes``: adjustments made to the inputs (control characters removed, ``top_k`` clamped, ...).
+    """
+
+    question: str
+    caption: str
+    candidates: list[tuple[str, float]]
+    template: str
+    top_k: int
+    messages: list[dict[str, str]] = field(default_factory=list)
+    llm_reply: str = ""
+    llm_answer: str | None = None
+    llm_explanation: str = ""
+    llm_fallback: bool = False
+    llm_used: bool = False
+    changed: bool = False
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=empty_timings)
+    cache_hit: bool = False
+    models: dict[str, str | None] = field(default_factory=dict)
+    image_hash: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def vqa_answer(self) -> str:
+        """The VQA model's top-1 answer ("" when there are no candidates)."""
+        return self.candidates[0][0] if self.candidates else ""
+
+    @property
+    def answer(self) -> str:
+        """The final answer to show: the LLM's when it was used, else the VQA top-1."""
+        return self.llm_answer if self.llm_answer is not None else self.vqa_answer
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of every field, plus ``vqa_answer`` and ``answer``."""
+        data = asdict(self)
+        data["candidates"] = [[answer, float(score)] for answer, score in self.candidates]
+        data["timings"] = {k: round(float(v), 6) for k, v in self.timings.items()}
+        data["vqa_answer"] = self.vqa_answer
+        data["answer"] = self.answer
+        return data
+
+
+@dataclass
+class VQALLMUpdate:
+    """One step of :meth:`VQALLMPipeline.stream`.
+
+    ``stage``: ``"vqa"`` (caption and candidates are in ``result``), ``"llm"`` (``chunk`` is the new LLM text,
+    ``text`` all of it so far), ``"done"`` (``result`` is final). ``result`` is the same object throughout,
+    filled in as the run goes.
+    """
+
+    stage: str
+    result: VQALLMResult
+    text: str = ""
+    chunk: str = ""
