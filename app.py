@@ -1,0 +1,542 @@
+"""The Gradio web demo: ask a question about an image and see the evidence behind the answer.
+
+    python app.py [--profile auto|bundled|base|large] [--host HOST] [--port PORT] [--share] [--no-llm]
+                  [--vqa-model ...] [--captioner ...] [--llm ...] [--concurrency N] [--max-queue N]
+
+The Ask tab shows, side by side, BLIP's caption, VLE's top-k answers with scores and the LLM's answer
+streaming token by token, a mark when the LLM changed VLE's top-1 answer, the exact prompt, the raw reply
+and per-stage timings. Two more tabs run VLE's pretraining heads (image-text matching, patch relevance) when
+the profile has that checkpoint. This file is UI only: the models come from :mod:`vqa_llm` (and the VLE
+task pipelines of :mod:`vle.pipeline_vle`).
+
+Named API endpoints (``gradio_client``): ``/answer``, ``/caption``, ``/itm``, ``/pbc``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image, UnidentifiedImageError
+
+from prompts import available_templates
+from vqa_llm import Profile, VQALLMError, VQALLMPipeline, add_profile_arguments, overrides_from_args, resolve_profile
+from vqa_llm.inputs import MAX_QUESTION_CHARS
+
+logger = logging.getLogger("app")
+
+REPO_ROOT = Path(__file__).resolve().parent
+EXAMPLES_DIR = REPO_ROOT / "assets" / "examples"
+EXAMPLES_FILE = "examples.json"
+SPACES_PORT = 7860
+DEFAULT_MAX_FILE_SIZE = "10mb"
+DEFAULT_CONCURRENCY = 1
+DEFAULT_MAX_QUEUE = 20
+MAX_TOP_K = 20
+MAX_ITM_TEXTS = 16
+MAX_TEXT_CHARS = 300
+#: VLE pretraining checkpoint (ITM + PBC heads) that goes with each Hub profile
+PRETRAINED_BY_PROFILE = {"base": "hfl/vle-base", "large": "hfl/vle-large"}
+PRETRAINED_ENV_VAR = "VQA_LLM_VLE_PRETRAINED"
+BUNDLED_NOTE = (
+    "These are small offline models trained on easy-VQA-style images (one coloured shape, drawn on a plain "
+    "background): ask about the shape or its colour, e.g. *What color is the triangle?* Photos get poor answers."
+)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python app.py`` argument parser (server flags + the shared model-selection flags)."""
+    parser = argparse.ArgumentParser(prog="python app.py", description="VLE VQA+LLM web demo (Gradio).")
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default=None,
+                        help="address to bind (default: 0.0.0.0 on Hugging Face Spaces, else 127.0.0.1)")
+    server.add_argument("--port", type=int, default=None,
+                        help=f"port (default: {SPACES_PORT} on Spaces, else the first free one from {SPACES_PORT})")
+    server.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    server.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                        help=f"requests answered at the same time (default: {DEFAULT_CONCURRENCY})")
+    server.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                        help=f"requests allowed to wait; more are refused (default: {DEFAULT_MAX_QUEUE})")
+    server.add_argument("--max-file-size", default=DEFAULT_MAX_FILE_SIZE,
+                        help=f"largest upload accepted (default: {DEFAULT_MAX_FILE_SIZE})")
+    server.add_argument("--llm-timeout", type=float, default=60.0,
+                        help="seconds one LLM reply may take (default: 60)")
+    server.add_argument("--vle-pretrained", default=None,
+                        help="VLE pretraining checkpoint for the matching/relevance tabs: Hub id, folder or 'none' "
+                             f"(default: ${PRETRAINED_ENV_VAR}, else hfl/vle-base or hfl/vle-large for those profiles)")
+    add_profile_arguments(parser)
+    return parser
+
+
+def resolve_host(host: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """``host`` if given; ``0.0.0.0`` on Hugging Face Spaces (``SPACE_ID`` set); ``127.0.0.1`` otherwise."""
+    environ = os.environ if environ is None else environ
+    if host:
+        return host
+    return "0.0.0.0" if environ.get("SPACE_ID") else "127.0.0.1"
+
+
+def resolve_port(port: int | None, environ: Mapping[str, str] | None = None) -> int | None:
+    """``port`` if given; 7860 on Spaces; ``None`` (Gradio picks a free one) otherwise."""
+    environ = os.environ if environ is None else environ
+    if port is not None:
+        return port
+    return SPACES_PORT if environ.get("SPACE_ID") else None
+
+
+# ----------------------------------------------------------------------------------------- examples
+def load_examples(directory: str | Path = EXAMPLES_DIR) -> list[list[str]]:
+    """``[[image_path, question], ...]`` from ``directory/examples.json``; ``[]`` when there is none.
+
+    The file is a list of ``{"image": "file name relative to the folder", "question": "..."}`` objects (or
+    ``{"examples": [...]}``). Entries whose image is missing or that are malformed are skipped with a warning,
+    so a missing or half-written folder never stops the app.
+    """
+    path = Path(directory) / EXAMPLES_FILE
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        logger.warning("Ignoring the examples file %s: %s", path, exc)
+        return []
+    entries = data.get("examples", []) if isinstance(data, dict) else data
+    examples: list[list[str]] = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) \
+                or not isinstance(entry.get("question"), str):
+            logger.warning("Ignoring a malformed example in %s: %r", path, entry)
+            continue
+        image = (Path(directory) / entry["image"]).resolve()
+        if not image.is_file():
+            logger.warning("Ignoring an example whose image is missing: %s", image)
+            continue
+        examples.append([str(image), entry["question"]])
+    return examples
+
+
+# ------------------------------------------------------------------------------- VLE task pipelines
+@dataclass
+class VLETasks:
+    """The image-text matching and patch-relevance pipelines, or why they are unavailable (``note``)."""
+
+    itm: Any = None
+    pbc: Any = None
+    model_id: str | None = None
+    note: str = ""
+
+    @property
+    def available(self) -> bool:
+        """Whether both pipelines are loaded (the tabs are shown)."""
+        return self.itm is not None and self.pbc is not None
+
+
+def pretrained_model_for(profile: Profile, override: str | None = None,
+                         environ: Mapping[str, str] | None = None) -> str | None:
+    """The VLE pretraining checkpoint for ``profile``: ``override``, ``$VQA_LLM_VLE_PRETRAINED``, the profile's
+    ``vle_pretrained`` field, or hfl/vle-base / hfl/vle-large for the Hub profiles; ``None`` for none."""
+    environ = os.environ if environ is None else environ
+    chosen = override or environ.get(PRETRAINED_ENV_VAR, "").strip() or getattr(profile, "vle_pretrained", None) \
+        or PRETRAINED_BY_PROFILE.get(profile.name)
+    if not chosen or str(chosen).lower() == "none":
+        return None
+    return str(chosen)
+
+
+def no_tasks_note(profile: Profile) -> str:
+    """Why the matching/relevance tabs are hidden for a profile without a pretraining checkpoint."""
+    return (f"Image-text matching and patch relevance need a VLE pretraining checkpoint (hfl/vle-base); the "
+            f"'{profile.name}' profile has none. Start with --profile base, or --vle-pretrained DIR.")
+
+
+def load_vle_tasks(model_id: str | None, device: str | None = None, local_files_only: bool = False) -> VLETasks:
+    """Load the ITM and PBC pipelines from one VLE pretraining checkpoint (the text/vision backbone is shared).
+
+    Never raises: a checkpoint that cannot be loaded gives ``VLETasks(note=why)`` and the tabs stay hidden.
+    """
+    if model_id is None:
+        return VLETasks(note="No VLE pretraining checkpoint was given.")
+    import torch
+
+    from vle import VLEForITM, VLEForPBC
+    from vle.pipeline_vle import VLEForITMPipeline, VLEForPBCPipeline
+    from vle.processing_vle import VLEProcessor
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    logger.info("Loading the VLE pretraining checkpoint %s for matching and relevance ...", model_id)
+    started = time.perf_counter()
+    try:
+        processor = VLEProcessor.from_pretrained(model_id, local_files_only=local_files_only)
+        itm = VLEForITM.from_pretrained(model_id, local_files_only=local_files_only).eval()
+        pbc = VLEForPBC.from_pretrained(model_id, local_files_only=local_files_only).eval()
+    except Exception as exc:  # missing files, no network, corrupt weights: the Ask tab still works
+        logger.warning("Matching and relevance tabs disabled: could not load %s (%s)", model_id, exc)
+        return VLETasks(model_id=model_id, note=(
+            f"Image-text matching and patch relevance are off: could not load {model_id} ({exc}). "
+            "Check the path or the network, or pass --vle-pretrained none."))
+    pbc.vle = itm.vle  # same checkpoint, same backbone: keep one copy in memory
+    logger.info("Loaded the VLE pretraining checkpoint in %.1f s", time.perf_counter() - started)
+    return VLETasks(
+        itm=VLEForITMPipeline(model=itm, device=device, vle_processor=processor),
+        pbc=VLEForPBCPipeline(model=pbc, device=device, vle_processor=processor),
+        model_id=model_id,
+    )
+
+
+# ------------------------------------------------------------------------------------ image input
+def image_input(**kwargs: Any) -> gr.Image:
+    """A ``gr.Image`` handing the event a file path, whose unreadable uploads raise a clear ``gr.Error``.
+
+    Gradio opens an upload before the event function runs; a file that is not an image, or one that declares
+    an enormous size, would otherwise fail there with a generic error. The file path (no ``image_mode``
+    conversion) lets the pipeline decode the image once, with its size limits and EXIF handling.
+    """
+    component = gr.Image(type="filepath", image_mode=None, **kwargs)
+    read = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return read(payload)
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+            raise gr.Error(f"Could not read the uploaded file as an image ({type(exc).__name__}): upload a "
+                           "PNG, JPEG or WebP picture.") from exc
+
+    component.preprocess = preprocess  # type: ignore[method-assign]  # (a subclass makes Gradio write app.pyi)
+    return component
+
+
+# -------------------------------------------------------------------------------------- rendering
+def candidates_label(candidates: Sequence[tuple[str, float]]) -> dict[str, float]:
+    """VQA candidates as a ``gr.Label`` value (answer -> score)."""
+    return {str(answer): float(score) for answer, score in candidates}
+
+
+def format_messages(messages: Sequence[Mapping[str, str]]) -> str:
+    """The chat messages as plain text, one ``[role]`` block each."""
+    return "\n\n".join(f"[{m.get('role', '?')}]\n{m.get('content', '')}" for m in messages)
+
+
+def final_answer_text(result: Any) -> str:
+    """What the LLM answer box shows once the run is done."""
+    if not result.llm_used:
+        return ""
+    text = result.llm_answer or ""
+    if result.llm_explanation:
+        text += f"\n\n{result.llm_explanation}"
+    return text
+
+
+def verdict_html(result: Any | None, llm_pending: bool = False) -> str:
+    """A coloured mark saying whether the LLM changed VLE's top-1 answer (all model text escaped)."""
+    def badge(text: str, colour: str) -> str:
+        return (f'<div class="vqa-verdict" style="padding:6px 10px;border-radius:6px;border:2px solid {colour};'
+                f'font-weight:600">{text}</div>')
+
+    if result is None:
+        return ""
+    top1 = html.escape(result.vqa_answer)
+    notes = "".join(f'<div style="font-size:0.85em;opacity:0.8">Note: {html.escape(n)}</div>' for n in result.notes)
+    if llm_pending:
+        return badge(f"VLE says <code>{top1}</code>; waiting for the LLM ...", "#888") + notes
+    if result.error:
+        return badge(f"LLM failed, showing VLE's answer <code>{top1}</code>: {html.escape(result.error)}",
+                     "#d97706") + notes
+    if not result.llm_used:
+        return badge(f"LLM off: VLE's answer is <code>{top1}</code>", "#888") + notes
+    llm = html.escape(result.llm_answer or "")
+    if result.changed:
+        return badge(f"✎ LLM changed VLE's answer: <code>{top1}</code> → <code>{llm}</code>", "#dc2626") + notes
+    fallback = " (its reply named no usable answer)" if result.llm_fallback else ""
+    return badge(f"✓ LLM kept VLE's answer <code>{top1}</code>{fallback}", "#16a34a") + notes
+
+
+def timings_dict(result: Any) -> dict[str, Any]:
+    """Per-stage seconds (rounded) and whether the image came from the cache."""
+    stages = {k: round(float(v), 3) for k, v in result.timings.items()}
+    return {**stages, "cache_hit": bool(result.cache_hit)}
+
+
+def _md_plain(text: str) -> str:
+    """Text safe inside Markdown (no HTML), quotes kept readable."""
+    return html.escape(str(text), quote=False)
+
+
+def _md_code(text: str) -> str:
+    """Text as a Markdown code span (shown literally)."""
+    return "`" + str(text).replace("`", "'") + "`"
+
+
+def banner_markdown(profile: Profile, reason: str, models: Mapping[str, str | None], tasks: VLETasks) -> str:
+    """The page header: profile, why it was chosen, the models in use (and the bundled-model caveat)."""
+    shown = [f"{role}: {_md_code(ident)}" for role, ident in models.items() if ident]
+    if tasks.available and tasks.model_id:
+        shown.append(f"VLE pretraining: {_md_code(tasks.model_id)}")
+    lines = [
+        "# VLE VQA + LLM",
+        f"**Profile:** {_md_code(profile.name)} — {_md_plain(reason)}",
+        "**Models:** " + " · ".join(shown),
+    ]
+    if profile.description:
+        lines.append(_md_plain(profile.description))
+    if profile.is_bundled:
+        lines.append(f"> {BUNDLED_NOTE}")
+    return "\n\n".join(lines)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the project's user errors into ``gr.Error(message)``; anything else into a short generic message."""
+    from vle.errors import VLEError
+
+    try:
+        yield
+    except gr.Error:
+        raise
+    except (VQALLMError, VLEError) as exc:
+        raise gr.Error(str(exc)) from exc
+    except Exception as exc:  # a bug or a resource problem: log it, never show a traceback
+        logger.exception("Request failed")
+        raise gr.Error(f"Something went wrong inside the app ({type(exc).__name__}); try again, and see the "
+                       "server log if it keeps happening.") from exc
+
+
+# --------------------------------------------------------------------------------------- handlers
+class DemoHandlers:
+    """The event functions of the page, bound to one pipeline and one set of VLE task pipelines."""
+
+    def __init__(self, pipeline: VQALLMPipeline, tasks: VLETasks):
+        self.pipeline = pipeline
+        self.tasks = tasks
+
+    def _llm_options(self, temperature: float | None, max_new_tokens: float | None) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if max_new_tokens is not None:
+            options["max_new_tokens"] = int(max_new_tokens)
+        if temperature:
+            options["temperature"] = float(temperature)
+        return options
+
+    def _stream(self, image: Any, question: str, top_k: float, use_llm: bool, template: str,
+                temperature: float | None, max_new_tokens: float | None) -> Iterator[Any]:
+        if image is None:
+            raise gr.Error("No image was given: upload an image or pick an example first.")
+        return self.pipeline.stream(image, question, top_k=top_k, use_llm=bool(use_llm), template=template,
+                                    **self._llm_options(temperature, max_new_tokens))
+
+    def ask(self, image: Any, question: str, top_k: float, use_llm: bool, template: str,
+            temperature: float | None = None, max_new_tokens: float | None = None) -> Iterator[tuple]:
+        """UI event: stream (caption, top-k, LLM text, verdict, prompt, raw reply, timings) as they come."""
+        with user_errors():
+            prompt_shown = False
+            for update in self._stream(image, question, top_k, use_llm, template, temperature, max_new_tokens):
+                result = update.result
+                if update.stage == "vqa":
+                    yield (result.caption, candidates_label(result.candidates), "",
+                           verdict_html(result, llm_pending=bool(use_llm) and self.pipeline.llm is not None),
+                           "", "", timings_dict(result))
+                elif update.stage == "llm":
+                    prompt = gr.skip() if prompt_shown else format_messages(result.messages)
+                    prompt_shown = True
+                    yield gr.skip(), gr.skip(), update.text, gr.skip(), prompt, update.text, gr.skip()
+                else:
+                    if result.error:
+                        gr.Warning(result.error)
+                    yield (result.caption, candidates_label(result.candidates), final_answer_text(result),
+                           verdict_html(result), format_messages(result.messages), result.llm_reply,
+                           timings_dict(result))
+
+    def answer(self, image: Any, question: str, top_k: float = 5, use_llm: bool = True, template: str = "short",
+               temperature: float | None = None, max_new_tokens: float | None = None) -> Iterator[dict[str, Any]]:
+        """API ``/answer``: the result as a JSON dict, streamed (``stage`` vqa → llm ... → done)."""
+        with user_errors():
+            for update in self._stream(image, question, top_k, use_llm, template, temperature, max_new_tokens):
+                yield {"stage": update.stage, **update.result.to_dict()}
+
+    def caption(self, image: Any) -> str:
+        """API ``/caption``: the BLIP caption of the image."""
+        with user_errors():
+            if image is None:
+                raise gr.Error("No image was given: upload an image first.")
+            if self.pipeline.captioner is None:
+                raise gr.Error("This app runs without a captioner; start it with a --captioner model.")
+            return self.pipeline.caption(image)
+
+    def _require_tasks(self, image: Any) -> None:
+        if not self.tasks.available:
+            raise gr.Error(self.tasks.note or "Image-text matching and patch relevance are not available here.")
+        if image is None:
+            raise gr.Error("No image was given: upload an image first.")
+
+    def itm(self, image: Any, texts: str) -> dict[str, float]:
+        """UI + API ``/itm``: probability that each text (one per line) matches the image."""
+        with user_errors():
+            self._require_tasks(image)
+            lines = list(dict.fromkeys(line.strip() for line in (texts or "").splitlines() if line.strip()))
+            if not lines:
+                raise gr.Error("Type one or more texts, one per line.")
+            if len(lines) > MAX_ITM_TEXTS:
+                raise gr.Error(f"{len(lines)} texts given; the limit is {MAX_ITM_TEXTS}. Remove some lines.")
+            too_long = [line for line in lines if len(line) > MAX_TEXT_CHARS]
+            if too_long:
+                raise gr.Error(f"A text is {len(too_long[0])} characters long; the limit is {MAX_TEXT_CHARS}. "
+                               "Shorten it.")
+            scores = self.tasks.itm(image=image, text=lines)
+            return {line: float(score["score"]) for line, score in zip(lines, scores)}
+
+    def pbc(self, image: Any, text: str, alpha: float = 0.5) -> tuple[Image.Image, dict[str, Any]]:
+        """UI + API ``/pbc``: heatmap of the image patches the text talks about, and the relevance grid."""
+        with user_errors():
+            self._require_tasks(image)
+            text = (text or "").strip()
+            if not text:
+                raise gr.Error("Type a text describing something in the image.")
+            if len(text) > MAX_TEXT_CHARS:
+                raise gr.Error(f"The text is {len(text)} characters long; the limit is {MAX_TEXT_CHARS}. Shorten it.")
+            out = self.tasks.pbc(image=image, text=text, alpha=float(alpha))
+            relevance = out["relevance"]
+            grid = {"rows": int(relevance.shape[0]), "cols": int(relevance.shape[1]),
+                    "max": round(float(relevance.max()), 4),
+                    "relevance": [[round(float(v), 4) for v in row] for row in relevance]}
+            return out["heatmap"], grid
+
+
+# ------------------------------------------------------------------------------------------- page
+def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: VLETasks | None = None,
+               examples: list[list[str]] | None = None) -> gr.Blocks:
+    """Build the page around ``pipeline`` (any :class:`VQALLMPipeline`, real or with fake models).
+
+    ``tasks`` holds the ITM/PBC pipelines (their tabs are hidden with a note when absent); ``examples`` is
+    ``[[image_path, question], ...]`` (default: :func:`load_examples`).
+    """
+    tasks = tasks if tasks is not None else VLETasks(note=no_tasks_note(profile))
+    examples = load_examples() if examples is None else examples
+    handlers = DemoHandlers(pipeline, tasks)
+    has_llm = pipeline.llm is not None
+    templates = available_templates()
+    top_k_max = max(1, min(MAX_TOP_K, pipeline.num_labels))
+    heavy = {"concurrency_id": "models"}  # all model work shares one concurrency limit
+
+    with gr.Blocks(title="VLE VQA + LLM", analytics_enabled=False) as demo:
+        gr.Markdown(banner_markdown(profile, reason, pipeline.model_ids, tasks), elem_id="banner")
+        with gr.Tab("Ask", id="ask"):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1):
+                    image = image_input(sources=["upload", "clipboard"], label="Image", height=300, elem_id="ask-image")
+                    question = gr.Textbox(label="Question", placeholder="What color is the shape?", lines=1,
+                                          max_length=MAX_QUESTION_CHARS, elem_id="ask-question")
+                    ask_button = gr.Button("Ask", variant="primary", elem_id="ask-button")
+                    if examples:
+                        gr.Examples(examples, inputs=[image, question], cache_examples=False,
+                                    api_visibility="private", label="Examples")
+                    with gr.Accordion("Settings", open=False):
+                        top_k = gr.Slider(1, top_k_max, value=min(5, top_k_max), step=1, label="VLE top-k answers")
+                        use_llm = gr.Checkbox(value=has_llm, interactive=has_llm, label="Refine with the LLM",
+                                              info=None if has_llm else "No LLM is loaded (started with --no-llm).")
+                        template = gr.Dropdown(templates, value="short" if "short" in templates else templates[0],
+                                               label="Prompt template")
+                        temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05,
+                                                label="LLM temperature (0 = greedy, reproducible)")
+                        max_new_tokens = gr.Slider(8, 512, value=64, step=8, label="LLM max new tokens")
+                with gr.Column(scale=1):
+                    caption = gr.Textbox(label="Caption (BLIP)", interactive=False, elem_id="caption")
+                    vqa = gr.Label(label="VLE top-k answers", elem_id="vqa-label")
+                with gr.Column(scale=1):
+                    llm_text = gr.Textbox(label="LLM answer", lines=4, interactive=False, autoscroll=True,
+                                          elem_id="llm-answer")
+                    verdict = gr.HTML(elem_id="verdict")
+                    with gr.Accordion("Prompt and raw LLM reply", open=False):
+                        prompt = gr.Textbox(label="Prompt messages", lines=8, interactive=False, elem_id="prompt")
+                        raw_reply = gr.Textbox(label="Raw LLM reply", lines=4, interactive=False, elem_id="raw-reply")
+                    timings = gr.JSON(label="Timings (seconds)", elem_id="timings")
+            ask_inputs = [image, question, top_k, use_llm, template, temperature, max_new_tokens]
+            ask_outputs = [caption, vqa, llm_text, verdict, prompt, raw_reply, timings]
+            for trigger in (ask_button.click, question.submit):
+                trigger(handlers.ask, ask_inputs, ask_outputs, api_visibility="private", **heavy)
+
+        with gr.Tab("Image-text matching", id="itm", visible=tasks.available):
+            with gr.Row():
+                itm_image = image_input(label="Image", height=300, elem_id="itm-image")
+                with gr.Column():
+                    itm_texts = gr.Textbox(label="Texts, one per line", lines=5, elem_id="itm-texts",
+                                           placeholder="a red circle\na blue square")
+                    itm_button = gr.Button("Match", variant="primary")
+                    itm_scores = gr.Label(label="Match probability", elem_id="itm-scores")
+            itm_button.click(handlers.itm, [itm_image, itm_texts], itm_scores, api_name="itm", **heavy)
+
+        with gr.Tab("Patch relevance", id="pbc", visible=tasks.available):
+            with gr.Row():
+                pbc_image = image_input(label="Image", height=300, elem_id="pbc-image")
+                with gr.Column():
+                    pbc_text = gr.Textbox(label="Text", placeholder="the red circle", elem_id="pbc-text")
+                    alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Darken irrelevant patches by")
+                    pbc_button = gr.Button("Show relevance", variant="primary")
+                    heatmap = gr.Image(type="pil", format="png", label="Relevance heatmap", interactive=False,
+                                       elem_id="pbc-heatmap")
+                    grid = gr.JSON(label="Per-patch relevance")
+            pbc_button.click(handlers.pbc, [pbc_image, pbc_text, alpha], [heatmap, grid], api_name="pbc", **heavy)
+
+        if not tasks.available:
+            gr.Markdown(f"*{_md_plain(tasks.note or no_tasks_note(profile))}*", elem_id="tasks-note")
+
+        # API-only endpoints: hidden triggers, fed by the Ask tab's input components.
+        with gr.Group(visible=False):
+            api_answer = gr.JSON(visible=False)
+            api_caption = gr.Textbox(visible=False)
+            answer_trigger = gr.Button(visible=False)
+            caption_trigger = gr.Button(visible=False)
+        answer_trigger.click(handlers.answer, ask_inputs, api_answer, api_name="answer", **heavy)
+        caption_trigger.click(handlers.caption, [image], api_caption, api_name="caption", **heavy)
+    return demo
+
+
+# --------------------------------------------------------------------------------------- start-up
+def create_app(args: argparse.Namespace) -> gr.Blocks:
+    """Resolve the profile, load every model once (progress logged) and build the page."""
+    profile, reason = resolve_profile(args.profile, overrides_from_args(args))
+    logger.info("Profile %s: %s", profile.name, reason)
+    pipeline = VQALLMPipeline.from_profile(profile, use_llm=not args.no_llm, llm_timeout=args.llm_timeout)
+    pretrained = pretrained_model_for(profile, args.vle_pretrained)
+    tasks = load_vle_tasks(pretrained, profile.device, profile.local_files_only) if pretrained \
+        else VLETasks(note=no_tasks_note(profile))
+    logger.info("Models ready: %s", pipeline.model_ids)
+    return build_demo(pipeline, profile, reason, tasks)
+
+
+def serve(demo: gr.Blocks, args: argparse.Namespace, prevent_thread_lock: bool = False) -> tuple[Any, str, Any]:
+    """Queue (bounded concurrency and queue size) and launch ``demo``; returns Gradio's ``(app, url, share_url)``."""
+    if args.concurrency < 1 or args.max_queue < 1:
+        raise SystemExit("--concurrency and --max-queue must be at least 1.")
+    demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
+    return demo.launch(server_name=resolve_host(args.host), server_port=resolve_port(args.port), share=args.share,
+                       max_file_size=args.max_file_size, prevent_thread_lock=prevent_thread_lock, show_error=False,
+                       quiet=prevent_thread_lock)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Start the demo; returns the exit status (2 when a model or setting is unusable)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
+    try:
+        demo = create_app(args)
+    except VQALLMError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    serve(demo, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
