@@ -46,8 +46,7 @@ DEFAULT_MAX_QUEUE = 20
 MAX_TOP_K = 20
 MAX_ITM_TEXTS = 16
 MAX_TEXT_CHARS = 300
-#: VLE pretraining checkpoint (ITM + PBC heads) that goes with each Hub profile
-PRETRAINED_BY_PROFILE = {"base": "hfl/vle-base", "large": "hfl/vle-large"}
+#: environment variable naming the VLE pretraining checkpoint (ITM + PBC heads)
 PRETRAINED_ENV_VAR = "VQA_LLM_VLE_PRETRAINED"
 BUNDLED_NOTE = (
     "These are small offline models trained on easy-VQA-style images (one coloured shape, drawn on a plain "
@@ -145,11 +144,10 @@ class VLETasks:
 
 def pretrained_model_for(profile: Profile, override: str | None = None,
                          environ: Mapping[str, str] | None = None) -> str | None:
-    """The VLE pretraining checkpoint for ``profile``: ``override``, ``$VQA_LLM_VLE_PRETRAINED``, the profile's
-    ``vle_pretrained`` field, or hfl/vle-base / hfl/vle-large for the Hub profiles; ``None`` for none."""
+    """The VLE pretraining checkpoint for ``profile``: ``override``, ``$VQA_LLM_VLE_PRETRAINED`` or the profile's
+    ``vle_pretrained`` field; ``None`` for none."""
     environ = os.environ if environ is None else environ
-    chosen = override or environ.get(PRETRAINED_ENV_VAR, "").strip() or getattr(profile, "vle_pretrained", None) \
-        or PRETRAINED_BY_PROFILE.get(profile.name)
+    chosen = override or environ.get(PRETRAINED_ENV_VAR, "").strip() or profile.vle_pretrained
     if not chosen or str(chosen).lower() == "none":
         return None
     return str(chosen)

@@ -74,6 +74,8 @@ class Profile:
     use_llm: bool = True
     trust_remote_code: bool = False
     local_files_only: bool = False
+    #: VLE pretraining checkpoint for the image-text matching and patch-relevance tasks (None: not available)
+    vle_pretrained: str | None = None
 
     @property
     def llm_id(self) -> str | None:
@@ -98,6 +100,7 @@ BASE = Profile(
     vqa_model="hfl/vle-base-for-vqa",
     captioner="Salesforce/blip-image-captioning-base",
     llm="Qwen/Qwen2.5-1.5B-Instruct",
+    vle_pretrained="hfl/vle-base",
     description="VLE base (VQAv2) + BLIP base captions + Qwen2.5-1.5B-Instruct, from the Hugging Face Hub.",
 )
 LARGE = Profile(
@@ -106,6 +109,7 @@ LARGE = Profile(
     captioner="Salesforce/blip-image-captioning-large",
     llm="Qwen/Qwen2.5-7B-Instruct",
     quantization="4bit",
+    vle_pretrained="hfl/vle-large",
     description="VLE large (VQAv2) + BLIP large captions + Qwen2.5-7B-Instruct in 4-bit; needs a CUDA GPU.",
 )
 HUB_PROFILES: dict[str, Profile] = {"base": BASE, "large": LARGE}
