@@ -170,6 +170,41 @@ def build_blip(out_dir: Path, epochs: int = 20, vision_epochs: int = 15) -> dict
     return {"result": getattr(result, "__dict__", str(result)), "train_pairs": len(pairs["train"]), "seconds": time.time() - started}
 
 
+def evaluate_vle(model_dir: Path, limit: int | None = None, batch_size: int = 256) -> dict[str, Any]:
+    """Top-1 accuracy of the bundled VLE on the easy-VQA test split (all 9,673 questions unless ``limit``)."""
+    from vle.finetune import VQATrainingSet, evaluate
+
+    model = VLEForVQA.from_pretrained(model_dir).eval()
+    processor = VLEProcessor.from_pretrained(model_dir)
+    test = load_easy_vqa("test")[:limit]
+    label2id = {label: int(i) for label, i in model.config.label2id.items()}
+    started = time.time()
+    scores = evaluate(model, VQATrainingSet(test, processor, label2id), batch_size=batch_size, desc="VLE test")
+    return {"accuracy": scores["vqa_score"], "per_question_kind": scores["per_question_type"],
+            "questions": scores["count"], "seconds": time.time() - started}
+
+
+def caption_is_correct(caption: str, attributes: dict[str, str]) -> bool:
+    """A caption is correct when it names the image's colour and shape (and no other colour or shape)."""
+    words = set(re.findall(r"[a-z]+", caption.lower()))
+    return (words & set(COLORS)) == {attributes["color"]} and (words & EASY_VQA_SHAPES) == {attributes["shape"]}
+
+
+def evaluate_blip(model_dir: Path, limit: int | None = None, batch_size: int = 64) -> dict[str, Any]:
+    """Share of easy-VQA test images whose caption names the right colour and shape."""
+    from captioner import BlipCaptioner
+    from vle.image_io import load_image
+
+    captioner = BlipCaptioner.from_pretrained(str(model_dir), local_files_only=True)
+    attributes = {p: a for p, a in image_attributes(load_easy_vqa("test")).items() if "shape" in a and "color" in a}
+    paths = sorted(attributes)[:limit]
+    started = time.time()
+    captions = captioner.caption([load_image(p) for p in paths], batch_size=batch_size)
+    correct = [caption_is_correct(c, attributes[p]) for c, p in zip(captions, paths)]
+    return {"accuracy": sum(correct) / len(correct), "images": len(correct), "seconds": time.time() - started,
+            "wrong_examples": [(Path(p).name, c, caption_for(attributes[p])) for p, c, ok in zip(paths, captions, correct) if not ok][:10]}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="python -m vqa_llm.bundle", description=__doc__.split("\n\n")[0])
@@ -181,7 +216,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     build.add_argument("--vision-epochs", type=int, default=15)
     build.add_argument("--vqa-epochs", type=int, default=6)
     build.add_argument("--caption-epochs", type=int, default=20)
+    evaluate_cmd = sub.add_parser("evaluate", help="measure the bundled models on the full easy-VQA test split")
+    evaluate_cmd.add_argument("--models", default=str(MODELS_DIR))
+    evaluate_cmd.add_argument("--limit", type=int, help="first N questions/images only")
     args = parser.parse_args(argv)
+    if args.command == "evaluate":
+        models = Path(args.models)
+        results = {"vle": evaluate_vle(models / VLE_DIR_NAME, args.limit), "blip": evaluate_blip(models / BLIP_DIR_NAME, args.limit)}
+        print(json.dumps(results, indent=1))
+        return 0
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     out, work = Path(args.out), Path(args.work)
     report: dict[str, Any] = {}
