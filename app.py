@@ -32,6 +32,8 @@ from PIL import Image, UnidentifiedImageError
 
 from prompts import available_templates
 from vqa_llm import Profile, VQALLMError, VQALLMPipeline, add_profile_arguments, overrides_from_args, resolve_profile
+from vqa_llm.fewshot import FEWSHOT_TEMPLATE
+from vqa_llm.fewshot.locate import BANK_ENV_VAR, example_bank_path
 from vqa_llm.inputs import MAX_QUESTION_CHARS
 
 logger = logging.getLogger("app")
@@ -44,6 +46,7 @@ DEFAULT_MAX_FILE_SIZE = "10mb"
 DEFAULT_CONCURRENCY = 1
 DEFAULT_MAX_QUEUE = 20
 MAX_TOP_K = 20
+MAX_FEWSHOT_RUNS = 5
 MAX_ITM_TEXTS = 16
 MAX_TEXT_CHARS = 300
 #: environment variable naming the VLE pretraining checkpoint (ITM + PBC heads)
@@ -75,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--vle-pretrained", default=None,
                         help="VLE pretraining checkpoint for the matching/relevance tabs: Hub id, folder or 'none' "
                              f"(default: ${PRETRAINED_ENV_VAR}, else hfl/vle-base or hfl/vle-large for those profiles)")
+    server.add_argument("--example-bank", default=None,
+                        help=f"example bank of the fewshot template (default: ${BANK_ENV_VAR}, or the bundled bank "
+                             "with the bundled VQA model)")
     add_profile_arguments(parser)
     return parser
 
@@ -327,18 +333,21 @@ class DemoHandlers:
         return options
 
     def _stream(self, image: Any, question: str, top_k: float, use_llm: bool, template: str,
-                temperature: float | None, max_new_tokens: float | None) -> Iterator[Any]:
+                temperature: float | None, max_new_tokens: float | None, runs: float | None = 1) -> Iterator[Any]:
         if image is None:
             raise gr.Error("No image was given: upload an image or pick an example first.")
+        fewshot = {"runs": runs or 1} if template == FEWSHOT_TEMPLATE else {}  # runs only vote with few-shot
         return self.pipeline.stream(image, question, top_k=top_k, use_llm=bool(use_llm), template=template,
-                                    **self._llm_options(temperature, max_new_tokens))
+                                    **fewshot, **self._llm_options(temperature, max_new_tokens))
 
     def ask(self, image: Any, question: str, top_k: float, use_llm: bool, template: str,
-            temperature: float | None = None, max_new_tokens: float | None = None) -> Iterator[tuple]:
+            temperature: float | None = None, max_new_tokens: float | None = None,
+            runs: float | None = 1) -> Iterator[tuple]:
         """UI event: stream (caption, top-k, LLM text, verdict, prompt, raw reply, timings) as they come."""
         with user_errors():
             prompt_shown = False
-            for update in self._stream(image, question, top_k, use_llm, template, temperature, max_new_tokens):
+            for update in self._stream(image, question, top_k, use_llm, template, temperature, max_new_tokens,
+                                       runs):
                 result = update.result
                 if update.stage == "vqa":
                     yield (result.caption, candidates_label(result.candidates), "",
@@ -356,10 +365,12 @@ class DemoHandlers:
                            timings_dict(result))
 
     def answer(self, image: Any, question: str, top_k: float = 5, use_llm: bool = True, template: str = "short",
-               temperature: float | None = None, max_new_tokens: float | None = None) -> Iterator[dict[str, Any]]:
+               temperature: float | None = None, max_new_tokens: float | None = None,
+               runs: float | None = 1) -> Iterator[dict[str, Any]]:
         """API ``/answer``: the result as a JSON dict, streamed (``stage`` vqa → llm ... → done)."""
         with user_errors():
-            for update in self._stream(image, question, top_k, use_llm, template, temperature, max_new_tokens):
+            for update in self._stream(image, question, top_k, use_llm, template, temperature, max_new_tokens,
+                                       runs):
                 yield {"stage": update.stage, **update.result.to_dict()}
 
     def caption(self, image: Any) -> str:
@@ -422,7 +433,8 @@ def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: V
     examples = load_examples() if examples is None else examples
     handlers = DemoHandlers(pipeline, tasks)
     has_llm = pipeline.llm is not None
-    templates = available_templates()
+    has_bank = pipeline.example_bank is not None  # the fewshot template needs an example bank
+    templates = [name for name in available_templates() if name != FEWSHOT_TEMPLATE or has_bank]
     top_k_max = max(1, min(MAX_TOP_K, pipeline.num_labels))
     heavy = {"concurrency_id": "models"}  # all model work shares one concurrency limit
 
@@ -447,6 +459,8 @@ def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: V
                         temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05,
                                                 label="LLM temperature (0 = greedy, reproducible)")
                         max_new_tokens = gr.Slider(8, 512, value=64, step=8, label="LLM max new tokens")
+                        runs = gr.Slider(1, MAX_FEWSHOT_RUNS, value=1, step=1, visible=has_bank,
+                                         label="Few-shot runs voted (fewshot template)")
                 with gr.Column(scale=1):
                     caption = gr.Textbox(label="Caption (BLIP)", interactive=False, elem_id="caption")
                     vqa = gr.Label(label="VLE top-k answers", elem_id="vqa-label")
@@ -458,7 +472,7 @@ def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: V
                         prompt = gr.Textbox(label="Prompt messages", lines=8, interactive=False, elem_id="prompt")
                         raw_reply = gr.Textbox(label="Raw LLM reply", lines=4, interactive=False, elem_id="raw-reply")
                     timings = gr.JSON(label="Timings (seconds)", elem_id="timings")
-            ask_inputs = [image, question, top_k, use_llm, template, temperature, max_new_tokens]
+            ask_inputs = [image, question, top_k, use_llm, template, temperature, max_new_tokens, runs]
             ask_outputs = [caption, vqa, llm_text, verdict, prompt, raw_reply, timings]
             for trigger in (ask_button.click, question.submit):
                 trigger(handlers.ask, ask_inputs, ask_outputs, api_visibility="private", **heavy)
@@ -504,7 +518,8 @@ def create_app(args: argparse.Namespace) -> gr.Blocks:
     """Resolve the profile, load every model once (progress logged) and build the page."""
     profile, reason = resolve_profile(args.profile, overrides_from_args(args))
     logger.info("Profile %s: %s", profile.name, reason)
-    pipeline = VQALLMPipeline.from_profile(profile, use_llm=not args.no_llm, llm_timeout=args.llm_timeout)
+    pipeline = VQALLMPipeline.from_profile(profile, use_llm=not args.no_llm, llm_timeout=args.llm_timeout,
+                                           example_bank=example_bank_path(args.example_bank, profile))
     pretrained = pretrained_model_for(profile, args.vle_pretrained)
     tasks = load_vle_tasks(pretrained, profile.device, profile.local_files_only) if pretrained \
         else VLETasks(note=no_tasks_note(profile))

@@ -10,6 +10,7 @@
 from .builder import build_messages
 from .errors import PromptError
 from .examples import load_examples
+from .fitting import build_fitted_messages
 from .parser import ParsedAnswer, parse_answer
 from .templates import available_templates, template_kind
 
@@ -17,6 +18,7 @@ __all__ = [
     "ParsedAnswer",
     "PromptError",
     "available_templates",
+    "build_fitted_messages",
     "build_messages",
     "load_examples",
     "parse_answer",

@@ -1,7 +1,7 @@
 """Command line: ``python -m vqa_llm ask IMAGE "QUESTION" [--profile ...] [--json] [--no-llm] ...``.
 
 In text mode the caption and the VQA candidates are printed first, then the LLM reply as it streams, then
-the final answer. ``--json`` prints the whole result (``VQALLMResult.to_dict()``). Errors a user can cause
+the final answer (with ``--template fewshot``: each run's reply, then the votes). ``--json`` prints the whole result (``VQALLMResult.to_dict()``). Errors a user can cause
 (unreadable image, empty question, missing model, unknown setting) print their message and exit with 2.
 Progress and the chosen profile go to stderr.
 """
@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from .errors import VQALLMError
+from .fewshot.locate import BANK_ENV_VAR, example_bank_path, open_example_bank
+from .fewshot.runs import DEFAULT_N_EXAMPLES, DEFAULT_RUNS, FEWSHOT_TEMPLATE, check_counts
 from .profiles import add_profile_arguments, overrides_from_args, resolve_profile
 
 EXIT_USER_ERROR = 2
@@ -30,7 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("ask", help="answer one question about one image")
     ask.add_argument("image", help="image file (JPEG, PNG, WebP, ...)")
     ask.add_argument("question", help="the question, in quotes")
-    ask.add_argument("--template", default="short", help="prompt template: short or long (default: short)")
+    ask.add_argument("--template", default="short", help="prompt template: short, long or fewshot (default: short)")
+    ask.add_argument("--runs", type=int, default=DEFAULT_RUNS,
+                     help="fewshot: prompts with disjoint examples whose answers are voted (default: 1)")
+    ask.add_argument("--examples", type=int, default=DEFAULT_N_EXAMPLES,
+                     help=f"fewshot: solved examples per prompt (default: {DEFAULT_N_EXAMPLES})")
+    ask.add_argument("--example-bank", default=None,
+                     help=f"fewshot: example bank folder (default: ${BANK_ENV_VAR}, or the bundled bank with the "
+                          "bundled VQA model)")
     ask.add_argument("--top-k", type=int, default=5, help="number of VQA candidates shown and given to the LLM")
     ask.add_argument("--json", action="store_true", help="print the full result as JSON")
     ask.add_argument("--max-new-tokens", type=int, default=64, help="longest LLM reply in tokens (default: 64)")
@@ -57,13 +66,17 @@ def _ask(args: argparse.Namespace, out: TextIO) -> int:
     # cheap checks first: a bad question or image is reported before any model loads
     clean_question(args.question)
     check_template(args.template)
+    check_counts(args.runs, args.examples)
     image, _ = read_image(args.image)
     profile, reason = resolve_profile(args.profile, overrides_from_args(args))
     logger.info("Profile %s: %s", profile.name, reason)
-    pipe = VQALLMPipeline.from_profile(profile, use_llm=not args.no_llm, llm_timeout=args.llm_timeout)
+    fewshot = args.template == FEWSHOT_TEMPLATE and not args.no_llm
+    bank = open_example_bank(example_bank_path(args.example_bank, profile)) if fewshot else None  # before models load
+    pipe = VQALLMPipeline.from_profile(profile, use_llm=not args.no_llm, llm_timeout=args.llm_timeout,
+                                       example_bank=bank)
     llm_opts = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
     updates = pipe.stream(image, args.question, top_k=args.top_k, use_llm=not args.no_llm,
-                          template=args.template, **llm_opts)
+                          template=args.template, runs=args.runs, n_examples=args.examples, **llm_opts)
     result = None
     streamed = False
     for update in updates:
@@ -85,6 +98,10 @@ def _ask(args: argparse.Namespace, out: TextIO) -> int:
         print(file=out)
     if result.error:
         print(f"LLM error: {result.error}", file=out)
+    if result.runs:
+        shown = ", ".join(f"{answer} ({count})" for answer, count in result.votes.items()) or "none"
+        print(f"Votes: {shown} over {len(result.runs)} run(s) of "
+              f"{', '.join(str(len(run['examples'])) for run in result.runs)} example(s)", file=out)
     source = ""
     if result.error:
         source = " (the VQA model's top answer)"

@@ -4,6 +4,7 @@
     python -m vqa_llm.evaluate --dataset vqav2 --questions v2_OpenEnded_mscoco_val2014_questions.json \\
         --annotations v2_mscoco_val2014_annotations.json --images val2014/ --profile base --out runs/val
     python -m vqa_llm.evaluate ... --out runs/val --resume          # continue an interrupted run
+    python -m vqa_llm.evaluate ... --template fewshot --runs 3 --examples 8 --example-bank DIR   # Prophet-style
     accelerate launch --num_processes 4 -m vqa_llm.evaluate ...     # one process per GPU
 
 Writes into ``--out``: ``predictions.jsonl`` (one record per question, see
@@ -48,6 +49,9 @@ from .evaluation.errors import EvaluationError
 from .evaluation.report import render_markdown, write_chart
 from .evaluation.store import OutputLayout, done_question_ids, merge_records, write_atomically
 from .evaluation.summary import build_summary
+from .fewshot.bank import ExampleBank
+from .fewshot.locate import BANK_ENV_VAR, example_bank_path, open_example_bank
+from .fewshot.runs import DEFAULT_N_EXAMPLES, DEFAULT_RUNS, FEWSHOT_TEMPLATE, check_counts
 from .inputs import check_template
 from .profiles import Profile, add_profile_arguments, overrides_from_args, resolve_profile
 
@@ -80,7 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="evaluate a fixed random sample of this many questions (default: all)")
     data.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default: 0)")
     run = parser.add_argument_group("answering")
-    run.add_argument("--template", default="short", help="prompt template: short or long (default: short)")
+    run.add_argument("--template", default="short",
+                     help="prompt template: short, long or fewshot (default: short)")
+    run.add_argument("--runs", type=int, default=DEFAULT_RUNS,
+                     help="fewshot: prompts with disjoint examples whose answers are voted (default: 1)")
+    run.add_argument("--examples", type=int, default=DEFAULT_N_EXAMPLES,
+                     help=f"fewshot: solved examples per prompt (default: {DEFAULT_N_EXAMPLES})")
+    run.add_argument("--example-bank", default=None,
+                     help=f"fewshot: example bank folder (default: ${BANK_ENV_VAR}, or the bundled bank with the "
+                          "bundled VQA model)")
     run.add_argument("--top-k", type=int, default=5, help="VQA candidates given to the LLM (default: 5)")
     run.add_argument("--batch-size", type=int, default=16, help="questions per batch (default: 16)")
     run.add_argument("--max-new-tokens", type=int, default=64, help="longest LLM reply in tokens (default: 64)")
@@ -96,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------------------- settings
-def run_settings(args: argparse.Namespace, sample_size: int, use_llm: bool) -> dict[str, Any]:
-    """The settings that shape the predictions (must match when a run is resumed)."""
+def run_settings(args: argparse.Namespace, sample_size: int, use_llm: bool,
+                 bank: ExampleBank | None = None) -> dict[str, Any]:
+    """The settings that shape the predictions (must match when a run is resumed); ``bank``: the example bank
+    of a fewshot run."""
     settings: dict[str, Any] = {"dataset": args.dataset}
     if args.dataset == "easy-vqa":
         settings["split"] = args.split
@@ -110,6 +124,10 @@ def run_settings(args: argparse.Namespace, sample_size: int, use_llm: bool) -> d
         "use_llm": use_llm, "template": args.template if use_llm else None,
         "max_new_tokens": args.max_new_tokens if use_llm else None,
     })
+    if bank is not None:
+        settings.update({"runs": args.runs, "n_examples": args.examples,
+                         "example_bank": str(Path(bank.name).resolve()) if bank.path else bank.name,
+                         "example_bank_size": len(bank)})
     return settings
 
 
@@ -179,7 +197,7 @@ def _profile_overrides(args: argparse.Namespace, state: PartialState) -> dict[st
 
 
 def _answer_remaining(args: argparse.Namespace, state: PartialState, profile: Profile, use_llm: bool,
-                      layout: OutputLayout, remaining: list[VQAExample]) -> None:
+                      layout: OutputLayout, remaining: list[VQAExample], bank: ExampleBank | None = None) -> None:
     """This process's contiguous block of ``remaining``, answered and appended to its predictions file."""
     from .evaluation.runner import AnswerSettings, answer_all
     from .evaluation.store import RecordWriter
@@ -188,9 +206,10 @@ def _answer_remaining(args: argparse.Namespace, state: PartialState, profile: Pr
     with state.split_between_processes(remaining) as shard:
         if not shard:
             return
-        pipe = VQALLMPipeline.from_profile(profile, use_llm=use_llm, llm_timeout=args.llm_timeout)
+        pipe = VQALLMPipeline.from_profile(profile, use_llm=use_llm, llm_timeout=args.llm_timeout,
+                                           example_bank=bank)
         settings = AnswerSettings(top_k=args.top_k, use_llm=use_llm, template=args.template,
-                                  max_new_tokens=args.max_new_tokens)
+                                  max_new_tokens=args.max_new_tokens, runs=args.runs, n_examples=args.examples)
         single = state.num_processes == 1
         path = layout.predictions if single else layout.part(state.process_index, state.num_processes)
         with RecordWriter(path) as writer:
@@ -208,6 +227,17 @@ def check_options(args: argparse.Namespace) -> None:
     if args.llm_timeout <= 0:
         raise EvaluationError(f"--llm-timeout must be a positive number of seconds, got {args.llm_timeout}.")
     check_template(args.template)
+    check_counts(args.runs, args.examples)
+    if args.template != FEWSHOT_TEMPLATE and (args.runs != DEFAULT_RUNS or args.example_bank):
+        raise EvaluationError(f"--runs and --example-bank apply to --template {FEWSHOT_TEMPLATE} only.")
+
+
+def fewshot_bank(args: argparse.Namespace, profile: Profile, use_llm: bool) -> ExampleBank | None:
+    """The example bank of a fewshot run with the LLM (``None`` otherwise); ExampleBankError when there is
+    none or it is unusable."""
+    if args.template != FEWSHOT_TEMPLATE or not use_llm:
+        return None
+    return open_example_bank(example_bank_path(args.example_bank, profile))
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -218,11 +248,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     state = _accelerate_state(args)
     profile, reason = resolve_profile(args.profile, _profile_overrides(args, state))
     use_llm = not args.no_llm and profile.use_llm
+    bank = fewshot_bank(args, profile, use_llm)
     sample = sample_examples(
         load_dataset(args.dataset, split=args.split, questions=args.questions, annotations=args.annotations,
                      images=args.images, on_missing_image="skip" if args.skip_missing_images else "error"),
         args.limit, args.seed)
-    settings = run_settings(args, len(sample), use_llm)
+    settings = run_settings(args, len(sample), use_llm, bank)
     models = profile.model_ids()
     layout = OutputLayout(Path(args.out))
     previous = _check_output(layout, settings, models, args.resume, {e.question_id for e in sample})
@@ -240,7 +271,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                     len(sample), len(sample) - len(remaining), len(remaining), state.num_processes)
     state.wait_for_everyone()
     if remaining:
-        _answer_remaining(args, state, profile, use_llm, layout, remaining)
+        _answer_remaining(args, state, profile, use_llm, layout, remaining, bank)
     state.wait_for_everyone()
     if not state.is_main_process:
         return {}

@@ -7,12 +7,14 @@ Every failure (missing folder or file, corrupt weights, a Hub id with no network
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from captioner import BlipCaptioner, CaptionerError
 from llm import ChatLLM, LLMError, OpenAIChatLLM, TransformersChatLLM, smollm2_gguf
@@ -70,6 +72,54 @@ def check_model_dir(id_or_path: str, what: str) -> None:
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         raise ModelUnavailableError(f"The {what} folder {path} has no weights ({' or '.join(WEIGHT_FILES[:2])}): "
                                     "copy the weights file into it.")
+    check_weight_files(path, what)
+
+
+def weight_files(path: str | Path) -> list[Path]:
+    """The weight files in a local model folder (``model.safetensors``, ``pytorch_model.bin``, their shards)."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        return []
+    return sorted({*path.glob("*.safetensors"), *path.glob("pytorch_model*.bin")})
+
+
+def check_weight_files(path: str | Path, what: str) -> None:
+    """Raise ModelUnavailableError naming a ``.safetensors`` file in ``path`` whose header is damaged.
+
+    Only the header is read (no tensor data), so this is cheap. It catches the usual corruption (a truncated
+    download, a file overwritten by something else) before transformers reports it without naming the file.
+    """
+    # Fix (robustness tests): a damaged safetensors file used to surface as a bare SafetensorError (captioner,
+    # LLM: a traceback instead of exit status 2) or as a message naming only the folder (VQA model).
+    for file in weight_files(path):
+        if file.suffix != ".safetensors":
+            continue
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise ModelUnavailableError(
+                f"The {what} weights file {file} is damaged or incomplete ({exc}): copy or download it again."
+            ) from exc
+
+
+def describe_load_failure(what: str, id_or_path: str, exc: BaseException) -> str:
+    """The start of a ModelUnavailableError message for a model that failed to load, naming its weight files.
+
+    A ``pytorch_model.bin`` pickle holding anything but tensors is refused by ``torch.load(weights_only=True)``;
+    say so plainly instead of torch's advice to retry with ``weights_only=False``.
+    """
+    files = weight_files(id_or_path)
+    text = str(exc).lower()
+    if isinstance(exc, pickle.UnpicklingError) or "weights only load failed" in text:
+        bins = ", ".join(str(f) for f in files if f.suffix == ".bin") or str(id_or_path)
+        if "global" in text:  # torch names the refused callable/class: "Unsupported GLOBAL ..."
+            return (f"Refused to load the {what} weights file {bins}: it holds pickled Python objects other "
+                    "than tensors, which could run code, so nothing in it was executed. Use a checkpoint you "
+                    "trust, preferably as model.safetensors.")
+        return f"The {what} weights file {bins} is damaged or not a PyTorch checkpoint ({type(exc).__name__})."
+    named = f" (weights: {', '.join(str(f) for f in files)})" if files else ""
+    return f"Could not load the {what} from {id_or_path}{named}: {exc}."
 
 
 class _Step:
@@ -97,7 +147,7 @@ def load_vqa_model(id_or_path: str, device: str, local_files_only: bool = False)
             model = VLEForVQA.from_pretrained(id_or_path, local_files_only=local_files_only)
         except Exception as exc:  # transformers/safetensors raise many types for missing or corrupt files
             raise ModelUnavailableError(
-                f"Could not load the VQA model from {id_or_path}: {exc}. Check that the folder holds a complete "
+                f"{describe_load_failure('VQA model', id_or_path, exc)} Check that the folder holds a complete "
                 f"VLE VQA checkpoint (config.json, weights, spm.model, preprocessor_config.json). {_OFFLINE_HINT}"
             ) from exc
     return model.to(device).eval(), processor
@@ -111,6 +161,9 @@ def load_captioner(id_or_path: str, device: str, local_files_only: bool = False)
             return BlipCaptioner.from_pretrained(id_or_path, device=device, local_files_only=local_files_only)
         except (CaptionerError, OSError, ValueError) as exc:
             raise ModelUnavailableError(f"{exc} {_OFFLINE_HINT}") from exc
+        except Exception as exc:  # e.g. a refused pickle: BlipCaptioner only wraps the errors it expects
+            raise ModelUnavailableError(f"{describe_load_failure('captioning model', id_or_path, exc)} "
+                                        f"{_OFFLINE_HINT}") from exc
 
 
 def load_chat_llm(profile: Profile, device: str) -> ChatLLM:
@@ -125,6 +178,8 @@ def load_chat_llm(profile: Profile, device: str) -> ChatLLM:
     if not profile.llm:
         raise ModelUnavailableError("The profile names no LLM: pass --llm (or set VQA_LLM_LLM), or use --no-llm.")
     llm_id, gguf_file = profile.llm, profile.llm_gguf_file
+    if llm_id.lower() not in (BUNDLED_LLM, "bundled") and not gguf_file:
+        check_weight_files(llm_id, "LLM")
     try:
         if llm_id.lower() in (BUNDLED_LLM, "bundled"):
             llm_id, gguf_file = smollm2_gguf()
@@ -135,6 +190,9 @@ def load_chat_llm(profile: Profile, device: str) -> ChatLLM:
             )
     except (LLMError, OSError, ValueError) as exc:
         raise ModelUnavailableError(f"{exc} Or answer without the LLM: --no-llm.") from exc
+    except Exception as exc:  # e.g. a refused pickle: the backend only wraps the errors it expects
+        raise ModelUnavailableError(f"{describe_load_failure('LLM', llm_id, exc)} Or answer without the LLM: "
+                                    "--no-llm.") from exc
 
 
 def load_components(profile: Profile, use_llm: bool = True, use_captioner: bool = True) -> Components:

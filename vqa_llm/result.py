@@ -8,7 +8,10 @@ ids of the models used. ``to_dict()`` is JSON-serialisable.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 #: keys of ``VQALLMResult.timings`` (seconds)
 STAGES = ("load_image", "caption", "vision_encode", "vqa_fusion", "prompt", "llm", "total")
@@ -30,6 +33,9 @@ class VQALLMResult:
     VQA answer normalisation. ``error``: why the LLM failed (the VQA fields are still filled).
     ``cache_hit``: the caption and the image encoding came from the per-image cache.
     ``notes``: adjustments made to the inputs (control characters removed, ``top_k`` clamped, ...).
+    ``runs`` (``fewshot`` template only): one dict per voting run: ``examples`` (bank ids, most similar
+    first), ``similarities``, ``dropped`` (examples left out to fit the LLM's context), ``reply``, ``answer``
+    (``None`` when the run gave none) and ``error``; ``votes``: normalised answer -> number of runs.
     """
 
     question: str
@@ -50,6 +56,8 @@ class VQALLMResult:
     models: dict[str, str | None] = field(default_factory=dict)
     image_hash: str = ""
     notes: list[str] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    votes: dict[str, int] = field(default_factory=dict)
 
     @property
     def vqa_answer(self) -> str:
@@ -84,3 +92,20 @@ class VQALLMUpdate:
     result: VQALLMResult
     text: str = ""
     chunk: str = ""
+
+
+@dataclass
+class QuestionEncoding:
+    """VLE's view of one (image, question), without the LLM (:meth:`VQALLMPipeline.encode_questions`).
+
+    ``fused``: VLE's fused representation (``pooler_output``, ``[2 * hidden]``), L2-normalised, float32 on
+    the CPU; ``scores``: the answer-score vector (``[num_labels]``, softmax or sigmoid as the pipeline scores);
+    ``image_hash``: SHA-256 of the normalised image.
+    """
+
+    question: str
+    caption: str
+    candidates: list[tuple[str, float]]
+    fused: torch.Tensor
+    scores: torch.Tensor
+    image_hash: str

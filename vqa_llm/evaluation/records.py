@@ -7,6 +7,10 @@ A record is a flat JSON object (one line of ``predictions.jsonl``)::
     template, llm_reply, llm_answer, llm_explanation, llm_fallback, changed,
     raw_accuracy, llm_accuracy, error, timings {stage: seconds}
 
+With the ``fewshot`` template a record also has ``runs`` (per voting run: ``examples`` — the example bank
+ids used, most similar first —, their ``similarities``, ``dropped`` examples, the run's ``answer`` and
+``error``) and ``votes`` (normalised answer -> number of runs).
+
 ``raw_accuracy`` scores the VQA top-1 (``vqa_answer``) and ``llm_accuracy`` the LLM's answer, both with
 :func:`vqa_llm.metrics.vqa_accuracy` against ``answers``. Without the LLM the ``template`` and ``llm_*``
 fields and ``changed`` are null. A question that could not be answered at all (unreadable image) has no
@@ -25,6 +29,8 @@ from ..result import VQALLMResult
 
 #: fields that hold measured times, which differ from run to run
 TIMING_FIELDS = ("timings",)
+#: what a record keeps of each few-shot run (the replies are in ``llm_reply``)
+RUN_FIELDS = ("examples", "similarities", "dropped", "answer", "error")
 
 
 def _base(example: VQAExample) -> dict[str, Any]:
@@ -59,6 +65,9 @@ def record_from_result(example: VQAExample, result: VQALLMResult, use_llm: bool)
         "error": result.error,
         "timings": {stage: round(float(seconds), 6) for stage, seconds in result.timings.items()},
     })
+    if use_llm and result.runs:
+        record["runs"] = [{key: run.get(key) for key in RUN_FIELDS} for run in result.runs]
+        record["votes"] = dict(result.votes)
     return record
 
 

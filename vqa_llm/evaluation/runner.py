@@ -31,6 +31,8 @@ class AnswerSettings:
     use_llm: bool = True
     template: str = "short"
     max_new_tokens: int = 64
+    runs: int = 1
+    n_examples: int = 8
 
     def llm_options(self) -> dict[str, Any]:
         """Generation options passed to the LLM (none without it)."""
@@ -44,7 +46,8 @@ def answer_batch(pipe: VQALLMPipeline, examples: Sequence[VQAExample], settings:
     try:
         results = pipe.run_batch([e.image_path for e in examples], [e.question for e in examples],
                                  top_k=settings.top_k, use_llm=use_llm, template=settings.template,
-                                 batch_size=batch_size, **(settings.llm_options() if use_llm else {}))
+                                 batch_size=batch_size, runs=settings.runs, n_examples=settings.n_examples,
+                                 **(settings.llm_options() if use_llm else {}))
     except (BadImageError, BadQuestionError, VQADataError) as exc:
         if len(examples) == 1:
             logger.warning("Question %s failed: %s", examples[0].question_id, exc)

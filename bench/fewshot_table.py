@@ -1,0 +1,130 @@
+"""Raw VLE vs LLM zero-shot vs Prophet-style few-shot prompting on easy-VQA, as one markdown table.
+
+    .venv/bin/python bench/fewshot_table.py                                   # 2,000 questions, bundled profile
+    .venv/bin/python bench/fewshot_table.py --limit 200 --out runs/fewshot-200
+    .venv/bin/python bench/fewshot_table.py --table-only                      # reprint from finished runs
+
+Runs the evaluator (``python -m vqa_llm.evaluate``) four times on the fixed seeded easy-VQA test sample
+(``--limit 2000 --seed 0``) with the ``bundled`` profile, each into ``OUT/<configuration>/``:
+
+1. ``raw``        — raw VLE top-1 (``--no-llm``);
+2. ``short``      — LLM zero-shot with the ``short`` template;
+3. ``fewshot-t1`` — LLM ``fewshot``, 8 examples, 1 run;
+4. ``fewshot-t3`` — LLM ``fewshot``, 8 examples per run, 3 voted runs.
+
+A configuration whose folder already holds a finished run is not run again; an interrupted one is resumed
+(``--resume``). The example bank is ``--example-bank`` (default: the bank committed beside the bundled models).
+The table gives, per configuration, the official VQA accuracy (%) overall and per question kind (yes/no, shape,
+color), the answers the LLM fixed and broke compared with the raw VLE top-1, and seconds per question (the
+run's wall time over its questions, models loading included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+KINDS = ("yes/no", "shape", "color")
+CONFIGURATIONS: dict[str, list[str]] = {
+    "raw": ["--no-llm"],
+    "short": ["--template", "short"],
+    "fewshot-t1": ["--template", "fewshot", "--examples", "8", "--runs", "1"],
+    "fewshot-t3": ["--template", "fewshot", "--examples", "8", "--runs", "3"],
+}
+LABELS = {
+    "raw": "raw VLE (no LLM)",
+    "short": "LLM zero-shot (`short`)",
+    "fewshot-t1": "LLM `fewshot` n=8, T=1",
+    "fewshot-t3": "LLM `fewshot` n=8, T=3",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--out", default="runs/fewshot-table", help="folder of the four runs")
+    parser.add_argument("--limit", type=int, default=2000, help="questions in the sample (default: 2000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default: 0)")
+    parser.add_argument("--profile", default="bundled", help="model profile (default: bundled)")
+    parser.add_argument("--example-bank", default=None, help="example bank folder (default: the bundled bank)")
+    parser.add_argument("--batch-size", type=int, default=16, help="questions per batch (default: 16)")
+    parser.add_argument("--llm-timeout", type=float, default=600.0,
+                        help="seconds one LLM batch may take (default: 600)")
+    parser.add_argument("--only", nargs="+", choices=list(CONFIGURATIONS), default=list(CONFIGURATIONS),
+                        help="run only these configurations")
+    parser.add_argument("--table-only", action="store_true", help="do not run anything; print the table")
+    return parser
+
+
+def evaluator_command(name: str, args: argparse.Namespace, out: Path) -> list[str]:
+    """The evaluator command line of configuration ``name``."""
+    command = [sys.executable, "-m", "vqa_llm.evaluate", "--dataset", "easy-vqa", "--split", "test",
+               "--limit", str(args.limit), "--seed", str(args.seed), "--profile", args.profile,
+               "--batch-size", str(args.batch_size), "--llm-timeout", str(args.llm_timeout), "--out", str(out),
+               *CONFIGURATIONS[name]]
+    if args.example_bank and "fewshot" in CONFIGURATIONS[name]:
+        command += ["--example-bank", args.example_bank]
+    return command
+
+
+def finished(out: Path, limit: int) -> bool:
+    """Whether ``out`` holds a summary of all ``limit`` questions."""
+    summary = out / "summary.json"
+    return summary.is_file() and json.loads(summary.read_text())["overall"]["n"] >= limit
+
+
+def run(name: str, args: argparse.Namespace) -> None:
+    out = Path(args.out) / name
+    if finished(out, args.limit):
+        print(f"[{name}] already done in {out}", file=sys.stderr)
+        return
+    command = evaluator_command(name, args, out)
+    if (out / "predictions.jsonl").is_file() or list(out.glob("predictions.part-*")):
+        command.append("--resume")
+    print(f"[{name}] {' '.join(command[1:])}", file=sys.stderr, flush=True)
+    subprocess.run(command, cwd=REPO, check=True)
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def table(out_root: Path, names: list[str]) -> str:
+    """The markdown table of the finished configurations among ``names``."""
+    header = ["configuration", "overall", *KINDS, "fixed", "broken", "s/question", "n"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for name in names:
+        path = out_root / name / "summary.json"
+        if not path.is_file():
+            lines.append(f"| {LABELS[name]} | " + " | ".join(["(not run)"] + [""] * (len(header) - 2)) + " |")
+            continue
+        summary = json.loads(path.read_text())
+        key = "llm_accuracy" if summary["use_llm"] else "raw_accuracy"
+        overall, kinds = summary["overall"], summary["per_question_type"]
+        per_kind = [_pct(kinds[kind][key]) if kind in kinds else "–" for kind in KINDS]
+        wall = summary.get("wall_time_s") or 0.0
+        seconds = wall / overall["n"] if wall else overall["latency_s"].get("total", 0.0)
+        fixed = "–" if not summary["use_llm"] else str(overall["fixed"])
+        broken = "–" if not summary["use_llm"] else str(overall["broke"])
+        lines.append(f"| {LABELS[name]} | {_pct(overall[key])} | " + " | ".join(per_kind)
+                     + f" | {fixed} | {broken} | {seconds:.3f} | {overall['n']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.table_only:
+        for name in args.only:
+            run(name, args)
+    print(f"easy-VQA test, fixed sample of {args.limit} questions (seed {args.seed}), profile {args.profile}; "
+          "accuracy = official VQA accuracy (%); fixed/broken = answers the LLM made right/wrong vs the raw VLE "
+          "top-1.\n")
+    print(table(Path(args.out), list(CONFIGURATIONS)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""A small load test: concurrent ``gradio_client`` users against the app, through ``bench/load.py``'s functions.
+
+1. In this process, an app whose LLM holds each answer for a moment, ``--concurrency 1 --max-queue 1`` and a
+   2-entry image cache; 4 users x 2 questions on 8 different images all start at once. Every request is answered
+   or cleanly refused by the full queue (with Gradio's message), none hangs, the server still answers afterwards,
+   and the cache never holds more than its bound (it evicted the older images).
+2. ``bench/load.py``'s own run: ``python app.py`` with tiny models in a subprocess, 4 users x 2 questions,
+   ``--max-queue 1``: the same properties, the server alive at the end (and stopped by the bench after it),
+   throughput, latency and peak-RSS figures in the report.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from gradio_client import Client, handle_file
+
+from llm import ChatLLM
+from robustness_testing import QUESTION, pipeline_like, profile_from_argv, serve_pipeline, tiny_model_argv
+from tiny_models import single_thread
+from vqa_llm import ImageCache, VQALLMPipeline
+
+REPO = Path(__file__).resolve().parents[1]
+CLIENTS, QUESTIONS = 4, 2
+CACHE_ENTRIES = 2
+
+
+def load_bench_module():
+    spec = importlib.util.spec_from_file_location("bench_load", REPO / "bench" / "load.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = load_bench_module()
+
+
+class HoldingLLM(ChatLLM):
+    """Delegates to a real (tiny) LLM after holding each request for ``hold`` seconds: a busy server."""
+
+    def __init__(self, inner: ChatLLM, hold: float):
+        self.inner, self.hold = inner, hold
+        self.model_id = inner.model_id
+        self.active = 0
+        self.most_active = 0
+        self._lock = threading.Lock()
+
+    def _held(self):
+        with self._lock:
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+        time.sleep(self.hold)
+        with self._lock:
+            self.active -= 1
+
+    def generate(self, messages, **opts):
+        self._held()
+        return self.inner.generate(messages, **opts)
+
+    def stream(self, messages, **opts):
+        self._held()
+        yield from self.inner.stream(messages, **opts)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def argv(tmp_path_factory):
+    return tiny_model_argv(tmp_path_factory.mktemp("load_models"))
+
+
+@pytest.fixture(scope="module")
+def pipe(argv):
+    profile, _ = profile_from_argv(argv)
+    return VQALLMPipeline.from_profile(profile)
+
+
+def test_concurrent_users_are_answered_or_cleanly_refused_and_the_cache_stays_bounded(pipe, argv):
+    llm = HoldingLLM(pipe.llm, hold=0.6)
+    busy = pipeline_like(pipe, llm=llm, cache=ImageCache(max_entries=CACHE_ENTRIES))
+    jobs = bench.easy_vqa_jobs(CLIENTS, QUESTIONS)
+    with serve_pipeline(busy, argv, "--concurrency", "1", "--max-queue", "1") as (_, url):
+        outcomes, wall = bench.run_load(url, jobs, timeout=120, answer_args=(3, True, "short", 0, 8))
+        report = bench.summarise(outcomes, wall)
+        # still serving: a normal question gets its LLM answer
+        after = Client(url, verbose=False).predict(handle_file(jobs[0][0][0]), QUESTION, 3, True, "short", 0, 8,
+                                                   api_name="/answer")
+    assert after["error"] is None and after["llm_reply"] and len(after["candidates"]) == 3
+
+    assert report["requests"] == CLIENTS * QUESTIONS
+    assert report["hung"] == 0 and report["error"] == 0, report["messages"]
+    assert report["answered"] + report["rejected"] == report["requests"]
+    assert report["answered"] >= 1 and report["rejected"] >= 1  # the queue of 1 overflowed, cleanly
+    assert all("Queue is full" in o.message for o in outcomes if o.status == "rejected")
+    assert report["latency_p50_s"] <= report["latency_p95_s"] and report["throughput_rps"] > 0
+    assert llm.most_active == 1  # --concurrency 1: one request at a time reached the models
+
+    stats = busy.cache.stats()
+    assert stats.hits + stats.misses == report["answered"] + 1  # one look-up per request that reached the models
+    assert stats.entries <= CACHE_ENTRIES and stats.nbytes <= busy.cache.max_bytes
+    assert stats.entries + stats.evictions == stats.misses  # every new image went in, the oldest went out
+    assert stats.entries == min(CACHE_ENTRIES, stats.misses)
+
+
+def test_the_load_bench_runs_the_app_in_a_subprocess_and_reports(argv, tmp_path):
+    args = bench.build_parser().parse_args([
+        "--clients", str(CLIENTS), "--questions", str(QUESTIONS), "--timeout", "120", "--max-new-tokens", "8",
+        "--startup-timeout", "300", "--json", str(tmp_path / "report.json"),
+        "--", *argv, "--concurrency", "1", "--max-queue", "1"])
+    report = bench.run_bench(args)
+    bench.print_report(report)
+
+    assert report["ok"] and report["server_alive"]
+    assert report["requests"] == CLIENTS * QUESTIONS and report["hung"] == 0 and report["error"] == 0
+    assert report["answered"] + report["rejected"] == report["requests"] and report["answered"] >= 1
+    assert all("Queue is full" in m for m in report["messages"])
+    assert report["throughput_rps"] > 0 and report["latency_p95_s"] >= report["latency_p50_s"] > 0
+    assert report["peak_rss_mb"] > 50 and "VmHWM" in report["peak_rss_source"]
+    assert report["cache"] is None  # not exposed by the app over HTTP
+    # the bench stopped the app it started
+    assert not psutil.pid_exists(report["pid"]) or psutil.Process(report["pid"]).status() == psutil.STATUS_ZOMBIE
