@@ -216,3 +216,25 @@ def test_auto_processor_loads_original_processor_layout(tmp_path):
     batch = processor(text=["a photo of a cat.", "dogs"], images=[np.zeros((60, 40, 3), dtype=np.uint8)] * 2)
     assert batch["pixel_values"].shape == (2, 3, 48, 48)
     assert batch["input_ids"].shape[0] == 2 and batch["attention_mask"][1].sum() < batch["attention_mask"][0].sum()
+
+
+def test_head_losses_accept_the_original_label_keywords():
+    inputs = _inputs()
+    itm = vle.VLEForITM.from_pretrained(ORACLE / "VLEForITM").eval()
+    with torch.no_grad():
+        out = itm(**inputs, itm_labels=[1, 0], return_loss=True)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, torch.tensor([1, 0])))
+    pbc = vle.VLEForPBC.from_pretrained(ORACLE / "VLEForPBC").eval()
+    labels = torch.zeros(2, 36, dtype=torch.long)
+    labels[:, :5] = 1
+    labels[1, 30:] = -100
+    with torch.no_grad():
+        out = pbc(**inputs, pbc_labels=labels, return_loss=True)
+    keep = labels.reshape(-1) != -100
+    expected = torch.nn.functional.cross_entropy(out.logits.reshape(-1, 2)[keep], labels.reshape(-1)[keep])
+    torch.testing.assert_close(out.loss, expected)
+    mlm = vle.VLEForMLM.from_pretrained(ORACLE / "VLEForMLM").eval()
+    with torch.no_grad():
+        assert mlm(**inputs).loss is None
+        with pytest.raises(TypeError, match="itm_labels"):
+            mlm(**inputs, itm_labels=[1, 0])

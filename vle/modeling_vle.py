@@ -534,6 +534,45 @@ class VLEForVQA(_VLEHeadModel):
         return self._pack(loss, logits, fused, return_dict)
 
 
+class _VLELabelledHeadModel(_VLEHeadModel):
+    """A head with one label argument (``itm_labels``, ``pbc_labels`` or ``mlm_labels`` in the original API).
+
+    Subclasses name it in ``labels_name`` and implement ``_logits(fused)`` and ``_loss(logits, labels)``.
+    """
+
+    labels_name: str
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        patch_ids=None,
+        labels=None,
+        return_loss: bool | None = None,
+        return_dict: bool | None = None,
+        image_embeds: torch.FloatTensor | None = None,
+        **task_labels: Any,
+    ) -> VLEHeadOutput | tuple:
+        r"""
+        labels: the task labels, also accepted under the original keyword (``itm_labels``, ``pbc_labels``,
+            ``mlm_labels``); the loss is computed with ``return_loss=True``.
+        """
+        unknown = set(task_labels) - {self.labels_name}
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.forward() got unexpected keyword arguments {sorted(unknown)}")
+        labels = task_labels.get(self.labels_name, labels)
+        fused = self._fuse(
+            input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, position_ids=position_ids,
+            token_type_ids=token_type_ids, patch_ids=patch_ids, image_embeds=image_embeds,
+        )
+        logits = self._logits(fused)
+        loss = self._loss(logits, labels) if return_loss and labels is not None else None
+        return self._pack(loss, logits, fused, return_dict)
+
+
 class ITMHead(nn.Module):
     def __init__(self, hidden_size: int):
         super().__init__()
@@ -543,75 +582,51 @@ class ITMHead(nn.Module):
         return self.fc(x)
 
 
-class VLEForITM(_VLEHeadModel):
+class VLEForITM(_VLELabelledHeadModel):
     """Image-text matching head: linear on the pooled vector -> 2 logits (index 1 = the text matches the image)."""
+
+    labels_name = "itm_labels"
 
     def __init__(self, config: VLEConfig, vision_model=None, text_model=None):
         super().__init__(config, vision_model, text_model)
         self.itm_score = ITMHead(config.hidden_size * 2)
         self.post_init()
 
-    def forward(
-        self,
-        input_ids=None,
-        pixel_values=None,
-        attention_mask=None,
-        position_ids=None,
-        token_type_ids=None,
-        patch_ids=None,
-        itm_labels=None,
-        return_loss: bool | None = None,
-        return_dict: bool | None = None,
-        image_embeds=None,
-    ) -> VLEHeadOutput | tuple:
-        fused = self._fuse(
-            input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, position_ids=position_ids,
-            token_type_ids=token_type_ids, patch_ids=patch_ids, image_embeds=image_embeds,
-        )
-        logits = self.itm_score(fused.pooler_output)
-        loss = None
-        if return_loss and itm_labels is not None:
-            loss = F.cross_entropy(logits, torch.as_tensor(itm_labels, device=logits.device).long())
-        return self._pack(loss, logits, fused, return_dict)
+    def _logits(self, fused: VLEModelOutput) -> torch.Tensor:
+        return self.itm_score(fused.pooler_output)
+
+    def _loss(self, logits: torch.Tensor, labels) -> torch.Tensor:
+        return F.cross_entropy(logits, torch.as_tensor(labels, device=logits.device).long())
 
 
-class VLEForPBC(_VLEHeadModel):
-    """Patch-box classification head: an MLP on every image-patch token (CLS excluded) -> 2 logits."""
+class VLEForPBC(_VLELabelledHeadModel):
+    """Patch-box classification head: an MLP on every image-patch token (CLS excluded) -> 2 logits.
+
+    ``pbc_labels``: ``[batch, patches]`` 0/1 (``-100`` ignored).
+    """
+
+    labels_name = "pbc_labels"
 
     def __init__(self, config: VLEConfig, vision_model=None, text_model=None):
         super().__init__(config, vision_model, text_model)
         self.pbc_classifier = _classifier_mlp(config.hidden_size, 2)
         self.post_init()
 
-    def forward(
-        self,
-        input_ids=None,
-        pixel_values=None,
-        attention_mask=None,
-        position_ids=None,
-        token_type_ids=None,
-        patch_ids=None,
-        pbc_labels=None,
-        return_loss: bool | None = None,
-        return_dict: bool | None = None,
-        image_embeds=None,
-    ) -> VLEHeadOutput | tuple:
-        r"""pbc_labels: ``[batch, patches]`` 0/1 (``-100`` ignored)."""
-        fused = self._fuse(
-            input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, position_ids=position_ids,
-            token_type_ids=token_type_ids, patch_ids=patch_ids, image_embeds=image_embeds,
-        )
-        logits = self.pbc_classifier(fused.image_embeds[:, 1:, :])
-        loss = None
-        if return_loss and pbc_labels is not None:
-            labels = torch.as_tensor(pbc_labels, device=logits.device).long()
-            loss = F.cross_entropy(logits.reshape(-1, 2), labels.reshape(-1), ignore_index=-100)
-        return self._pack(loss, logits, fused, return_dict)
+    def _logits(self, fused: VLEModelOutput) -> torch.Tensor:
+        return self.pbc_classifier(fused.image_embeds[:, 1:, :])
+
+    def _loss(self, logits: torch.Tensor, labels) -> torch.Tensor:
+        labels = torch.as_tensor(labels, device=logits.device).long()
+        return F.cross_entropy(logits.reshape(-1, 2), labels.reshape(-1), ignore_index=-100)
 
 
-class VLEForMLM(_VLEHeadModel):
-    """Masked-language-model head: linear to the text width, then DeBERTa's LM head tied to the word embeddings."""
+class VLEForMLM(_VLELabelledHeadModel):
+    """Masked-language-model head: linear to the text width, then DeBERTa's LM head tied to the word embeddings.
 
+    ``mlm_labels``: ``[batch, text_len]`` token ids to predict, ``-100`` elsewhere.
+    """
+
+    labels_name = "mlm_labels"
     _keys_to_ignore_on_load_missing = [r"mlm_score.1.predictions.decoder.weight", r"mlm_score.1.predictions.decoder.bias"]
     _tied_weights_keys = {
         "mlm_score.1.predictions.decoder.weight": "vle.text_model.embeddings.word_embeddings.weight",
@@ -631,29 +646,11 @@ class VLEForMLM(_VLEHeadModel):
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.mlm_score[1].predictions.decoder = new_embeddings
 
-    def forward(
-        self,
-        input_ids=None,
-        pixel_values=None,
-        attention_mask=None,
-        position_ids=None,
-        token_type_ids=None,
-        patch_ids=None,
-        mlm_labels=None,
-        return_loss: bool | None = None,
-        return_dict: bool | None = None,
-        image_embeds=None,
-    ) -> VLEHeadOutput | tuple:
-        r"""mlm_labels: ``[batch, text_len]`` token ids to predict, ``-100`` elsewhere."""
-        fused = self._fuse(
-            input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, position_ids=position_ids,
-            token_type_ids=token_type_ids, patch_ids=patch_ids, image_embeds=image_embeds,
-        )
-        logits = self.mlm_score(fused.text_embeds)
-        loss = None
-        if return_loss and mlm_labels is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), mlm_labels.reshape(-1), ignore_index=-100)
-        return self._pack(loss, logits, fused, return_dict)
+    def _logits(self, fused: VLEModelOutput) -> torch.Tensor:
+        return self.mlm_score(fused.text_embeds)
+
+    def _loss(self, logits: torch.Tensor, labels) -> torch.Tensor:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
 
 class _VLEForVCR(_VLEHeadModel):
