@@ -39,7 +39,6 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -69,19 +68,7 @@ QWEN25_15B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, n
                   rope_theta=1_000_000.0, tie_word_embeddings=True)
 #: tiny shapes for --smoke
 SMOKE_SIZES = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
-CORPUS = [
-    "what colour is the cat sitting on the red couch?",
-    "how many people are standing near the bus stop?",
-    "is the man holding an umbrella in the rain?",
-    "a photo of two dogs playing on the green grass",
-    "which animal is eating the bread on the table?",
-    "where is the woman with the blue hat going?",
-]
 QUESTIONS = ("What is the man holding?", "What colour is the bus?", "How many dogs are there?")
-CHATML = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 BNB_INSTALL = ("bitsandbytes is not installed. On this CUDA machine run:  pip install bitsandbytes  "
                "(it needs a CUDA build of PyTorch), or rerun with --llm-precision bf16.")
 
@@ -132,6 +119,7 @@ def vle_config(smoke: bool) -> tuple[dict[str, Any], str]:
 
 def build_vle(device: torch.device, dtype: torch.dtype, workdir: Path, smoke: bool):
     """Random-weight VLEForVQA of vle-base-for-vqa sizes on ``device`` in ``dtype``, and its processor."""
+    from bench.random_models import CORPUS
     from vle import VLEConfig, VLEForVQA
     from vle.processing_vle import VLEProcessor
     from vle.processor_training import write_processor_files
@@ -148,9 +136,9 @@ def build_vle(device: torch.device, dtype: torch.dtype, workdir: Path, smoke: bo
 
 def build_blip(device: torch.device, dtype: torch.dtype, smoke: bool):
     """Random-weight BLIP captioner of blip-image-captioning-base sizes (BlipConfig defaults)."""
-    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil,
-                              BlipProcessor)
+    from transformers import BlipConfig, BlipForConditionalGeneration
 
+    from bench.random_models import blip_processor
     from captioner import BlipCaptioner
 
     if smoke:
@@ -158,46 +146,23 @@ def build_blip(device: torch.device, dtype: torch.dtype, smoke: bool):
                             vision_config={**SMOKE_SIZES, "image_size": 32, "patch_size": 8})
     else:
         config = BlipConfig()
-    text = config.text_config
-    specials = {text.pad_token_id: "[PAD]", 100: "[UNK]", 101: "[CLS]", text.sep_token_id: "[SEP]", 103: "[MASK]",
-                text.bos_token_id: "[DEC]"}
-    vocab = {specials.get(i, f"w{i}"): i for i in range(text.vocab_size)}
-    size = config.vision_config.image_size
-    processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": size, "width": size}),
-                              tokenizer=BertTokenizer(vocab=vocab, bos_token="[DEC]"))
     with torch.device(device):
         model = BlipForConditionalGeneration(config)
     # random weights never stop early: 12 new tokens, about a real caption's length
-    return BlipCaptioner(model.to(dtype).eval(), processor, "blip-base-shaped-random", max_new_tokens=12,
-                         min_new_tokens=12)
-
-
-def chat_tokenizer(vocab_size: int):
-    """A word-level tokenizer with a ChatML template over ``vocab_size`` ids (the corpus words, then fillers)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    words = sorted({w for line in CORPUS + list(QUESTIONS) for w in line.replace("?", " ?").split()})
-    names = specials + words
-    vocab = {name: i for i, name in enumerate(names)}
-    vocab.update({f"t{i}": i for i in range(len(names), vocab_size)})
-    word_level = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>", pad_token="<|endoftext|>",
-                                        bos_token="<|im_start|>", eos_token="<|im_end|>")
-    tokenizer.chat_template = CHATML
-    return tokenizer
+    return BlipCaptioner(model.to(dtype).eval(), blip_processor(config), "blip-base-shaped-random",
+                         max_new_tokens=12, min_new_tokens=12)
 
 
 def save_random_llm(folder: Path, device: torch.device, smoke: bool) -> None:
     """Save a Qwen2.5-1.5B-shaped chat LM with random bf16 weights (and its tokenizer) into ``folder``."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from bench.random_models import CORPUS, chat_tokenizer
+
     sizes = {**QWEN25_15B, **SMOKE_SIZES, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2, "hidden_size": 64, "intermediate_size": 128, "vocab_size": 512} \
         if smoke else QWEN25_15B
-    tokenizer = chat_tokenizer(sizes["vocab_size"])
+    tokenizer = chat_tokenizer(sizes["vocab_size"], CORPUS + list(QUESTIONS))
     config = Qwen2Config(**sizes, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
     with torch.device(device):
@@ -229,12 +194,6 @@ def load_llm(folder: Path, device: torch.device, precision: str):
 
 
 # -------------------------------------------------------------------------------------------- run
-def photo(seed: int) -> Image.Image:
-    """A 640x480 noise 'photo', different for each seed (so it starts uncached)."""
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
-    return Image.fromarray(pixels, "RGB")
-
-
 def timed(label: str, memory: GPUMemory, build):
     """Run ``build()``, print its time and the GPU memory it added; return its result."""
     before = memory.allocated_mb()
@@ -282,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             print(BNB_INSTALL)
             return 1
 
+    from bench.random_models import photo
     from vqa_llm import VQALLMPipeline
     from vqa_llm.result import STAGES
 

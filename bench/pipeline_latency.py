@@ -35,24 +35,18 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-import numpy as np  # noqa: E402
 import sentencepiece as spm  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import (  # noqa: E402
-    BertTokenizer,
     BlipConfig,
     BlipForConditionalGeneration,
-    BlipImageProcessorPil,
-    BlipProcessor,
     CLIPImageProcessorPil,
     DebertaV2Tokenizer,
-    PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
 
+from bench.random_models import CORPUS, blip_processor, chat_tokenizer, photo  # noqa: E402
 from captioner import BlipCaptioner  # noqa: E402
 from llm import TransformersChatLLM  # noqa: E402
 from vle import VLEConfig, VLEForVQA  # noqa: E402
@@ -61,19 +55,7 @@ from vqa_llm.pipeline import VQALLMPipeline  # noqa: E402
 from vqa_llm.result import STAGES  # noqa: E402
 
 MANIFEST = REPO_ROOT.parent / "shared" / "reference" / "vle" / "manifests" / "vle-base-for-vqa.json"
-CORPUS = [
-    "what colour is the cat sitting on the red couch?",
-    "how many people are standing near the bus stop?",
-    "is the man holding an umbrella in the rain?",
-    "a photo of two dogs playing on the green grass",
-    "which animal is eating the bread on the table?",
-    "where is the woman with the blue hat going?",
-]
 QUESTIONS = ("What is the man holding in his hand?", "How many dogs are on the grass?")
-CHATML = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 def build_vle(labels: int, workdir: Path) -> tuple[VLEForVQA, VLEProcessor]:
@@ -100,15 +82,8 @@ def build_vle(labels: int, workdir: Path) -> tuple[VLEForVQA, VLEProcessor]:
 def build_blip(beams: int, tokens: int) -> BlipCaptioner:
     """blip-image-captioning-base sizes (BlipConfig defaults), random weights, a BERT-layout vocabulary."""
     config = BlipConfig()
-    text = config.text_config
-    specials = {text.pad_token_id: "[PAD]", 100: "[UNK]", 101: "[CLS]", text.sep_token_id: "[SEP]", 103: "[MASK]",
-                text.bos_token_id: "[DEC]"}
-    vocab = {specials.get(i, f"w{i}"): i for i in range(text.vocab_size)}
-    tokenizer = BertTokenizer(vocab=vocab, bos_token="[DEC]")
-    processor = BlipProcessor(image_processor=BlipImageProcessorPil(
-        size={"height": config.vision_config.image_size, "width": config.vision_config.image_size}), tokenizer=tokenizer)
     model = BlipForConditionalGeneration(config).eval()
-    return BlipCaptioner(model, processor, "blip-base-random", num_beams=beams, max_new_tokens=tokens,
+    return BlipCaptioner(model, blip_processor(config), "blip-base-random", num_beams=beams, max_new_tokens=tokens,
                          min_new_tokens=tokens)
 
 
@@ -117,27 +92,11 @@ def build_llm() -> TransformersChatLLM:
     config = Qwen2Config(vocab_size=151936, hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
                          num_key_value_heads=2, intermediate_size=4864, max_position_embeddings=32768,
                          tie_word_embeddings=True)
-    specials = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    words = sorted({w for line in CORPUS for w in line.replace("?", " ?").split()})
-    names = specials + words
-    vocab = {name: i for i, name in enumerate(names)}
-    vocab.update({f"t{i}": i for i in range(len(names), config.vocab_size)})
-    word_level = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>", pad_token="<|endoftext|>",
-                                        bos_token="<|im_start|>", eos_token="<|im_end|>")
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    tokenizer.chat_template = CHATML
-    config.bos_token_id, config.eos_token_id = vocab["<|im_start|>"], vocab["<|im_end|>"]
-    config.pad_token_id = vocab["<|endoftext|>"]
+    tokenizer = chat_tokenizer(config.vocab_size)
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
     model = Qwen2ForCausalLM(config).eval()
     return TransformersChatLLM(model, tokenizer, "qwen2.5-0.5b-shaped-random")
-
-
-def photo(seed: int) -> Image.Image:
-    """A 640x480 noise 'photo' (distinct per seed, so every round starts uncached)."""
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
-    return Image.fromarray(pixels, "RGB")
 
 
 def main() -> None:

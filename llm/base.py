@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import LLMError
 
@@ -59,12 +60,15 @@ class ChatLLM(ABC):
 
     Attributes: ``model_id`` (what was loaded) and ``max_context`` (context length in tokens, or
     ``None`` when unknown). Under greedy decoding ``"".join(stream(m)) == generate(m)``.
+
+    The public methods validate the options once into :class:`GenerationOptions` and hand them to the
+    hooks a backend implements: ``_generate``, ``_stream`` and optionally ``_generate_batch`` (which
+    answers the chats one by one unless overridden).
     """
 
     model_id: str = ""
     max_context: int | None = None
 
-    @abstractmethod
     def generate(
         self,
         messages: Sequence[dict],
@@ -75,8 +79,8 @@ class ChatLLM(ABC):
         timeout: float | None = None,
     ) -> str:
         """The assistant's reply to ``messages``."""
+        return self._generate(messages, GenerationOptions(max_new_tokens, temperature, top_p, timeout))
 
-    @abstractmethod
     def stream(
         self,
         messages: Sequence[dict],
@@ -86,7 +90,11 @@ class ChatLLM(ABC):
         top_p: float | None = None,
         timeout: float | None = None,
     ) -> Iterator[str]:
-        """The assistant's reply to ``messages`` as text chunks, yielded as soon as they are decoded."""
+        """The assistant's reply to ``messages`` as text chunks, yielded as soon as they are decoded.
+
+        Bad options (and whatever the backend checks in ``_stream`` before streaming, such as a too-long
+        prompt) raise here, when called, not on the first ``next()``."""
+        return self._stream(messages, GenerationOptions(max_new_tokens, temperature, top_p, timeout))
 
     def generate_batch(
         self,
@@ -96,12 +104,26 @@ class ChatLLM(ABC):
         temperature: float | None = None,
         top_p: float | None = None,
         timeout: float | None = None,
+        **backend_options: Any,
     ) -> list[str]:
-        """Replies to several chats, in order. The base version answers them one by one."""
-        return [
-            self.generate(m, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, timeout=timeout)
-            for m in batch
-        ]
+        """Replies to several chats, in order. ``backend_options`` go to the backend's ``_generate_batch``
+        (e.g. ``batch_size`` for :class:`~llm.transformers_backend.TransformersChatLLM`)."""
+        opts = GenerationOptions(max_new_tokens, temperature, top_p, timeout)
+        return self._generate_batch(batch, opts, **backend_options)
+
+    # ------------------------------------------------------------------------- backend hooks
+    @abstractmethod
+    def _generate(self, messages: Sequence[dict], opts: GenerationOptions) -> str:
+        """The reply to ``messages`` under the validated ``opts``."""
+
+    @abstractmethod
+    def _stream(self, messages: Sequence[dict], opts: GenerationOptions) -> Iterator[str]:
+        """The reply chunks. Checks that should raise when :meth:`stream` is called belong before the
+        iterator is returned (i.e. this is a plain method returning a generator, not a generator itself)."""
+
+    def _generate_batch(self, batch: Sequence[Sequence[dict]], opts: GenerationOptions) -> list[str]:
+        """Replies to several chats; this default answers them one by one."""
+        return [self._generate(m, opts) for m in batch]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model_id={self.model_id!r})"

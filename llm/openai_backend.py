@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 import urllib3.exceptions
 
-from .base import DEFAULT_MAX_NEW_TOKENS, ChatLLM, GenerationOptions, check_messages
+from .base import ChatLLM, GenerationOptions, check_messages
 from .errors import LLMConnectionError, LLMError, LLMTimeoutError
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -137,16 +137,7 @@ class OpenAIChatLLM(ChatLLM):
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------------------------ interface
-    def generate(
-        self,
-        messages: Sequence[dict],
-        *,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        timeout: float | None = None,
-    ) -> str:
-        opts = GenerationOptions(max_new_tokens, temperature, top_p, timeout)
+    def _generate(self, messages: Sequence[dict], opts: GenerationOptions) -> str:
         limit = opts.timeout or self.timeout
         response = self._post(self._payload(messages, opts, stream=False), limit, stream=False)
         try:
@@ -156,18 +147,9 @@ class OpenAIChatLLM(ChatLLM):
             raise LLMError(f"{self.url} sent an unexpected reply: {response.text[:BODY_EXCERPT]}") from None
         return content or ""
 
-    def stream(
-        self,
-        messages: Sequence[dict],
-        *,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        timeout: float | None = None,
-    ) -> Iterator[str]:
-        """Reply chunks from server-sent events. Bad options or messages raise here; the request starts on
-        the first ``next()``."""
-        opts = GenerationOptions(max_new_tokens, temperature, top_p, timeout)
+    def _stream(self, messages: Sequence[dict], opts: GenerationOptions) -> Iterator[str]:
+        """Reply chunks from server-sent events. Bad messages raise here; the request starts on the first
+        ``next()``."""
         return self._events(self._payload(messages, opts, stream=True), opts.timeout or self.timeout)
 
     def _events(self, payload: dict, limit: float) -> Iterator[str]:
@@ -203,21 +185,7 @@ class OpenAIChatLLM(ChatLLM):
         finally:
             response.close()
 
-    def generate_batch(
-        self,
-        batch: Sequence[Sequence[dict]],
-        *,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        timeout: float | None = None,
-    ) -> list[str]:
+    def _generate_batch(self, batch: Sequence[Sequence[dict]], opts: GenerationOptions) -> list[str]:
         """Replies to several chats, requested concurrently (``max_workers`` at a time), in order."""
-
-        def one(messages: Sequence[dict]) -> str:
-            return self.generate(
-                messages, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, timeout=timeout
-            )
-
         with ThreadPoolExecutor(max_workers=max(1, self.max_workers)) as pool:
-            return list(pool.map(one, batch))
+            return list(pool.map(lambda messages: self._generate(messages, opts), batch))

@@ -25,7 +25,7 @@ from transformers import (
     TextIteratorStreamer,
 )
 
-from .base import DEFAULT_MAX_NEW_TOKENS, ChatLLM, GenerationOptions, check_messages
+from .base import ChatLLM, GenerationOptions, check_messages
 from .bundled import SMOLLM2_INSTALL
 from .errors import LLMError, LLMTimeoutError, PromptTooLongError
 
@@ -252,31 +252,13 @@ class TransformersChatLLM(ChatLLM):
         )
 
     # ------------------------------------------------------------------------------------ interface
-    def generate(
-        self,
-        messages: Sequence[dict],
-        *,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        timeout: float | None = None,
-    ) -> str:
-        return self.generate_batch(
-            [messages], max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, timeout=timeout
-        )[0]
+    def _generate(self, messages: Sequence[dict], opts: GenerationOptions) -> str:
+        return self._generate_batch([messages], opts)[0]
 
-    def generate_batch(
-        self,
-        batch: Sequence[Sequence[dict]],
-        *,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        timeout: float | None = None,
-        batch_size: int = 8,
+    def _generate_batch(
+        self, batch: Sequence[Sequence[dict]], opts: GenerationOptions, batch_size: int = 8
     ) -> list[str]:
         """Replies to several chats, generated ``batch_size`` at a time with left padding."""
-        opts = GenerationOptions(max_new_tokens, temperature, top_p, timeout)
         deadline = _Deadline(opts.timeout)
         replies: list[str] = []
         for start in range(0, len(batch), max(1, batch_size)):
@@ -287,21 +269,12 @@ class TransformersChatLLM(ChatLLM):
             replies += self.tokenizer.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
         return replies
 
-    def stream(
-        self,
-        messages: Sequence[dict],
-        *,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        timeout: float | None = None,
-    ) -> Iterator[str]:
-        """Reply chunks as they are decoded. Bad options or a too-long prompt raise here, before any streaming."""
-        opts = GenerationOptions(max_new_tokens, temperature, top_p, timeout)
+    def _stream(self, messages: Sequence[dict], opts: GenerationOptions) -> Iterator[str]:
+        """Reply chunks as they are decoded. A too-long prompt raises here, before any streaming."""
         enc = self._encode([messages], opts)
-        return self._stream(enc, opts, _Deadline(opts.timeout))
+        return self._stream_encoded(enc, opts, _Deadline(opts.timeout))
 
-    def _stream(self, enc, opts: GenerationOptions, deadline: _Deadline) -> Iterator[str]:
+    def _stream_encoded(self, enc, opts: GenerationOptions, deadline: _Deadline) -> Iterator[str]:
         streamer = TextIteratorStreamer(
             self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=opts.timeout
         )

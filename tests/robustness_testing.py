@@ -1,7 +1,8 @@
 """Helpers for the robustness, load, fault and security tests: tiny offline models and an in-process app server.
 
 :func:`tiny_model_argv` builds a tiny random VLE, BLIP and chat LLM and returns the ``app.py`` flags that load
-them (always tiny, even when the bundled models exist: these tests are about failure handling, not answers).
+them (always tiny, even when the bundled models exist: these tests are about failure handling, not answers);
+:func:`tiny_pipeline_fixtures` makes module fixtures of those flags and of a pipeline loaded from them.
 :func:`serve_pipeline` serves :func:`app.build_demo` around a pipeline the test holds — so the test can look at
 its cache or swap its LLM — through the same :func:`app.serve` as ``python app.py``.
 """
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 import app
@@ -38,6 +40,26 @@ def profile_from_argv(argv: Sequence[str]) -> tuple[Profile, str]:
     """The profile (and the reason for it) that ``python app.py ARGV`` would use."""
     args = app.build_parser().parse_args(list(argv))
     return resolve_profile(args.profile, overrides_from_args(args))
+
+
+def tiny_pipeline_fixtures(use_llm: bool = True) -> tuple[Any, Any]:
+    """Module-scoped fixtures ``(argv, pipe)``: :func:`tiny_model_argv` flags of models built once per test
+    module, and the pipeline loaded from them (with its LLM unless ``use_llm=False``).
+
+    Assign them at module level in the test file (the names given become the fixture names; the pipeline
+    fixture needs the flags one to be called ``argv``): ``argv, pipe = tiny_pipeline_fixtures()``.
+    """
+
+    @pytest.fixture(scope="module")
+    def argv(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+        return tiny_model_argv(tmp_path_factory.mktemp("tiny_models"))
+
+    @pytest.fixture(scope="module")
+    def pipe(argv: list[str]) -> VQALLMPipeline:
+        profile, _ = profile_from_argv(argv)
+        return VQALLMPipeline.from_profile(profile, use_llm=use_llm)
+
+    return argv, pipe
 
 
 def pipeline_like(pipe: VQALLMPipeline, llm: Any = "same", **kwargs: Any) -> VQALLMPipeline:

@@ -209,15 +209,15 @@ class ScriptedLLM(ChatLLM):
     def __init__(self, chunks):
         self.chunks = list(chunks)
 
-    def generate(self, messages, **opts):
+    def _generate(self, messages, opts):
         return "".join(self.chunks)
 
-    def stream(self, messages, **opts):
+    def _stream(self, messages, opts):
         yield from self.chunks
 
 
 class RefusingLLM(ScriptedLLM):
-    def stream(self, messages, **opts):
+    def _stream(self, messages, opts):
         raise LLMConnectionError("connection refused by http://127.0.0.1:9")
 
 

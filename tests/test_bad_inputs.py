@@ -26,8 +26,8 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import odd_images
-from robustness_testing import QUESTION, pipeline_like, profile_from_argv, serve_pipeline, tiny_model_argv
-from tiny_models import single_thread
+from robustness_testing import QUESTION, pipeline_like, serve_pipeline, tiny_pipeline_fixtures
+from tiny_models import single_thread_fixture
 from tiny_vle import DEFAULT_LABELS
 from vle.image_io import image_sha256
 from vqa_llm import VQALLMError, VQALLMPipeline
@@ -158,21 +158,8 @@ IDS = [case.name for case in CASES]
 
 
 # ----------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def argv(tmp_path_factory):
-    return tiny_model_argv(tmp_path_factory.mktemp("bad_input_models"))
-
-
-@pytest.fixture(scope="module")
-def pipe(argv):
-    profile, _ = profile_from_argv(argv)
-    return VQALLMPipeline.from_profile(profile)
+one_thread = single_thread_fixture()
+argv, pipe = tiny_pipeline_fixtures()
 
 
 @pytest.fixture(scope="module")

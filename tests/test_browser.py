@@ -43,10 +43,10 @@ class HeldLLM(ChatLLM):
     def __init__(self):
         self.release = threading.Event()
 
-    def generate(self, messages, **opts):
+    def _generate(self, messages, opts):
         return SCRIPT_REPLY + SCRIPT_TAIL
 
-    def stream(self, messages, **opts):
+    def _stream(self, messages, opts):
         yield SCRIPT_REPLY
         self.release.wait(WAIT_MS / 1000)
         yield SCRIPT_TAIL

@@ -31,8 +31,8 @@ from gradio_client import Client, handle_file
 
 from app_testing import free_port
 from llm import ChatLLM, OpenAIChatLLM
-from robustness_testing import QUESTION, pipeline_like, profile_from_argv, serve_pipeline, tiny_model_argv
-from tiny_models import build_tiny_blip, build_tiny_chat_lm, single_thread
+from robustness_testing import QUESTION, pipeline_like, profile_from_argv, serve_pipeline, tiny_pipeline_fixtures
+from tiny_models import build_tiny_blip, build_tiny_chat_lm, single_thread_fixture
 from tiny_vle import build_tiny_vle_vqa
 from vqa_llm import ModelUnavailableError, VQALLMPipeline
 from vqa_llm.cli import EXIT_USER_ERROR
@@ -50,10 +50,10 @@ class RaisingLLM(ChatLLM):
 
     model_id = "raising-llm"
 
-    def generate(self, messages, **opts):
+    def _generate(self, messages, opts):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    def stream(self, messages, **opts):
+    def _stream(self, messages, opts):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
 
@@ -65,11 +65,11 @@ class HangingLLM(ChatLLM):
     def __init__(self):
         self.release = threading.Event()
 
-    def generate(self, messages, **opts):
+    def _generate(self, messages, opts):
         self.release.wait(60)
         return "Answer: too late"
 
-    def stream(self, messages, **opts):
+    def _stream(self, messages, opts):
         yield "Answer: "
         self.release.wait(60)
         yield "too late"
@@ -105,21 +105,8 @@ def closed_port_url() -> str:
 
 
 # ----------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def argv(tmp_path_factory):
-    return tiny_model_argv(tmp_path_factory.mktemp("fault_models"))
-
-
-@pytest.fixture(scope="module")
-def base(argv):
-    profile, _ = profile_from_argv(argv)
-    return VQALLMPipeline.from_profile(profile, use_llm=False)
+one_thread = single_thread_fixture()
+argv, base = tiny_pipeline_fixtures(use_llm=False)
 
 
 @pytest.fixture(scope="module")

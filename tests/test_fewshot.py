@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from captioner import BlipCaptioner
 from llm import ChatLLM, TransformersChatLLM
 from prompts import build_fitted_messages, build_messages
-from tiny_models import build_tiny_blip, build_tiny_chat_lm, single_thread
+from tiny_models import build_tiny_blip, build_tiny_chat_lm, single_thread_fixture
 from tiny_vle import build_tiny_vle_vqa
 from vle import VLEForVQA
 from vle.image_io import image_sha256, load_image
@@ -94,24 +94,21 @@ class RunScriptedLLM(ChatLLM):
         self.calls.append(reply)
         return reply
 
-    def generate(self, messages, **opts):
+    def _generate(self, messages, opts):
         return self._next()
 
-    def stream(self, messages, **opts):
+    def _stream(self, messages, opts):
         reply = self._next()
         yield reply[:3]
         yield reply[3:]
 
-    def generate_batch(self, batch, **opts):
+    def _generate_batch(self, batch, opts):
         reply = self._next()
         return [reply] * len(batch)
 
 
 # ------------------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+_one_thread = single_thread_fixture()
 
 
 @pytest.fixture(scope="module")

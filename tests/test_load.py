@@ -15,16 +15,16 @@ import importlib.util
 import sys
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import psutil
-import pytest
 from gradio_client import Client, handle_file
 
 from llm import ChatLLM
-from robustness_testing import QUESTION, pipeline_like, profile_from_argv, serve_pipeline, tiny_model_argv
-from tiny_models import single_thread
-from vqa_llm import ImageCache, VQALLMPipeline
+from robustness_testing import QUESTION, pipeline_like, serve_pipeline, tiny_pipeline_fixtures
+from tiny_models import single_thread_fixture
+from vqa_llm import ImageCache
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS, QUESTIONS = 4, 2
@@ -60,30 +60,17 @@ class HoldingLLM(ChatLLM):
         with self._lock:
             self.active -= 1
 
-    def generate(self, messages, **opts):
+    def _generate(self, messages, opts):
         self._held()
-        return self.inner.generate(messages, **opts)
+        return self.inner.generate(messages, **asdict(opts))
 
-    def stream(self, messages, **opts):
+    def _stream(self, messages, opts):
         self._held()
-        yield from self.inner.stream(messages, **opts)
+        yield from self.inner.stream(messages, **asdict(opts))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def argv(tmp_path_factory):
-    return tiny_model_argv(tmp_path_factory.mktemp("load_models"))
-
-
-@pytest.fixture(scope="module")
-def pipe(argv):
-    profile, _ = profile_from_argv(argv)
-    return VQALLMPipeline.from_profile(profile)
+one_thread = single_thread_fixture()
+argv, pipe = tiny_pipeline_fixtures()
 
 
 def test_concurrent_users_are_answered_or_cleanly_refused_and_the_cache_stays_bounded(pipe, argv):

@@ -32,8 +32,8 @@ import app
 import odd_images
 from llm import transformers_backend
 from robustness_testing import (QUESTION, call_answer_raw, pipeline_like, profile_from_argv, serve_pipeline,
-                                tiny_model_argv)
-from tiny_models import single_thread
+                                tiny_pipeline_fixtures)
+from tiny_models import single_thread_fixture
 from vle import VLEForVQA
 from vqa_llm import ModelUnavailableError, VQALLMPipeline, resolve_profile
 from vqa_llm.loading import load_chat_llm
@@ -42,22 +42,8 @@ from vqa_llm.profiles import BASE, LARGE, bundled_profile
 REPO = Path(__file__).resolve().parents[1]
 SKIP_DIRS = {".venv", "tests", "build_cache", "node_modules", "__pycache__"}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def argv(tmp_path_factory):
-    return tiny_model_argv(tmp_path_factory.mktemp("security_models"))
-
-
-@pytest.fixture(scope="module")
-def pipe(argv):
-    profile, _ = profile_from_argv(argv)
-    return VQALLMPipeline.from_profile(profile, use_llm=False)
+one_thread = single_thread_fixture()
+argv, pipe = tiny_pipeline_fixtures(use_llm=False)
 
 
 # ---------------------------------------------------------------------------- pickled checkpoints

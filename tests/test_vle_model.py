@@ -9,7 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForVisualQuestionAnswering
 
 import vle
-from vle import VLEConfig, VLEForMLM, VLEForVQA, VLEModel
+from vle import VLEConfig, VLEForVQA, VLEModel
 from vle.modeling_vle import interpolate_position_embedding
 
 REFERENCE = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "vle"

@@ -8,6 +8,7 @@ API, loading from a profile (missing and corrupt model folders) and the JSON for
 import json
 import shutil
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -41,26 +42,26 @@ class ScriptedLLM(ChatLLM):
         self.chunks = list(chunks)
         self.calls = []
 
-    def generate(self, messages, **opts):
-        self.calls.append(("generate", messages, opts))
+    def _generate(self, messages, opts):
+        self.calls.append(("generate", messages, asdict(opts)))
         return "".join(self.chunks)
 
-    def stream(self, messages, **opts):
-        self.calls.append(("stream", messages, opts))
+    def _stream(self, messages, opts):
+        self.calls.append(("stream", messages, asdict(opts)))
         yield from self.chunks
 
-    def generate_batch(self, batch, **opts):
-        self.calls.append(("generate_batch", list(batch), opts))
+    def _generate_batch(self, batch, opts):
+        self.calls.append(("generate_batch", list(batch), asdict(opts)))
         return ["".join(self.chunks) for _ in batch]
 
 
 class RefusingLLM(ScriptedLLM):
     """Like an HTTP backend whose server is down."""
 
-    def stream(self, messages, **opts):
+    def _stream(self, messages, opts):
         raise LLMConnectionError("connection refused by http://127.0.0.1:9")
 
-    def generate_batch(self, batch, **opts):
+    def _generate_batch(self, batch, opts):
         raise LLMConnectionError("connection refused by http://127.0.0.1:9")
 
 
@@ -71,12 +72,12 @@ class HangingLLM(ScriptedLLM):
         super().__init__()
         self.release = threading.Event()
 
-    def stream(self, messages, **opts):
+    def _stream(self, messages, opts):
         yield "Answer: "
         self.release.wait(30)
         yield "blue"
 
-    def generate_batch(self, batch, **opts):
+    def _generate_batch(self, batch, opts):
         self.release.wait(30)
         return ["Answer: blue"] * len(batch)
 
@@ -84,7 +85,7 @@ class HangingLLM(ScriptedLLM):
 class DyingLLM(ScriptedLLM):
     """Streams one chunk, then the backend crashes."""
 
-    def stream(self, messages, **opts):
+    def _stream(self, messages, opts):
         yield "Answer: gre"
         raise RuntimeError("CUDA error: device-side assert triggered")
 
@@ -92,8 +93,8 @@ class DyingLLM(ScriptedLLM):
 class PickyBatchLLM(ScriptedLLM):
     """Fails any batch containing a chat that mentions 'boom'; answers the others."""
 
-    def generate_batch(self, batch, **opts):
-        self.calls.append(("generate_batch", list(batch), opts))
+    def _generate_batch(self, batch, opts):
+        self.calls.append(("generate_batch", list(batch), asdict(opts)))
         if any("boom" in m[-1]["content"] for m in batch):
             raise ValueError("tokenizer exploded on this chat")
         return ["Answer: red"] * len(batch)

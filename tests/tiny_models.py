@@ -6,7 +6,8 @@
   ChatML chat template (``<|im_start|>``/``<|im_end|>``), like SmolLM2/Qwen chat models.
 
 Both return the directory they saved into, ready for ``from_pretrained``. :func:`single_thread` is a
-context manager for test fixtures: one torch thread is faster for such tiny models.
+context manager for test fixtures: one torch thread is faster for such tiny models;
+:func:`single_thread_fixture` makes a test module run all its tests so.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
@@ -56,6 +58,20 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def single_thread_fixture():
+    """A module-scoped autouse fixture that runs a test module under :func:`single_thread`.
+
+    Assign it at module level in the test file: ``one_thread = single_thread_fixture()``.
+    """
+
+    @pytest.fixture(scope="module", autouse=True)
+    def one_thread() -> Iterator[None]:
+        with single_thread():
+            yield
+
+    return one_thread
 
 
 def build_tiny_blip(directory: str | Path, image_size: int = 32, seed: int = 0) -> str:

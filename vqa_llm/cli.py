@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from .errors import VQALLMError
-from .fewshot.locate import BANK_ENV_VAR, example_bank_path, open_example_bank
-from .fewshot.runs import DEFAULT_N_EXAMPLES, DEFAULT_RUNS, FEWSHOT_TEMPLATE, check_counts
+from .fewshot.arguments import add_template_arguments
+from .fewshot.locate import example_bank_path, open_example_bank
+from .fewshot.runs import FEWSHOT_TEMPLATE, check_counts
 from .profiles import add_profile_arguments, overrides_from_args, resolve_profile
 
 EXIT_USER_ERROR = 2
@@ -32,14 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("ask", help="answer one question about one image")
     ask.add_argument("image", help="image file (JPEG, PNG, WebP, ...)")
     ask.add_argument("question", help="the question, in quotes")
-    ask.add_argument("--template", default="short", help="prompt template: short, long or fewshot (default: short)")
-    ask.add_argument("--runs", type=int, default=DEFAULT_RUNS,
-                     help="fewshot: prompts with disjoint examples whose answers are voted (default: 1)")
-    ask.add_argument("--examples", type=int, default=DEFAULT_N_EXAMPLES,
-                     help=f"fewshot: solved examples per prompt (default: {DEFAULT_N_EXAMPLES})")
-    ask.add_argument("--example-bank", default=None,
-                     help=f"fewshot: example bank folder (default: ${BANK_ENV_VAR}, or the bundled bank with the "
-                          "bundled VQA model)")
+    add_template_arguments(ask)
     ask.add_argument("--top-k", type=int, default=5, help="number of VQA candidates shown and given to the LLM")
     ask.add_argument("--json", action="store_true", help="print the full result as JSON")
     ask.add_argument("--max-new-tokens", type=int, default=64, help="longest LLM reply in tokens (default: 64)")

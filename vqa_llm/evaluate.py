@@ -44,14 +44,15 @@ from typing import TYPE_CHECKING, Any
 from vle.vqa_data import VQADataError, VQAExample
 
 from .errors import VQALLMError
-from .evaluation.data import DATASETS, load_dataset, sample_examples
+from .evaluation.data import add_dataset_arguments, examples_from_args
 from .evaluation.errors import EvaluationError
 from .evaluation.report import render_markdown, write_chart
 from .evaluation.store import OutputLayout, done_question_ids, merge_records, write_atomically
 from .evaluation.summary import build_summary
+from .fewshot.arguments import add_template_arguments
 from .fewshot.bank import ExampleBank
-from .fewshot.locate import BANK_ENV_VAR, example_bank_path, open_example_bank
-from .fewshot.runs import DEFAULT_N_EXAMPLES, DEFAULT_RUNS, FEWSHOT_TEMPLATE, check_counts
+from .fewshot.locate import example_bank_path, open_example_bank
+from .fewshot.runs import DEFAULT_RUNS, FEWSHOT_TEMPLATE, check_counts
 from .inputs import check_template
 from .profiles import Profile, add_profile_arguments, overrides_from_args, resolve_profile
 
@@ -72,27 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate raw VQA answers and LLM-refined answers on a VQA dataset (official VQA accuracy).",
         epilog="Several processes/GPUs: accelerate launch [--num_processes N] -m vqa_llm.evaluate ...",
     )
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS, default="easy-vqa", help="dataset (default: easy-vqa)")
-    data.add_argument("--split", default="test", help="easy-VQA split: train or test (default: test)")
-    data.add_argument("--questions", help="vqav2: questions JSON (VQAv2 format; OK-VQA/A-OKVQA files too)")
-    data.add_argument("--annotations", help="vqav2: annotations JSON with the human answers")
-    data.add_argument("--images", help="vqav2: folder of the images (e.g. .../val2014)")
-    data.add_argument("--skip-missing-images", action="store_true",
-                      help="vqav2: leave out questions whose image is not in --images (default: stop)")
-    data.add_argument("--limit", type=int, default=None,
-                      help="evaluate a fixed random sample of this many questions (default: all)")
-    data.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default: 0)")
+    add_dataset_arguments(parser.add_argument_group("data"), split="test")
     run = parser.add_argument_group("answering")
-    run.add_argument("--template", default="short",
-                     help="prompt template: short, long or fewshot (default: short)")
-    run.add_argument("--runs", type=int, default=DEFAULT_RUNS,
-                     help="fewshot: prompts with disjoint examples whose answers are voted (default: 1)")
-    run.add_argument("--examples", type=int, default=DEFAULT_N_EXAMPLES,
-                     help=f"fewshot: solved examples per prompt (default: {DEFAULT_N_EXAMPLES})")
-    run.add_argument("--example-bank", default=None,
-                     help=f"fewshot: example bank folder (default: ${BANK_ENV_VAR}, or the bundled bank with the "
-                          "bundled VQA model)")
+    add_template_arguments(run)
     run.add_argument("--top-k", type=int, default=5, help="VQA candidates given to the LLM (default: 5)")
     run.add_argument("--batch-size", type=int, default=16, help="questions per batch (default: 16)")
     run.add_argument("--max-new-tokens", type=int, default=64, help="longest LLM reply in tokens (default: 64)")
@@ -249,10 +232,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     profile, reason = resolve_profile(args.profile, _profile_overrides(args, state))
     use_llm = not args.no_llm and profile.use_llm
     bank = fewshot_bank(args, profile, use_llm)
-    sample = sample_examples(
-        load_dataset(args.dataset, split=args.split, questions=args.questions, annotations=args.annotations,
-                     images=args.images, on_missing_image="skip" if args.skip_missing_images else "error"),
-        args.limit, args.seed)
+    sample = examples_from_args(args)
     settings = run_settings(args, len(sample), use_llm, bank)
     models = profile.model_ids()
     layout = OutputLayout(Path(args.out))

@@ -26,7 +26,7 @@ from pathlib import Path
 from vle.vqa_data import VQADataError
 
 from .errors import VQALLMError
-from .evaluation.data import DATASETS, load_dataset, sample_examples
+from .evaluation.data import add_dataset_arguments, examples_from_args
 from .fewshot.bank import META_FILE, ExampleBank, ExampleBankError
 from .fewshot.build import DEFAULT_BANK_TOP_K, build_bank
 from .profiles import add_profile_arguments, overrides_from_args, resolve_profile
@@ -42,15 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Example banks of the fewshot prompt template.")
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build a bank from a training split")
-    build.add_argument("--dataset", choices=DATASETS, default="easy-vqa", help="dataset (default: easy-vqa)")
-    build.add_argument("--split", default="train", help="easy-VQA split (default: train)")
-    build.add_argument("--questions", help="vqav2: questions JSON of the training split")
-    build.add_argument("--annotations", help="vqav2: annotations JSON with the human answers")
-    build.add_argument("--images", help="vqav2: folder of the images")
-    build.add_argument("--skip-missing-images", action="store_true",
-                       help="vqav2: leave out questions whose image is missing (default: stop)")
-    build.add_argument("--limit", type=int, default=None, help="use a fixed random sample of this many questions")
-    build.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default: 0)")
+    add_dataset_arguments(build, split="train")
     build.add_argument("--top-k", type=int, default=DEFAULT_BANK_TOP_K,
                        help=f"VQA candidates stored per question (default: {DEFAULT_BANK_TOP_K})")
     build.add_argument("--with-scores", action="store_true",
@@ -105,10 +97,7 @@ def _build(args: argparse.Namespace) -> int:
     if (out / META_FILE).is_file() and not args.overwrite:
         raise ExampleBankError(f"{out} already holds an example bank: pass --overwrite to replace it, or choose "
                                "another --out.")
-    examples = sample_examples(
-        load_dataset(args.dataset, split=args.split, questions=args.questions, annotations=args.annotations,
-                     images=args.images, on_missing_image="skip" if args.skip_missing_images else "error"),
-        args.limit, args.seed)
+    examples = examples_from_args(args)
     profile, reason = resolve_profile(args.profile, overrides_from_args(args))
     logger.info("Profile %s: %s", profile.name, reason)
     pipe = VQALLMPipeline.from_profile(profile, use_llm=False)

@@ -5,10 +5,14 @@ Sampling rule (:func:`sample_examples`): the dataset's questions are shuffled wi
 therefore depends only on the dataset, ``limit`` and ``seed``: never on the batch size, the number of
 processes or how often the run was interrupted. Samples of one seed are nested: the ``limit=100`` sample
 is contained in the ``limit=1000`` one, so a run can be extended with a larger ``--limit`` and ``--resume``.
+
+:func:`add_dataset_arguments` adds the flags that choose them (``--dataset`` ... ``--seed``) to the evaluator's
+and the example-bank builder's parsers; :func:`examples_from_args` reads those flags back.
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,3 +83,24 @@ def sample_examples(examples: Sequence[VQAExample], limit: int | None, seed: int
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     return [examples[index] for index in sorted(order[:limit])]
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, split: str) -> None:
+    """Add ``--dataset``, ``--split`` (default ``split``), the vqav2 paths, ``--limit`` and ``--seed`` to ``parser``."""
+    parser.add_argument("--dataset", choices=DATASETS, default="easy-vqa", help="dataset (default: easy-vqa)")
+    parser.add_argument("--split", default=split, help=f"easy-VQA split: train or test (default: {split})")
+    parser.add_argument("--questions", help="vqav2: questions JSON (VQAv2 format; OK-VQA/A-OKVQA files too)")
+    parser.add_argument("--annotations", help="vqav2: annotations JSON with the human answers")
+    parser.add_argument("--images", help="vqav2: the images folder of that split (e.g. .../val2014, .../train2014)")
+    parser.add_argument("--skip-missing-images", action="store_true",
+                        help="vqav2: leave out questions whose image is not in --images (default: stop)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use a fixed random sample of this many questions (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default: 0)")
+
+
+def examples_from_args(args: argparse.Namespace) -> list[VQAExample]:
+    """The sample that the :func:`add_dataset_arguments` flags in ``args`` choose (see :func:`sample_examples`)."""
+    examples = load_dataset(args.dataset, split=args.split, questions=args.questions, annotations=args.annotations,
+                            images=args.images, on_missing_image="skip" if args.skip_missing_images else "error")
+    return sample_examples(examples, args.limit, args.seed)

@@ -1,0 +1,95 @@
+"""The committed offline models: they load with from_pretrained, score on easy-VQA, and run the whole pipeline."""
+
+import random
+
+import pytest
+import torch
+
+from vle import VLEForVQA, VLEProcessor
+from vle.vqa_data import load_easy_vqa
+from vqa_llm.bundle import BLIP_DIR_NAME, MODELS_DIR, VLE_DIR_NAME, caption_is_correct, evaluate_vle, image_attributes
+
+VLE_DIR = MODELS_DIR / VLE_DIR_NAME
+BLIP_DIR = MODELS_DIR / BLIP_DIR_NAME
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+def _sample(items, n, seed=0):
+    items = list(items)
+    return random.Random(seed).sample(items, n)
+
+
+def test_bundled_models_are_small_safetensors_and_documented():
+    total = sum(f.stat().st_size for d in (VLE_DIR, BLIP_DIR) for f in d.rglob("*") if f.is_file())
+    assert total < 30 * 2**20
+    for directory in (VLE_DIR, BLIP_DIR):
+        assert (directory / "model.safetensors").is_file() and not list(directory.glob("*.bin"))
+        card = (directory / "README.md").read_text()
+        assert "easy-VQA" in card and "Command" in card and "%" in card
+
+
+def test_bundled_vle_loads_offline_and_scores_on_a_fixed_test_sample():
+    model = VLEForVQA.from_pretrained(VLE_DIR, local_files_only=True)
+    processor = VLEProcessor.from_pretrained(VLE_DIR, local_files_only=True)
+    assert len(model.config.id2label) == 13
+    assert processor.image_processor.crop_size["height"] == model.config.vision_config.image_size == 64
+    sample_size = 500
+    # evaluate_vle reads the first N questions; a seeded sample of the whole split is fairer, so shuffle ids.
+    test = load_easy_vqa("test")
+    chosen = set(e.question_id for e in _sample(test, sample_size))
+    from vle.finetune import VQATrainingSet, evaluate
+
+    scores = evaluate(model.eval(), VQATrainingSet([e for e in test if e.question_id in chosen], processor,
+                                                   {k: int(v) for k, v in model.config.label2id.items()}))
+    assert scores["count"] == sample_size
+    assert scores["vqa_score"] >= 0.93, scores
+    assert set(scores["per_question_type"]) == {"shape", "color", "yes/no"}
+
+
+def test_evaluate_vle_reports_per_kind_accuracy():
+    result = evaluate_vle(VLE_DIR, limit=200)
+    assert result["questions"] == 200 and 0.9 <= result["accuracy"] <= 1.0
+    assert set(result["per_question_kind"]) <= {"shape", "color", "yes/no"}
+
+
+def test_bundled_captioner_names_colour_and_shape():
+    from captioner import BlipCaptioner
+    from vle.image_io import load_image
+
+    captioner = BlipCaptioner.from_pretrained(str(BLIP_DIR), local_files_only=True)
+    attributes = {p: a for p, a in image_attributes(load_easy_vqa("test")).items() if "shape" in a and "color" in a}
+    paths = _sample(sorted(attributes), 200)
+    captions = captioner.caption([load_image(p) for p in paths], batch_size=50)
+    correct = sum(caption_is_correct(c, attributes[p]) for c, p in zip(captions, paths))
+    assert correct / len(paths) >= 0.95, list(zip(captions, paths))[:5]
+
+
+def test_caption_check_is_strict():
+    attrs = {"color": "red", "shape": "circle"}
+    assert caption_is_correct("a red circle", attrs)
+    assert not caption_is_correct("a blue circle", attrs)
+    assert not caption_is_correct("a red circle and a red triangle", attrs)
+    assert not caption_is_correct("a circle", attrs)
+
+
+@pytest.mark.slow
+def test_bundled_pipeline_answers_end_to_end_with_smollm2():
+    from vqa_llm.pipeline import VQALLMPipeline
+    from vqa_llm.profiles import resolve_profile
+
+    profile, reason = resolve_profile("bundled", {}, {"HF_HUB_OFFLINE": "1"})
+    assert profile.is_bundled and profile.llm_gguf_file and "SmolLM2" in profile.llm_gguf_file
+    pipe = VQALLMPipeline.from_profile(profile)
+    example = next(e for e in load_easy_vqa("test") if e.question_type == "color")
+    torch.manual_seed(0)
+    result = pipe.run(example.image_path, example.question, top_k=3, template="short", max_new_tokens=24)
+    assert result.error is None
+    assert result.candidates[0][0] == example.answers[0]  # VLE's top-1 is right on this easy question
+    assert result.caption and example.answers[0] in result.caption
+    assert result.llm_reply.strip() and result.llm_answer
+    assert result.models["llm"].endswith(".gguf")
