@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -216,13 +216,11 @@ def train_vqa(
     eval_examples: Sequence[VQAExample] | None = None,
     resume: bool = False,
     max_steps: int | None = None,
-    sample_weights: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` (whose ``id2label`` is the answer vocabulary) and save it with ``processor`` to ``output_dir``.
 
     Returns the training log: per epoch the mean loss, the eval VQA score (overall and per question type) and
-    the wall time. ``max_steps`` stops early (for smoke tests). ``sample_weights`` (one per training example)
-    draw each epoch's examples with replacement in proportion to them, e.g. to balance rare answer groups.
+    the wall time. ``max_steps`` stops early (for smoke tests).
     """
     mixed = config.mixed_precision
     if mixed == "auto":
@@ -262,11 +260,8 @@ def train_vqa(
     for epoch in range(start_epoch, config.epochs):
         started = time.time()
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)  # same order with or without resume
-        sampler = None
-        if sample_weights is not None:
-            sampler = WeightedRandomSampler(sample_weights, len(train_set), replacement=True, generator=generator)
         loader = DataLoader(
-            train_set, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
+            train_set, batch_size=config.batch_size, shuffle=True, generator=generator,
             collate_fn=lambda b: collate(b, num_labels, pad_id),
         )
         loader = accelerator.prepare_data_loader(loader)

@@ -21,7 +21,7 @@ import json
 import logging
 import re
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -69,29 +69,6 @@ def image_attributes(examples: Sequence[VQAExample]) -> dict[str, dict[str, str]
             for color in set(COLORS) & words:
                 attributes["color"] = color
     return dict(found)
-
-
-def answer_group(example: VQAExample) -> tuple[str, ...]:
-    """The group an easy-VQA question is balanced in: its kind, and for yes/no questions what they ask about
-    (a colour or a shape) and whether that is in the image."""
-    if example.question_type != "yes/no":
-        return (example.question_type,)
-    subject = "color" if set(re.findall(r"[a-z]+", example.question)) & set(COLORS) else "shape"
-    present = (example.answers[0] == "yes") != bool(_NEGATION.search(example.question))
-    return ("yes/no", subject, "present" if present else "absent")
-
-
-def balanced_weights(examples: Sequence[VQAExample]) -> list[float]:
-    """Sampling weights that make every :func:`answer_group` equally frequent.
-
-    Without them, VQA training sits in a local minimum on yes/no questions about colours: a named colour is
-    absent from ~85% of those images, so "no colour matches" is the cheap answer and the model never learns to
-    compare the colour word with the image (measured: yes/no stuck at 89.7% for five epochs, every
-    "is there a <colour> shape?" with answer yes wrong).
-    """
-    groups = [answer_group(example) for example in examples]
-    counts = Counter(groups)
-    return [1.0 / counts[group] for group in groups]
 
 
 def caption_for(attributes: dict[str, str]) -> str:
@@ -163,10 +140,9 @@ def build_vle(out_dir: Path, work_dir: Path, vision_epochs: int = 15, vqa_epochs
     # Stage 2: VQA on top of the frozen tower.
     config = TrainingConfig(
         output_dir=str(work_dir / "vqa"), epochs=vqa_epochs, batch_size=64, learning_rate=5e-4, warmup_steps=200,
-        seed=SEED, freeze_vision=True,
+        seed=SEED, freeze_vision=False,
     )
-    vqa_log = train_vqa(model, processor, train, config, eval_examples=test[:2000], max_steps=max_steps,
-                        sample_weights=balanced_weights(train))
+    vqa_log = train_vqa(model, processor, train, config, eval_examples=test[:2000], max_steps=max_steps)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return {
