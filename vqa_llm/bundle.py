@@ -5,7 +5,7 @@ What it makes (under ``assets/models/``, each with a model card):
 * ``vle-easyvqa``: a small ``VLEForVQA`` (the same classes as hfl/vle-*), trained from scratch on the easy-VQA
   train split with the project's fine-tuning code, in two stages as the real VLE was built (encoders first,
   then fusion): (1) the CLIP vision tower alone learns each training image's shape and colour (labels read
-  from its questions; flips + shifts); (2) VQA training of the whole model with that tower frozen. Its
+  from its questions; flips + shifts); (2) VQA training of the whole model on top of it. Its
   processor is a sentencepiece model trained on the training questions, served by the DeBERTa-v2 tokenizer.
 * ``blip-easyvqa``: a small BLIP captioner trained on the same images with captions such as "a blue rectangle"
   (see ``captioner.finetune``).
@@ -137,7 +137,7 @@ def build_vle(out_dir: Path, work_dir: Path, vision_epochs: int = 15, vqa_epochs
     logger.info("vision tower: %s", vision_log["epochs"][-1])
     vision_seconds = time.time() - started
 
-    # Stage 2: VQA on top of the frozen tower.
+    # Stage 2: VQA training of the whole model on top of the pre-trained tower.
     config = TrainingConfig(
         output_dir=str(work_dir / "vqa"), epochs=vqa_epochs, batch_size=64, learning_rate=5e-4, warmup_steps=200,
         seed=SEED, freeze_vision=False,
@@ -221,7 +221,7 @@ layers; vocabulary {vocab} sentencepiece words trained on the training questions
   38,575 / 9,673 questions; 13 answers. Trained on train only.
 - **Training** (seed {seed}, CPU): stage 1, the CLIP vision tower alone learns each training image's shape and
   colour (labels read from its questions; flips + shifts; {vision_epochs} epochs, lr 1e-3) — test accuracy
-  shape {vision_shape:.1%}, colour {vision_color:.1%}; stage 2, VQA training of the rest with the tower frozen
+  shape {vision_shape:.1%}, colour {vision_color:.1%}; stage 2, VQA training of the whole model, tower included
   (soft-score BCE x labels, AdamW lr 5e-4, 200 warm-up steps, linear decay, batch 64, {vqa_epochs} epochs).
 - **Command**: `python -m vqa_llm.bundle build --only vle` (then `python -m vqa_llm.bundle evaluate`).
 - **Results on the full easy-VQA test split** ({questions} questions): top-1 accuracy **{accuracy:.2%}**; shape
@@ -244,8 +244,8 @@ images with captions derived from each image's questions and answers ("a blue re
 - **Training** (seed {seed}, CPU): vision tower pre-trained to classify the (colour, shape) pair
   ({vision_epochs} epochs, flips + shifts), then caption training ({epochs} epochs, AdamW lr 5e-4).
 - **Command**: `python -m vqa_llm.bundle build --only blip`.
-- **Results on the easy-VQA test images** ({images} images): caption names the right colour and shape for
-  **{accuracy:.2%}**.
+- **Results on the easy-VQA test images** ({images} images, all those whose colour and shape can be read from
+  their questions): the caption names the right colour and shape (and no other) for **{accuracy:.2%}**.
 - **Limits**: it only knows "a <colour> <shape>" for easy-VQA-style images.
 """
 
