@@ -126,10 +126,12 @@ class VLEFusionSelfAttention(nn.Module):
         return out.transpose(1, 2).reshape(hidden_states.shape)
 
 
-class VLEFusionSelfOutput(nn.Module):
-    def __init__(self, config: VLEConfig):
+class VLEFusionOutput(nn.Module):
+    """Projection back to the fusion width, dropout, residual and post-LayerNorm (after attention or the FFN)."""
+
+    def __init__(self, config: VLEConfig, input_size: int):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(input_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -141,7 +143,7 @@ class VLEFusionAttention(nn.Module):
     def __init__(self, config: VLEConfig):
         super().__init__()
         self.self = VLEFusionSelfAttention(config)
-        self.output = VLEFusionSelfOutput(config)
+        self.output = VLEFusionOutput(config, config.hidden_size)
 
     def forward(
         self, hidden_states: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None
@@ -159,17 +161,6 @@ class VLEFusionIntermediate(nn.Module):
         return self.intermediate_act_fn(self.dense(hidden_states))
 
 
-class VLEFusionOutput(nn.Module):
-    def __init__(self, config: VLEConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
-
-
 class VLEFusionLayer(nn.Module):
     """One co-attention layer of one stream: self-attention, cross-attention to the other stream, feed-forward."""
 
@@ -178,7 +169,7 @@ class VLEFusionLayer(nn.Module):
         self.attention = VLEFusionAttention(config)
         self.crossattention = VLEFusionAttention(config)
         self.intermediate = VLEFusionIntermediate(config)
-        self.output = VLEFusionOutput(config)
+        self.output = VLEFusionOutput(config, config.intermediate_size)
 
     def forward(
         self,
