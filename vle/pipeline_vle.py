@@ -146,16 +146,28 @@ class VLEForVQAPipeline(_VLEPipeline):
         return {"model_inputs": model_inputs, "batched": batched}
 
     def postprocess(self, model_outputs: dict[str, Any], top_k: int = 5, score: str = "softmax") -> Any:
-        logits = model_outputs["logits"].float()
-        probs = torch.softmax(logits, dim=-1) if score == "softmax" else torch.sigmoid(logits)
-        k = max(1, min(int(top_k), probs.shape[-1]))
-        values, indices = probs.topk(k, dim=-1)
-        id2label = self.model.config.id2label
-        answers = [
-            [{"answer": id2label[int(i)], "score": float(v)} for v, i in zip(row_values, row_indices)]
-            for row_values, row_indices in zip(values.tolist(), indices.tolist())
-        ]
+        ranked, _ = top_answers(model_outputs["logits"], self.model.config.id2label, top_k, score)
+        answers = [[{"answer": answer, "score": value} for answer, value in row] for row in ranked]
         return answers if model_outputs["batched"] else answers[0]
+
+
+def top_answers(
+    logits: torch.Tensor, id2label: Mapping[int, str], top_k: int = 5, score: str = "softmax"
+) -> tuple[list[list[tuple[str, float]]], torch.Tensor]:
+    """Ranked ``(answer, score)`` lists (``top_k`` clamped to [1, labels]) and the score matrix of VQA logits.
+
+    ``score="softmax"`` normalises over all answers (as the original VLE pipeline); ``"sigmoid"`` scores each
+    answer on its own (the head was trained with BCE).
+    """
+    logits = logits.float()
+    probs = torch.softmax(logits, dim=-1) if score == "softmax" else torch.sigmoid(logits)
+    k = max(1, min(int(top_k), probs.shape[-1]))
+    values, indices = probs.topk(k, dim=-1)
+    ranked = [
+        [(id2label[int(i)], float(v)) for v, i in zip(row_values, row_indices)]
+        for row_values, row_indices in zip(values.tolist(), indices.tolist())
+    ]
+    return ranked, probs
 
 
 class VLEForITMPipeline(_VLEPipeline):

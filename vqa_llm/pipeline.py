@@ -33,6 +33,7 @@ from llm.base import DEFAULT_MAX_NEW_TOKENS
 from prompts import PromptError, build_fitted_messages, build_messages, parse_answer
 from vle import VLEForVQA
 from vle.image_io import ImageSource
+from vle.pipeline_vle import top_answers
 from vle.processing_vle import VLEProcessor
 
 from .cache import CachedImage, ImageCache
@@ -221,11 +222,7 @@ class VQALLMPipeline:
         inputs = {k: enc[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
         embeds = torch.cat([e.to(device, dtype) for e in image_embeds])
         output = self.vqa_model(**inputs, image_embeds=embeds)
-        logits = output.logits.float()
-        probs = torch.softmax(logits, dim=-1) if self.score_function == "softmax" else torch.sigmoid(logits)
-        scores, ids = probs.topk(top_k, dim=-1)
-        candidates = [[(self.id2label[i], float(s)) for i, s in zip(row_ids.tolist(), row_scores.tolist())]
-                      for row_ids, row_scores in zip(ids, scores)]
+        candidates, probs = top_answers(output.logits, self.id2label, top_k, self.score_function)
         fused = F.normalize(output.pooler_output.float(), dim=-1)
         return _VQAOutput(candidates, fused.cpu(), probs.cpu())
 
