@@ -40,24 +40,19 @@ class ParsedAnswer:
     source: str
 
 
-def normalise(text: str) -> str:
-    """Lower-case, collapse whitespace, strip wrapping quotes/markdown and trailing punctuation."""
-    text = one_line(text)
-    previous = None
-    while text != previous:
-        previous = text
-        text = text.strip(_WRAPPERS).rstrip(_TRAILING)
-    return text.lower()
-
-
 def _clean(text: str) -> str:
-    """Like :func:`normalise` but keeps the case."""
+    """Collapse whitespace, strip wrapping quotes/markdown and trailing punctuation; keep the case."""
     text = one_line(text)
     previous = None
     while text != previous:
         previous = text
         text = text.strip(_WRAPPERS).rstrip(_TRAILING)
     return text
+
+
+def normalise(text: str) -> str:
+    """:func:`_clean`, lower-cased: how answers are compared."""
+    return _clean(text).lower()
 
 
 def _match_candidate(text: str, candidates: list[tuple[str, float]]) -> tuple[str, str] | None:

@@ -93,3 +93,33 @@ def test_bundled_pipeline_answers_end_to_end_with_smollm2():
     assert result.caption and example.answers[0] in result.caption
     assert result.llm_reply.strip() and result.llm_answer
     assert result.models["llm"].endswith(".gguf")
+
+
+def test_committed_example_bank_is_small_and_keyed_by_the_bundled_vle():
+    """The committed few-shot bank loads, stays within 5 MB, and its keys are the committed VLE's own: a bank
+    left stale by a retrained VLE (or built with another model) fails here."""
+    from vqa_llm.fewshot.bank import ExampleBank
+    from vqa_llm.fewshot.locate import BUNDLED_BANK_DIR, example_bank_path
+    from vqa_llm.pipeline import VQALLMPipeline
+    from vqa_llm.profiles import resolve_profile
+
+    assert sum(f.stat().st_size for f in BUNDLED_BANK_DIR.iterdir() if f.is_file()) <= 5 * 2**20
+    bank = ExampleBank.load(BUNDLED_BANK_DIR)
+    assert len(bank) == 4000 and bank.key("fused").shape == (4000, bank.dim)
+    assert bank.meta["source"] == "easy-vqa/train"
+    assert bank.meta["vqa_model"] == f"assets/models/{VLE_DIR_NAME}"  # repo-relative: no machine's paths
+    profile, _ = resolve_profile("bundled", {}, {"HF_HUB_OFFLINE": "1"})
+    assert example_bank_path(None, profile, environ={}) == BUNDLED_BANK_DIR
+
+    train = {e.question_id: e for e in load_easy_vqa("train")}
+    rows = _sample(range(len(bank)), 12)
+    records = [bank.records[i] for i in rows]
+    pipe = VQALLMPipeline.from_profile(profile, use_llm=False)
+    encodings = pipe.encode_questions([train[r["question_id"]].image_path for r in records],
+                                      [r["question"] for r in records], top_k=5)
+    for row, record, encoding in zip(rows, records, encodings):
+        assert record["answer"] == train[record["question_id"]].answers[0]
+        assert encoding.caption == record["caption"]
+        assert encoding.candidates[0][0] == record["candidates"][0][0]
+        similarity = bank.key("fused").float() @ encoding.fused
+        assert similarity[row] > 0.999, (record, float(similarity[row]))

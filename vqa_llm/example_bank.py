@@ -1,7 +1,7 @@
 """Build or inspect the example bank of the ``fewshot`` template.
 
     python -m vqa_llm.example_bank build --dataset easy-vqa --out assets/models/easyvqa-example-bank \\
-        --limit 5000 --seed 0 --profile bundled
+        --limit 4000 --seed 0 --profile bundled
     python -m vqa_llm.example_bank build --dataset vqav2 --questions v2_OpenEnded_mscoco_train2014_questions.json \\
         --annotations v2_mscoco_train2014_annotations.json --images train2014/ --profile base --out banks/vqav2
     python -m vqa_llm.example_bank info assets/models/easyvqa-example-bank
