@@ -3,6 +3,7 @@
     .venv/bin/python bench/fewshot_table.py                                   # 2,000 questions, bundled profile
     .venv/bin/python bench/fewshot_table.py --limit 200 --out runs/fewshot-200
     .venv/bin/python bench/fewshot_table.py --table-only                      # reprint from finished runs
+    .venv/bin/python bench/fewshot_table.py --table-only --common             # runs in progress: shared questions
 
 Runs the evaluator (``python -m vqa_llm.evaluate``) four times on the fixed seeded easy-VQA test sample
 (``--limit 2000 --seed 0``) with the ``bundled`` profile, each into ``OUT/<configuration>/``:
@@ -16,7 +17,8 @@ A configuration whose folder already holds a finished run is not run again; an i
 (``--resume``). The example bank is ``--example-bank`` (default: the bank committed beside the bundled models).
 The table gives, per configuration, the official VQA accuracy (%) overall and per question kind (yes/no, shape,
 color), the answers the LLM fixed and broke compared with the raw VLE top-1, and seconds per question (the
-run's wall time over its questions, models loading included).
+run's wall time over the questions it answered, models loading included). ``--table-only --common`` compares
+runs still in progress on the questions all of them have answered.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", nargs="+", choices=list(CONFIGURATIONS), default=list(CONFIGURATIONS),
                         help="run only these configurations")
     parser.add_argument("--table-only", action="store_true", help="do not run anything; print the table")
+    parser.add_argument("--common", action="store_true",
+                        help="with --table-only: compare the runs, finished or not, on the questions all have answered")
     return parser
 
 
@@ -92,26 +96,58 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
+def _row(name: str, summary: dict, seconds: float) -> str:
+    key = "llm_accuracy" if summary["use_llm"] else "raw_accuracy"
+    overall, kinds = summary["overall"], summary["per_question_type"]
+    per_kind = [_pct(kinds[kind][key]) if kind in kinds else "–" for kind in KINDS]
+    fixed = "–" if not summary["use_llm"] else str(overall["fixed"])
+    broken = "–" if not summary["use_llm"] else str(overall["broke"])
+    return (f"| {LABELS[name]} | {_pct(overall[key])} | " + " | ".join(per_kind)
+            + f" | {fixed} | {broken} | {seconds:.3f} | {overall['n']} |")
+
+
+HEADER = ["configuration", "overall", *KINDS, "fixed", "broken", "s/question", "n"]
+HEADER_LINES = ["| " + " | ".join(HEADER) + " |", "|---|" + "---:|" * (len(HEADER) - 1)]
+
+
 def table(out_root: Path, names: list[str]) -> str:
-    """The markdown table of the finished configurations among ``names``."""
-    header = ["configuration", "overall", *KINDS, "fixed", "broken", "s/question", "n"]
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    """The markdown table of the finished configurations among ``names`` (s/question: wall time per question,
+    models loading included)."""
+    lines = list(HEADER_LINES)
     for name in names:
         path = out_root / name / "summary.json"
         if not path.is_file():
-            lines.append(f"| {LABELS[name]} | " + " | ".join(["(not run)"] + [""] * (len(header) - 2)) + " |")
+            lines.append(f"| {LABELS[name]} | " + " | ".join(["(not run)"] + [""] * (len(HEADER) - 2)) + " |")
             continue
         summary = json.loads(path.read_text())
-        key = "llm_accuracy" if summary["use_llm"] else "raw_accuracy"
-        overall, kinds = summary["overall"], summary["per_question_type"]
-        per_kind = [_pct(kinds[kind][key]) if kind in kinds else "–" for kind in KINDS]
-        wall = summary.get("wall_time_s") or 0.0
-        seconds = wall / overall["n"] if wall else overall["latency_s"].get("total", 0.0)
-        fixed = "–" if not summary["use_llm"] else str(overall["fixed"])
-        broken = "–" if not summary["use_llm"] else str(overall["broke"])
-        lines.append(f"| {LABELS[name]} | {_pct(overall[key])} | " + " | ".join(per_kind)
-                     + f" | {fixed} | {broken} | {seconds:.3f} | {overall['n']} |")
+        rate = summary.get("questions_per_s")  # over the sessions that finished, so a resumed run counts right
+        seconds = 1 / rate if rate else summary["overall"]["latency_s"].get("total", 0.0)
+        lines.append(_row(name, summary, seconds))
     return "\n".join(lines)
+
+
+def common_table(out_root: Path, names: list[str]) -> tuple[str, int]:
+    """The table over the questions that every configuration with predictions has answered so far (runs may
+    still be in progress), and their number. s/question here is the mean per-question pipeline latency."""
+    sys.path.insert(0, str(REPO))
+    from vqa_llm.evaluation.store import OutputLayout, read_records
+    from vqa_llm.evaluation.summary import build_summary
+
+    runs: dict[str, dict] = {}
+    for name in names:
+        records: dict = {}
+        for path in OutputLayout(out_root / name).record_files():
+            for record in read_records(path):
+                records.setdefault(record["question_id"], record)
+        if records:
+            runs[name] = records
+    common = set.intersection(*(set(records) for records in runs.values())) if runs else set()
+    lines = list(HEADER_LINES)
+    for name, records in runs.items():
+        if common:
+            summary = build_summary([records[i] for i in sorted(common, key=str)])
+            lines.append(_row(name, summary, summary["overall"]["latency_s"].get("total", 0.0)))
+    return "\n".join(lines), len(common)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,9 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table_only:
         for name in args.only:
             run(name, args)
-    print(f"easy-VQA test, fixed sample of {args.limit} questions (seed {args.seed}), profile {args.profile}; "
-          "accuracy = official VQA accuracy (%); fixed/broken = answers the LLM made right/wrong vs the raw VLE "
-          "top-1.\n")
+    intro = (f"easy-VQA test, fixed sample of {args.limit} questions (seed {args.seed}), profile {args.profile}; "
+             "accuracy = official VQA accuracy (%); fixed/broken = answers the LLM made right/wrong vs the raw VLE "
+             "top-1.")
+    if args.common:
+        text, n = common_table(Path(args.out), list(CONFIGURATIONS))
+        print(f"{intro} Only the {n} questions answered by every run so far; s/question = mean pipeline latency.\n")
+        print(text)
+        return 0
+    print(intro + "\n")
     print(table(Path(args.out), list(CONFIGURATIONS)))
     return 0
 

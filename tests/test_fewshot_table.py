@@ -1,0 +1,63 @@
+"""bench/fewshot_table.py's tables: finished runs, and runs in progress compared on their shared questions."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_table_module():
+    spec = importlib.util.spec_from_file_location("bench_fewshot_table", REPO / "bench" / "fewshot_table.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def record(question_id, kind, raw, llm, total):
+    return {"question_id": question_id, "question_type": kind, "answer_type": "yes/no" if kind == "yes/no" else "other",
+            "raw_accuracy": raw, "llm_accuracy": llm, "changed": llm is not None and llm != raw, "error": None,
+            "candidates": [["yes", 1.0]], "timings": {"total": total}}
+
+
+def write_run(folder: Path, records, summary=None):
+    folder.mkdir(parents=True)
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps(summary))
+
+
+def row_of(text, label):
+    return next(line for line in text.splitlines() if line.startswith(f"| {label} "))
+
+
+def test_runs_in_progress_are_compared_on_the_questions_all_have_answered(tmp_path, capsys):
+    table = load_table_module()
+    write_run(tmp_path / "raw", [record(1, "shape", 0.0, None, 0.01), record(2, "yes/no", 1.0, None, 0.01),
+                                 record(3, "color", 1.0, None, 0.03)])
+    # an unfinished few-shot run: question 1 not answered yet; it broke question 3
+    write_run(tmp_path / "fewshot-t1", [record(2, "yes/no", 1.0, 1.0, 4.0), record(3, "color", 1.0, 0.0, 6.0)])
+    assert table.main(["--out", str(tmp_path), "--table-only", "--common"]) == 0
+    text = capsys.readouterr().out
+    assert "Only the 2 questions" in text
+    raw = row_of(text, table.LABELS["raw"])
+    assert raw.split(" | ")[1:4] == ["100.00", "100.00", "–"] and raw.endswith("| 0.020 | 2 |")
+    fewshot = row_of(text, table.LABELS["fewshot-t1"])
+    # overall 50%, yes/no 100%, no shape question among the shared ones, colour 0%; fixed 0, broken 1; 5 s mean
+    assert fewshot.split(" | ")[1:] == ["50.00", "100.00", "–", "0.00", "0", "1", "5.000", "2 |"]
+    assert table.LABELS["short"] not in text  # no predictions, no row
+
+
+def test_finished_table_counts_seconds_over_the_sessions_that_finished(tmp_path, capsys):
+    table = load_table_module()
+    records = [record(1, "shape", 1.0, 0.0, 1.0), record(2, "yes/no", 1.0, 1.0, 1.0)]
+    summary = {"use_llm": True, "questions_per_s": 0.25,
+               "overall": {"n": 2, "llm_accuracy": 50.0, "fixed": 0, "broke": 1, "latency_s": {"total": 1.0}},
+               "per_question_type": {"shape": {"llm_accuracy": 0.0}, "yes/no": {"llm_accuracy": 100.0}}}
+    write_run(tmp_path / "short", records, summary)
+    assert table.main(["--out", str(tmp_path), "--table-only"]) == 0
+    text = capsys.readouterr().out
+    assert row_of(text, table.LABELS["short"]).endswith("| 0 | 1 | 4.000 | 2 |")
+    assert "(not run)" in row_of(text, table.LABELS["fewshot-t3"])
