@@ -259,7 +259,7 @@ def verdict_html(result: Any | None, llm_pending: bool = False) -> str:
                      "#d97706") + notes
     if not result.llm_used:
         return badge(f"LLM off: VLE's answer is <code>{top1}</code>", "#888") + notes
-    llm = html.escape(result.llm_answer or "")
+    llm = html.escape(result.scored_answer or "")  # long templates: the short answer of the sentence
     if result.changed:
         return badge(f"✎ LLM changed VLE's answer: <code>{top1}</code> → <code>{llm}</code>", "#dc2626") + notes
     fallback = " (its reply named no usable answer)" if result.llm_fallback else ""

@@ -3,7 +3,9 @@
 For ``short`` templates the parser looks, in order, for an ``Answer:`` label, a bare letter
 (``B`` / ``(B)`` / ``option B`` → the second candidate), an exact candidate, a candidate mentioned in
 the text, and finally a short free-text answer. An empty or unusable reply falls back to the top
-candidate with ``fallback=True``. For ``long`` templates the answer is the reply sentence itself.
+candidate with ``fallback=True``. For ``long`` templates the answer is the reply sentence itself, and
+``short`` is the short answer that sentence gives (:func:`answer_in_sentence`), which is what is compared with
+the VQA answer and scored.
 """
 
 from __future__ import annotations
@@ -32,12 +34,21 @@ class ParsedAnswer:
     ``source`` says how the answer was found: ``label`` (after "Answer:"), ``letter`` (a candidate
     letter), ``candidate`` (a candidate named in the reply), ``free`` (the reply's own short answer,
     or the sentence of a long template) or ``fallback`` (reply unusable: top candidate, ``fallback=True``).
+    ``short``: long templates only, the short answer the sentence gives (``None`` when it names no candidate
+    and says neither yes nor no); see :attr:`short_answer`.
     """
 
     answer: str
     explanation: str
     fallback: bool
     source: str
+    short: str | None = None
+
+    @property
+    def short_answer(self) -> str:
+        """The answer as a short VQA answer (what is compared and scored): ``short`` when a long template's
+        sentence gave one, else ``answer``."""
+        return self.short if self.short is not None else self.answer
 
 
 def _clean(text: str) -> str:
@@ -98,6 +109,31 @@ def _leading_candidate(text: str, candidates: list[tuple[str, float]]) -> str | 
     return None
 
 
+_NEGATION = re.compile(r"\b(?:no|not|none|nothing|neither|nor|never)\b|n't\b", re.IGNORECASE)
+_YES_NO = ("yes", "no")
+
+
+def answer_in_sentence(sentence: str, question: str, candidates: Sequence[tuple[str, float]]) -> str | None:
+    """The short answer a free-form sentence gives, read against the VQA candidates.
+
+    The earliest candidate the sentence names that the question does not already name ("The red shape is a
+    triangle." answers "what is the red shape?" with "triangle", not "red"; yes and no always count); when it
+    names only such candidates, the earliest of those. When the VQA model reads the question as yes/no (its top candidate is
+    yes or no) and the sentence says neither, a negation ("does not contain ...") means "no", else "yes".
+    ``None`` when none of this applies.
+    """
+    cands = check_candidates(candidates)
+    asked = one_line(question).lower()
+    fresh = [c for c in cands if normalise(c[0]) in _YES_NO  # "is no red shape present?" still takes "no"
+             or not re.search(r"(?<!\w)" + re.escape(normalise(c[0])) + r"(?!\w)", asked)]
+    named = _mentioned_candidate(sentence, fresh) if fresh else None
+    if named is not None:
+        return named
+    if cands and normalise(cands[0][0]) in _YES_NO:
+        return "no" if _NEGATION.search(sentence) else "yes"
+    return _mentioned_candidate(sentence, cands)
+
+
 def _fallback(candidates: list[tuple[str, float]], explanation: str = "") -> "ParsedAnswer":
     top = candidates[0][0] if candidates else ""
     return ParsedAnswer(answer=top, explanation=explanation, fallback=True, source="fallback")
@@ -122,19 +158,25 @@ def _split_label(reply: str) -> tuple[str | None, str]:
 
 
 def parse_answer(
-    reply: str, candidates: Sequence[tuple[str, float]], template: str = "short", directory: str | Path | None = None
+    reply: str,
+    candidates: Sequence[tuple[str, float]],
+    template: str = "short",
+    directory: str | Path | None = None,
+    question: str = "",
 ) -> ParsedAnswer:
     """Turn an LLM ``reply`` into a :class:`ParsedAnswer`, using ``candidates`` (best first) to resolve it.
 
     ``template`` is a template name or kind (``"short"``/``"long"``): for long templates the answer is
-    the stripped reply sentence and the explanation is empty. ``directory`` is where custom templates live.
+    the stripped reply sentence, the explanation is empty and ``short`` is :func:`answer_in_sentence` of it
+    (``question`` helps there). ``directory`` is where custom templates live.
     """
     cands = check_candidates(candidates)
     reply = reply or ""
     if not reply.strip():
         return _fallback(cands)
     if template_kind(template, directory) == "long":
-        return ParsedAnswer(answer=one_line(reply), explanation="", fallback=False, source="free")
+        sentence = one_line(reply)
+        return ParsedAnswer(sentence, "", False, "free", short=answer_in_sentence(sentence, question, cands))
 
     labelled, explanation = _split_label(reply)
     if labelled is not None:

@@ -195,5 +195,46 @@ def test_parser_fallback_without_candidates_is_empty():
 
 def test_parser_long_template_keeps_the_sentence():
     parsed = parse_answer("  The ball is red, as the caption says.\n", CANDIDATES, template="long")
-    assert parsed == ParsedAnswer("The ball is red, as the caption says.", "", False, "free")
+    assert parsed == ParsedAnswer("The ball is red, as the caption says.", "", False, "free", short="red")
     assert parse_answer("", CANDIDATES, template="long").fallback is True
+
+
+SHAPES = [("triangle", 0.9), ("red", 0.05), ("circle", 0.03), ("yes", 0.01)]
+YES_NO = [("no", 0.97), ("yes", 0.02), ("black", 0.01)]
+
+
+@pytest.mark.parametrize("sentence, question, candidates, expected", [
+    # the question names "red": the sentence's answer is the other candidate it names, though "red" comes first
+    ("The red shape is a triangle.", "what is the red shape?", SHAPES, "triangle"),
+    ("It is a circle, not a triangle.", "what shape is it?", SHAPES, "circle"),
+    # SmolLM2's habit: a copy of the candidate list
+    ("A. triangle (1.00) B. circle (0.00)", "what is the red shape?", SHAPES, "triangle"),
+    ("Yes, the image contains a black shape.", "does the image contain a black shape?", YES_NO, "yes"),
+    ("No, there is no black shape.", "does the image contain a black shape?", YES_NO, "no"),
+    # neither yes nor no said: a negation decides, when the VQA model reads it as a yes/no question
+    ("The image does not contain a black shape.", "does the image contain a black shape?", YES_NO, "no"),
+    ("The image doesn't show anything black.", "is there a black shape?", YES_NO, "no"),
+    ("The image contains a black shape.", "does the image contain a black shape?", YES_NO, "yes"),
+    # only candidates the question names: the earliest of them
+    ("The shape is red.", "is the red shape a triangle?", [("red", 0.6), ("triangle", 0.4)], "red"),
+    ("I cannot tell.", "what shape is it?", SHAPES, None),
+])
+def test_answer_in_sentence(sentence, question, candidates, expected):
+    from prompts.parser import answer_in_sentence
+
+    assert answer_in_sentence(sentence, question, candidates) == expected
+
+
+def test_long_template_answer_is_the_sentence_and_its_short_answer_is_scored():
+    parsed = parse_answer("The red shape is a triangle.\n", SHAPES, template="long", question="what is the red shape?")
+    assert parsed.answer == "The red shape is a triangle." and parsed.short == "triangle"
+    assert parsed.short_answer == "triangle"
+    vague = parse_answer("I cannot tell.", SHAPES, template="long", question="what shape?")
+    assert vague.short is None and vague.short_answer == "I cannot tell."
+    assert parse_answer("Answer: circle", SHAPES).short_answer == "circle"  # short templates: the answer itself
+
+
+def test_answer_in_sentence_takes_yes_or_no_even_when_the_question_says_it():
+    from prompts.parser import answer_in_sentence
+
+    assert answer_in_sentence("A. no B. yes", "is no red shape present?", [("no", 0.9), ("yes", 0.1)]) == "no"

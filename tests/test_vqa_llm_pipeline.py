@@ -388,3 +388,25 @@ def test_caption_method_runs_only_the_captioner_and_fills_the_cache(parts):
     with pytest.raises(BadImageError):
         pipe.caption(b"\x89PNG broken")
     assert VQALLMPipeline(parts[0], parts[1], None).caption(image()) == ""
+
+
+def test_long_template_sentence_is_shown_and_its_short_answer_is_compared_and_scored(parts):
+    from vle.vqa_data import VQAExample
+    from vqa_llm.evaluation.records import record_from_result
+
+    candidates = make_pipe(parts).run(image(), QUESTION, top_k=3, use_llm=False).candidates
+    top, second = candidates[0][0], candidates[1][0]
+    example = VQAExample(question_id=1, image_id="1", image_path="x.png", question=QUESTION, answers=[top] * 10,
+                         answer_type="other", question_type="shape")
+    for reply, short, changed, accuracy in ((f"The green one is {top}.", top, False, 1.0),
+                                            (f"It looks like {second} to me.", second, True, 0.0)):
+        result = make_pipe(parts, ScriptedLLM((reply,))).run(image(), QUESTION, top_k=3, template="long")
+        assert result.llm_answer == reply and result.answer == reply  # the UI shows the sentence
+        assert result.llm_short_answer == short and result.scored_answer == short
+        assert result.changed is changed
+        record = record_from_result(example, result, use_llm=True)
+        assert record["llm_reply"] == reply and record["llm_answer"] == short
+        assert record["llm_accuracy"] == accuracy
+    # short templates have no separate short answer
+    result = make_pipe(parts, ScriptedLLM()).run(image(), QUESTION, top_k=3)
+    assert result.llm_short_answer is None and result.scored_answer == result.llm_answer == "blue"

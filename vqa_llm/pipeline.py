@@ -263,11 +263,12 @@ class VQALLMPipeline:
     @staticmethod
     def _parse_reply(result: VQALLMResult, reply: str) -> None:
         result.llm_reply = reply
-        parsed = parse_answer(reply, result.candidates, result.template)
+        parsed = parse_answer(reply, result.candidates, result.template, question=result.question)
         result.llm_answer = parsed.answer
+        result.llm_short_answer = parsed.short
         result.llm_explanation = parsed.explanation
         result.llm_fallback = parsed.fallback
-        result.changed = normalize_answer(parsed.answer) != normalize_answer(result.vqa_answer)
+        result.changed = normalize_answer(parsed.short_answer) != normalize_answer(result.vqa_answer)
 
     def _token_budget(self, options: dict[str, Any]) -> tuple[Callable[[list[dict]], int] | None, int | None]:
         """The LLM's prompt-token counter and limit, when its backend knows them (local transformers models)."""
@@ -315,7 +316,8 @@ class VQALLMPipeline:
         result.llm_reply = join_replies(replies)
         parsed = []
         for run, reply, failure in zip(result.runs, replies, failures):
-            answer = None if failure is not None else parse_answer(reply, result.candidates, result.template)
+            answer = None if failure is not None else parse_answer(reply, result.candidates, result.template,
+                                                                       question=result.question)
             parsed.append(answer)
             run.update(reply=reply, answer=answer.answer if answer is not None and not answer.fallback else None,
                        error=str(failure) if failure is not None else None)

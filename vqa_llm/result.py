@@ -29,8 +29,10 @@ class VQALLMResult:
 
     ``candidates`` are the VQA model's top-k ``(answer, score)``, best first. ``llm_answer`` is the parsed LLM
     answer (``None`` when the LLM was not used); when the LLM failed or its reply was unusable it falls back to
-    the VQA top-1 and ``llm_fallback`` is True. ``changed``: the LLM answer differs from the VQA top-1 after
-    VQA answer normalisation. ``error``: why the LLM failed (the VQA fields are still filled).
+    the VQA top-1 and ``llm_fallback`` is True. ``llm_short_answer`` (long templates only, else ``None``): the
+    short answer that the LLM's sentence gives (see :func:`prompts.parser.answer_in_sentence`);
+    :attr:`scored_answer` is what is compared and scored. ``changed``: the scored answer differs from the VQA
+    top-1 after VQA answer normalisation. ``error``: why the LLM failed (the VQA fields are still filled).
     ``cache_hit``: the caption and the image encoding came from the per-image cache.
     ``notes``: adjustments made to the inputs (control characters removed, ``top_k`` clamped, ...).
     ``runs`` (``fewshot`` template only): one dict per voting run: ``examples`` (bank ids, most similar
@@ -46,6 +48,7 @@ class VQALLMResult:
     messages: list[dict[str, str]] = field(default_factory=list)
     llm_reply: str = ""
     llm_answer: str | None = None
+    llm_short_answer: str | None = None
     llm_explanation: str = ""
     llm_fallback: bool = False
     llm_used: bool = False
@@ -63,6 +66,12 @@ class VQALLMResult:
     def vqa_answer(self) -> str:
         """The VQA model's top-1 answer ("" when there are no candidates)."""
         return self.candidates[0][0] if self.candidates else ""
+
+    @property
+    def scored_answer(self) -> str | None:
+        """The LLM's answer as a short VQA answer: ``llm_short_answer`` when a long template's sentence gave one,
+        else ``llm_answer`` (``None`` when the LLM was not used)."""
+        return self.llm_short_answer if self.llm_short_answer is not None else self.llm_answer
 
     @property
     def answer(self) -> str:

@@ -11,8 +11,10 @@ With the ``fewshot`` template a record also has ``runs`` (per voting run: ``exam
 ids used, most similar first —, their ``similarities``, ``dropped`` examples, the run's ``answer`` and
 ``error``) and ``votes`` (normalised answer -> number of runs).
 
-``raw_accuracy`` scores the VQA top-1 (``vqa_answer``) and ``llm_accuracy`` the LLM's answer, both with
-:func:`vqa_llm.metrics.vqa_accuracy` against ``answers``. Without the LLM the ``template`` and ``llm_*``
+``raw_accuracy`` scores the VQA top-1 (``vqa_answer``) and ``llm_accuracy`` the LLM's answer (``llm_answer``),
+both with :func:`vqa_llm.metrics.vqa_accuracy` against ``answers``. With a ``long`` template the reply is a
+sentence (``llm_reply``) and ``llm_answer`` is the short answer it gives (the candidate it names, or yes/no;
+see :func:`prompts.parser.answer_in_sentence`), or the sentence itself when it gives none. Without the LLM the ``template`` and ``llm_*``
 fields and ``changed`` are null. A question that could not be answered at all (unreadable image) has no
 candidates, ``error`` says why, and it scores 0. The prompt itself is not stored: it is
 ``prompts.build_messages(template, caption, question, candidates)``.
@@ -49,7 +51,7 @@ def record_from_result(example: VQAExample, result: VQALLMResult, use_llm: bool)
     """The record of one answered question. ``use_llm``: the LLM was asked (else its fields are null)."""
     record = _base(example)
     vqa_answer = result.vqa_answer
-    llm_answer = result.llm_answer if use_llm else None
+    llm_answer = result.scored_answer if use_llm else None  # long templates: the short answer of the sentence
     record.update({
         "candidates": [[answer, float(score)] for answer, score in result.candidates],
         "vqa_answer": vqa_answer,
