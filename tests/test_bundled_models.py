@@ -123,3 +123,14 @@ def test_committed_example_bank_is_small_and_keyed_by_the_bundled_vle():
         assert encoding.candidates[0][0] == record["candidates"][0][0]
         similarity = bank.key("fused").float() @ encoding.fused
         assert similarity[row] > 0.999, (record, float(similarity[row]))
+
+
+def test_committed_files_name_no_folder_of_the_machine_that_built_them(tmp_path):
+    from vqa_llm.paths import REPO_ROOT, portable_path
+
+    assert portable_path(VLE_DIR) == f"assets/models/{VLE_DIR_NAME}"
+    assert portable_path("hfl/vle-base") == "hfl/vle-base" and portable_path(None) is None
+    assert portable_path(tmp_path) == str(tmp_path)  # outside the repository: as given
+    for path in (REPO_ROOT / "assets").rglob("*"):
+        if path.suffix in {".json", ".jsonl", ".md"}:
+            assert str(REPO_ROOT) not in path.read_text(encoding="utf-8"), path

@@ -34,9 +34,10 @@ from vle.processing_vle import VLEProcessor
 from vle.processor_training import write_processor_files
 from vle.vqa_data import EASY_VQA_SHAPES, VQAExample, load_easy_vqa
 
+from .paths import REPO_ROOT, portable_path
+
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO_ROOT / "assets" / "models"
 VLE_DIR_NAME = "vle-easyvqa"
 BLIP_DIR_NAME = "blip-easyvqa"
@@ -167,8 +168,11 @@ def build_blip(out_dir: Path, epochs: int = 20, vision_epochs: int = 15) -> dict
         pairs["train"], out_dir, eval_pairs=pairs["test"][:500], epochs=epochs, batch_size=64, lr=5e-4,
         seed=SEED, vision_epochs=vision_epochs, keep_checkpoints=1,
     )
-    return {"result": getattr(result, "__dict__", str(result)), "train_pairs": len(pairs["train"]), "epochs": epochs,
-            "vision_epochs": vision_epochs, "seconds": time.time() - started}
+    log = dict(getattr(result, "__dict__", {"summary": str(result)}))
+    if "out_dir" in log:
+        log["out_dir"] = portable_path(log["out_dir"])
+    return {"result": log, "train_pairs": len(pairs["train"]), "epochs": epochs, "vision_epochs": vision_epochs,
+            "seconds": time.time() - started}
 
 
 def evaluate_vle(model_dir: Path, limit: int | None = None, batch_size: int = 256) -> dict[str, Any]:

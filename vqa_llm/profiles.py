@@ -26,9 +26,9 @@ from typing import Any
 from llm import LLMError, smollm2_gguf
 
 from .errors import BadSettingError
+from .paths import REPO_ROOT
 from .hub_access import hub_offline, hub_reachable, is_cached
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_VQA_DIR = REPO_ROOT / "assets" / "models" / "vle-easyvqa"
 BUNDLED_CAPTIONER_DIR = REPO_ROOT / "assets" / "models" / "blip-easyvqa"
 BUNDLED_LLM = "smollm2"

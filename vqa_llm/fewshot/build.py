@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,7 +18,7 @@ from tqdm.auto import tqdm
 
 from vle.vqa_data import VQAExample
 
-from ..profiles import REPO_ROOT
+from ..paths import portable_path
 from .bank import ExampleBank, ExampleBankError, short_image_hash
 
 if TYPE_CHECKING:
@@ -32,17 +31,6 @@ def gold_answers(answers: Sequence[str]) -> list[str]:
     """The distinct human answers, most frequent first (ties in first-seen order)."""
     counts = Counter(answers)
     return sorted(counts, key=lambda answer: -counts[answer])
-
-
-def _portable(model_id: str | None) -> str | None:
-    """A model folder inside this repository as a repo-relative path, so that a committed bank names no
-    machine's paths; Hub ids and other paths as given."""
-    if not model_id or not Path(model_id).exists():
-        return model_id
-    try:
-        return Path(model_id).resolve().relative_to(REPO_ROOT).as_posix()
-    except ValueError:
-        return model_id
 
 
 def build_bank(pipe: VQALLMPipeline, examples: Sequence[VQAExample], source: str, *,
@@ -85,8 +73,8 @@ def build_bank(pipe: VQALLMPipeline, examples: Sequence[VQAExample], source: str
         keys["scores"] = F.normalize(torch.stack(scores), dim=-1).to(torch.float16)  # type: ignore[arg-type]
     meta = {
         "source": source,
-        "vqa_model": _portable(pipe.model_ids.get("vqa")),
-        "captioner": _portable(pipe.model_ids.get("captioner")),
+        "vqa_model": portable_path(pipe.model_ids.get("vqa")),
+        "captioner": portable_path(pipe.model_ids.get("captioner")),
         "score_function": pipe.score_function,
         "top_k": top_k,
         "num_labels": pipe.num_labels,
