@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -128,7 +129,8 @@ def table(out_root: Path, names: list[str]) -> str:
 
 def common_table(out_root: Path, names: list[str]) -> tuple[str, int]:
     """The table over the questions that every configuration with predictions has answered so far (runs may
-    still be in progress), and their number. s/question here is the mean per-question pipeline latency."""
+    still be in progress), and their number. s/question here is the median per-question pipeline latency (a
+    batch's time shared by its questions), which a slow batch (the machine busy, a resumed start) barely moves."""
     sys.path.insert(0, str(REPO))
     from vqa_llm.evaluation.store import OutputLayout, read_records
     from vqa_llm.evaluation.summary import build_summary
@@ -145,8 +147,9 @@ def common_table(out_root: Path, names: list[str]) -> tuple[str, int]:
     lines = list(HEADER_LINES)
     for name, records in runs.items():
         if common:
-            summary = build_summary([records[i] for i in sorted(common, key=str)])
-            lines.append(_row(name, summary, summary["overall"]["latency_s"].get("total", 0.0)))
+            shared = [records[i] for i in sorted(common, key=str)]
+            seconds = statistics.median(r.get("timings", {}).get("total", 0.0) for r in shared)
+            lines.append(_row(name, build_summary(shared), seconds))
     return "\n".join(lines), len(common)
 
 
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
              "top-1.")
     if args.common:
         text, n = common_table(Path(args.out), list(CONFIGURATIONS))
-        print(f"{intro} Only the {n} questions answered by every run so far; s/question = mean pipeline latency.\n")
+        print(f"{intro} Only the {n} questions answered by every run so far; s/question = median pipeline latency.\n")
         print(text)
         return 0
     print(intro + "\n")

@@ -36,17 +36,21 @@ def row_of(text, label):
 def test_runs_in_progress_are_compared_on_the_questions_all_have_answered(tmp_path, capsys):
     table = load_table_module()
     write_run(tmp_path / "raw", [record(1, "shape", 0.0, None, 0.01), record(2, "yes/no", 1.0, None, 0.01),
-                                 record(3, "color", 1.0, None, 0.03)])
-    # an unfinished few-shot run: question 1 not answered yet; it broke question 3
-    write_run(tmp_path / "fewshot-t1", [record(2, "yes/no", 1.0, 1.0, 4.0), record(3, "color", 1.0, 0.0, 6.0)])
+                                 record(3, "color", 1.0, None, 0.03), record(4, "yes/no", 0.0, None, 0.02)])
+    # an unfinished few-shot run: question 1 not answered yet; it broke question 3, fixed question 4, and its
+    # first batch was slow (20 s)
+    write_run(tmp_path / "fewshot-t1", [record(2, "yes/no", 1.0, 1.0, 20.0), record(3, "color", 1.0, 0.0, 6.0),
+                                        record(4, "yes/no", 0.0, 1.0, 4.0)])
     assert table.main(["--out", str(tmp_path), "--table-only", "--common"]) == 0
     text = capsys.readouterr().out
-    assert "Only the 2 questions" in text
+    assert "Only the 3 questions" in text
     raw = row_of(text, table.LABELS["raw"])
-    assert raw.split(" | ")[1:4] == ["100.00", "100.00", "–"] and raw.endswith("| 0.020 | 2 |")
+    # raw on questions 2-4: 2 of 3 right overall, yes/no 1 of 2, colour right; median 0.02 s
+    assert raw.split(" | ")[1:5] == ["66.67", "50.00", "–", "100.00"] and raw.endswith("| 0.020 | 3 |")
     fewshot = row_of(text, table.LABELS["fewshot-t1"])
-    # overall 50%, yes/no 100%, no shape question among the shared ones, colour 0%; fixed 0, broken 1; 5 s mean
-    assert fewshot.split(" | ")[1:] == ["50.00", "100.00", "–", "0.00", "0", "1", "5.000", "2 |"]
+    # 2 of 3 right, yes/no 100%, no shape question among the shared ones, colour 0%; fixed 1, broken 1; the
+    # median latency (6 s), not the mean (10 s)
+    assert fewshot.split(" | ")[1:] == ["66.67", "100.00", "–", "0.00", "1", "1", "6.000", "3 |"]
     assert table.LABELS["short"] not in text  # no predictions, no row
 
 
