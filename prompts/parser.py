@@ -85,6 +85,11 @@ def _match_candidate(text: str, candidates: list[tuple[str, float]]) -> tuple[st
     return None
 
 
+def _find_word(words: str, text: str) -> re.Match | None:
+    """Where ``words`` stand in ``text`` as whole words (not inside a longer word), or None."""
+    return re.search(r"(?<!\w)" + re.escape(words) + r"(?!\w)", text)
+
+
 def _mentioned_candidate(text: str, candidates: list[tuple[str, float]]) -> str | None:
     """The candidate named earliest in ``text`` as whole words (longest wins on ties), else None."""
     low = one_line(text).lower()
@@ -93,7 +98,7 @@ def _mentioned_candidate(text: str, candidates: list[tuple[str, float]]) -> str 
         c = normalise(cand)
         if not c:
             continue
-        m = re.search(r"(?<!\w)" + re.escape(c) + r"(?!\w)", low)
+        m = _find_word(c, low)
         if m and (best is None or (m.start(), -len(c)) < (best[0], -len(best[1]))):
             best = (m.start(), c, cand)
     return best[2] if best else None
@@ -118,14 +123,15 @@ def answer_in_sentence(sentence: str, question: str, candidates: Sequence[tuple[
 
     The earliest candidate the sentence names that the question does not already name ("The red shape is a
     triangle." answers "what is the red shape?" with "triangle", not "red"; yes and no always count); when it
-    names only such candidates, the earliest of those. When the VQA model reads the question as yes/no (its top candidate is
-    yes or no) and the sentence says neither, a negation ("does not contain ...") means "no", else "yes".
+    names only such candidates, the earliest of those. When the VQA model reads the question as yes/no (its top
+    candidate is yes or no) and the sentence says neither, a negation ("does not contain ...") means "no", else
+    "yes".
     ``None`` when none of this applies.
     """
     cands = check_candidates(candidates)
     asked = one_line(question).lower()
     fresh = [c for c in cands if normalise(c[0]) in _YES_NO  # "is no red shape present?" still takes "no"
-             or not re.search(r"(?<!\w)" + re.escape(normalise(c[0])) + r"(?!\w)", asked)]
+             or not _find_word(normalise(c[0]), asked)]
     named = _mentioned_candidate(sentence, fresh) if fresh else None
     if named is not None:
         return named

@@ -14,9 +14,9 @@ ids used, most similar first —, their ``similarities``, ``dropped`` examples, 
 ``raw_accuracy`` scores the VQA top-1 (``vqa_answer``) and ``llm_accuracy`` the LLM's answer (``llm_answer``),
 both with :func:`vqa_llm.metrics.vqa_accuracy` against ``answers``. With a ``long`` template the reply is a
 sentence (``llm_reply``) and ``llm_answer`` is the short answer it gives (the candidate it names, or yes/no;
-see :func:`prompts.parser.answer_in_sentence`), or the sentence itself when it gives none. Without the LLM the ``template`` and ``llm_*``
-fields and ``changed`` are null. A question that could not be answered at all (unreadable image) has no
-candidates, ``error`` says why, and it scores 0. The prompt itself is not stored: it is
+see :func:`prompts.parser.answer_in_sentence`), or the sentence itself when it gives none. Without the LLM the
+``template`` and ``llm_*`` fields and ``changed`` are null. A question that could not be answered at all
+(unreadable image) has no candidates, ``error`` says why, and it scores 0. The prompt itself is not stored: it is
 ``prompts.build_messages(template, caption, question, candidates)``.
 """
 
