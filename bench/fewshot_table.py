@@ -4,6 +4,7 @@
     .venv/bin/python bench/fewshot_table.py --limit 200 --out runs/fewshot-200
     .venv/bin/python bench/fewshot_table.py --table-only                      # reprint from finished runs
     .venv/bin/python bench/fewshot_table.py --table-only --common             # runs in progress: shared questions
+    OMP_NUM_THREADS=1 .venv/bin/python bench/fewshot_table.py --processes 2   # 2 evaluator processes per run
 
 Runs the evaluator (``python -m vqa_llm.evaluate``) four times on the fixed seeded easy-VQA test sample
 (``--limit 2000 --seed 0``) with the ``bundled`` profile, each into ``OUT/<configuration>/``:
@@ -14,10 +15,12 @@ Runs the evaluator (``python -m vqa_llm.evaluate``) four times on the fixed seed
 4. ``fewshot-t3`` — LLM ``fewshot``, 8 examples per run, 3 voted runs.
 
 A configuration whose folder already holds a finished run is not run again; an interrupted one is resumed
-(``--resume``). The example bank is ``--example-bank`` (default: the bank committed beside the bundled models).
+(``--resume``; the number of processes may change between sessions). The example bank is ``--example-bank``
+(default: the bank committed beside the bundled models).
 The table gives, per configuration, the official VQA accuracy (%) overall and per question kind (yes/no, shape,
-color), the answers the LLM fixed and broke compared with the raw VLE top-1, and seconds per question (the
-run's wall time over the questions it answered, models loading included). ``--table-only --common`` compares
+color), the answers the LLM fixed and broke compared with the raw VLE top-1, and seconds per question: process
+seconds (wall time × evaluator processes, models loading included) over the questions answered, summed over the
+sessions that finished, so one process and several give comparable figures. ``--table-only --common`` compares
 runs still in progress on the questions all of them have answered.
 """
 
@@ -56,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16, help="questions per batch (default: 16)")
     parser.add_argument("--llm-timeout", type=float, default=600.0,
                         help="seconds one LLM batch may take (default: 600)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="evaluator processes per run, through accelerate launch (default: 1)")
     parser.add_argument("--only", nargs="+", choices=list(CONFIGURATIONS), default=list(CONFIGURATIONS),
                         help="run only these configurations")
     parser.add_argument("--table-only", action="store_true", help="do not run anything; print the table")
@@ -65,8 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def evaluator_command(name: str, args: argparse.Namespace, out: Path) -> list[str]:
-    """The evaluator command line of configuration ``name``."""
-    command = [sys.executable, "-m", "vqa_llm.evaluate", "--dataset", "easy-vqa", "--split", "test",
+    """The evaluator command line of configuration ``name`` (through ``accelerate launch`` for several
+    processes; on a CPU-only machine ``--multi_gpu`` is what starts them)."""
+    launcher = [sys.executable, "-m"]
+    if args.processes > 1:
+        launcher += ["accelerate.commands.launch", "--multi_gpu", "--num_processes", str(args.processes),
+                     "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m"]
+    command = [*launcher, "vqa_llm.evaluate", "--dataset", "easy-vqa", "--split", "test",
                "--limit", str(args.limit), "--seed", str(args.seed), "--profile", args.profile,
                "--batch-size", str(args.batch_size), "--llm-timeout", str(args.llm_timeout), "--out", str(out),
                *CONFIGURATIONS[name]]
@@ -111,9 +121,19 @@ HEADER = ["configuration", "overall", *KINDS, "fixed", "broken", "s/question", "
 HEADER_LINES = ["| " + " | ".join(HEADER) + " |", "|---|" + "---:|" * (len(HEADER) - 1)]
 
 
+def process_seconds_per_question(summary: dict) -> float:
+    """Wall time × processes over the questions answered, summed over the sessions that finished (a resumed run
+    counts right; a 2-process session costs twice its wall time); the mean pipeline latency if none finished."""
+    sessions = summary.get("sessions") or []
+    answered = sum(int(session.get("answered") or 0) for session in sessions)
+    if not answered:
+        return summary["overall"]["latency_s"].get("total", 0.0)
+    return sum(float(s.get("wall_time_s") or 0.0) * int(s.get("processes") or 1) for s in sessions) / answered
+
+
 def table(out_root: Path, names: list[str]) -> str:
-    """The markdown table of the finished configurations among ``names`` (s/question: wall time per question,
-    models loading included)."""
+    """The markdown table of the finished configurations among ``names`` (s/question: see
+    :func:`process_seconds_per_question`)."""
     lines = list(HEADER_LINES)
     for name in names:
         path = out_root / name / "summary.json"
@@ -121,9 +141,7 @@ def table(out_root: Path, names: list[str]) -> str:
             lines.append(f"| {LABELS[name]} | " + " | ".join(["(not run)"] + [""] * (len(HEADER) - 2)) + " |")
             continue
         summary = json.loads(path.read_text())
-        rate = summary.get("questions_per_s")  # over the sessions that finished, so a resumed run counts right
-        seconds = 1 / rate if rate else summary["overall"]["latency_s"].get("total", 0.0)
-        lines.append(_row(name, summary, seconds))
+        lines.append(_row(name, summary, process_seconds_per_question(summary)))
     return "\n".join(lines)
 
 
@@ -155,6 +173,8 @@ def common_table(out_root: Path, names: list[str]) -> tuple[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.processes < 1:
+        raise SystemExit("--processes must be at least 1")
     if not args.table_only:
         for name in args.only:
             run(name, args)
@@ -166,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{intro} Only the {n} questions answered by every run so far; s/question = median pipeline latency.\n")
         print(text)
         return 0
-    print(intro + "\n")
+    print(intro + " s/question = process seconds per question (wall time × evaluator processes over the "
+          "questions answered, models loading included).\n")
     print(table(Path(args.out), list(CONFIGURATIONS)))
     return 0
 

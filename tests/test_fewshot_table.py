@@ -57,7 +57,7 @@ def test_runs_in_progress_are_compared_on_the_questions_all_have_answered(tmp_pa
 def test_finished_table_counts_seconds_over_the_sessions_that_finished(tmp_path, capsys):
     table = load_table_module()
     records = [record(1, "shape", 1.0, 0.0, 1.0), record(2, "yes/no", 1.0, 1.0, 1.0)]
-    summary = {"use_llm": True, "questions_per_s": 0.25,
+    summary = {"use_llm": True, "questions_per_s": 0.25, "sessions": [{"wall_time_s": 8.0, "answered": 2}],
                "overall": {"n": 2, "llm_accuracy": 50.0, "fixed": 0, "broke": 1, "latency_s": {"total": 1.0}},
                "per_question_type": {"shape": {"llm_accuracy": 0.0}, "yes/no": {"llm_accuracy": 100.0}}}
     write_run(tmp_path / "short", records, summary)
@@ -65,3 +65,30 @@ def test_finished_table_counts_seconds_over_the_sessions_that_finished(tmp_path,
     text = capsys.readouterr().out
     assert row_of(text, table.LABELS["short"]).endswith("| 0 | 1 | 4.000 | 2 |")
     assert "(not run)" in row_of(text, table.LABELS["fewshot-t3"])
+
+
+def test_seconds_per_question_count_every_process_of_a_session(tmp_path, capsys):
+    table = load_table_module()
+    records = [record(i, "yes/no", 1.0, 1.0, 1.0) for i in range(1, 5)]
+    # 300 questions in one 1-process session of 600 s, the other 100 in a 2-process session of 100 s wall:
+    # (600 + 2 * 100) / 400 = 2 process seconds per question (not 700 / 400 = 1.75)
+    summary = {"use_llm": True, "questions_per_s": 0.571,
+               "sessions": [{"wall_time_s": 600.0, "answered": 300, "processes": 1},
+                            {"wall_time_s": 100.0, "answered": 100, "processes": 2}],
+               "overall": {"n": 4, "llm_accuracy": 100.0, "fixed": 0, "broke": 0, "latency_s": {"total": 1.0}},
+               "per_question_type": {"yes/no": {"llm_accuracy": 100.0}}}
+    write_run(tmp_path / "fewshot-t3", records, summary)
+    assert table.main(["--out", str(tmp_path), "--table-only"]) == 0
+    assert row_of(capsys.readouterr().out, table.LABELS["fewshot-t3"]).endswith("| 2.000 | 4 |")
+
+
+def test_several_processes_run_the_evaluator_through_accelerate_launch():
+    table = load_table_module()
+    args = table.build_parser().parse_args(["--processes", "2"])
+    command = table.evaluator_command("fewshot-t3", args, Path("runs/x"))
+    launch = command.index("accelerate.commands.launch")
+    assert command[launch + 1:launch + 4] == ["--multi_gpu", "--num_processes", "2"]
+    assert command[command.index("-m", launch) + 1] == "vqa_llm.evaluate"
+    assert command[-6:] == ["--template", "fewshot", "--examples", "8", "--runs", "3"]
+    single = table.evaluator_command("fewshot-t3", table.build_parser().parse_args([]), Path("runs/x"))
+    assert single[1:3] == ["-m", "vqa_llm.evaluate"] and "accelerate.commands.launch" not in single
