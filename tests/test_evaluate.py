@@ -355,6 +355,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def test_processes_wait_hours_for_the_slowest_block(monkeypatch):
+    # torch's default barrier timeout (30 min) would kill a long sharded run whose blocks finish far apart
+    import accelerate
+
+    import vqa_llm.evaluate as evaluate_module
+
+    seen = {}
+    monkeypatch.setattr(accelerate, "PartialState", lambda **kwargs: seen.update(kwargs))
+    evaluate_module._accelerate_state(evaluate_module.build_parser().parse_args(["--out", "x"]))
+    assert seen["timeout"].total_seconds() >= 12 * 3600
+
+
 def test_two_accelerate_processes_merge_to_the_one_process_result(models, reference, tmp_path):
     out = tmp_path / "two"
     # On a CPU-only machine `--multi_gpu` is what starts N processes (torchrun); they talk over gloo.

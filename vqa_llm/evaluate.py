@@ -37,7 +37,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +63,10 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 # settings that may differ between the sessions of one run (the sample is nested in the seed)
 _MAY_CHANGE_ON_RESUME = ("limit", "sample_size")
+# how long a process that finished its block waits at a barrier for the others; torch's default (30 min) is
+# shorter than the difference between blocks of a run that takes hours. A crashed process does not leave the
+# others waiting: accelerate launch (torchrun) stops them all.
+SHARD_WAIT = timedelta(hours=24)
 logger = logging.getLogger("vqa_llm.evaluate")
 
 
@@ -165,7 +169,7 @@ def _accelerate_state(args: argparse.Namespace) -> PartialState:
 
     use_cpu = (os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
                or str(args.device or "").startswith("cpu") or not torch.cuda.is_available())
-    return PartialState(cpu=use_cpu)
+    return PartialState(cpu=use_cpu, timeout=SHARD_WAIT)  # timeout: used only when several processes run
 
 
 def _profile_overrides(args: argparse.Namespace, state: PartialState) -> dict[str, Any]:
