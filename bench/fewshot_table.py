@@ -21,7 +21,9 @@ The table gives, per configuration, the official VQA accuracy (%) overall and pe
 color), the answers the LLM fixed and broke compared with the raw VLE top-1, and seconds per question: process
 seconds (wall time × evaluator processes, models loading included) over the questions answered, summed over the
 sessions that finished, so one process and several give comparable figures. ``--table-only --common`` compares
-runs still in progress on the questions all of them have answered.
+runs still in progress on the questions all of them have answered. A second table says where each LLM
+configuration broke answers: per question kind, with negated yes/no questions ("is no red shape present?",
+"does the image not contain a circle?") apart.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +45,8 @@ CONFIGURATIONS: dict[str, list[str]] = {
     "fewshot-t1": ["--template", "fewshot", "--examples", "8", "--runs", "1"],
     "fewshot-t3": ["--template", "fewshot", "--examples", "8", "--runs", "3"],
 }
+NEGATION = re.compile(r"\b(?:no|not)\b|n't\b", re.IGNORECASE)
+BROKEN_KINDS = ("yes/no, negated", "yes/no, plain", "shape", "color")
 LABELS = {
     "raw": "raw VLE (no LLM)",
     "short": "LLM zero-shot (`short`)",
@@ -145,13 +151,10 @@ def table(out_root: Path, names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def common_table(out_root: Path, names: list[str]) -> tuple[str, int]:
-    """The table over the questions that every configuration with predictions has answered so far (runs may
-    still be in progress), and their number. s/question here is the median per-question pipeline latency (a
-    batch's time shared by its questions), which a slow batch (the machine busy, a resumed start) barely moves."""
+def read_runs(out_root: Path, names: list[str]) -> dict[str, dict]:
+    """Per configuration with predictions (finished or not), its records by question id."""
     sys.path.insert(0, str(REPO))
     from vqa_llm.evaluation.store import OutputLayout, read_records
-    from vqa_llm.evaluation.summary import build_summary
 
     runs: dict[str, dict] = {}
     for name in names:
@@ -161,14 +164,49 @@ def common_table(out_root: Path, names: list[str]) -> tuple[str, int]:
                 records.setdefault(record["question_id"], record)
         if records:
             runs[name] = records
-    common = set.intersection(*(set(records) for records in runs.values())) if runs else set()
+    return runs
+
+
+def common_questions(runs: dict[str, dict]) -> list:
+    """The question ids every run in ``runs`` has answered, sorted."""
+    return sorted(set.intersection(*(set(records) for records in runs.values())), key=str) if runs else []
+
+
+def common_table(runs: dict[str, dict], common: list) -> str:
+    """The table of ``runs`` (possibly still in progress) over the questions ``common``. s/question here is the
+    median per-question pipeline latency (a batch's time shared by its questions), which a slow batch (the
+    machine busy, a resumed start) barely moves."""
+    from vqa_llm.evaluation.summary import build_summary
+
     lines = list(HEADER_LINES)
     for name, records in runs.items():
         if common:
-            shared = [records[i] for i in sorted(common, key=str)]
+            shared = [records[i] for i in common]
             seconds = statistics.median(r.get("timings", {}).get("total", 0.0) for r in shared)
             lines.append(_row(name, build_summary(shared), seconds))
-    return "\n".join(lines), len(common)
+    return "\n".join(lines)
+
+
+def broken_kind(record: dict) -> str:
+    """The record's question kind, with negated yes/no questions ("is no red shape present?") apart."""
+    kind = record["question_type"]
+    if kind == "yes/no":
+        return "yes/no, negated" if NEGATION.search(record["question"]) else "yes/no, plain"
+    return kind
+
+
+def broken_table(runs: dict[str, dict], questions: dict[str, list]) -> str:
+    """Where each LLM configuration broke answers (scored lower than the raw VLE top-1), by question kind:
+    broken / questions of that kind, over the question ids ``questions[name]``."""
+    lines = ["| configuration | " + " | ".join(BROKEN_KINDS) + " |", "|---|" + "---:|" * len(BROKEN_KINDS)]
+    for name, records in runs.items():
+        chosen = [records[i] for i in questions[name]]
+        if not chosen or any(r["llm_accuracy"] is None for r in chosen):
+            continue
+        asked = Counter(broken_kind(r) for r in chosen)
+        broken = Counter(broken_kind(r) for r in chosen if r["llm_accuracy"] < r["raw_accuracy"])
+        lines.append(f"| {LABELS[name]} | " + " | ".join(f"{broken[k]} / {asked[k]}" for k in BROKEN_KINDS) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,14 +219,22 @@ def main(argv: list[str] | None = None) -> int:
     intro = (f"easy-VQA test, fixed sample of {args.limit} questions (seed {args.seed}), profile {args.profile}; "
              "accuracy = official VQA accuracy (%); fixed/broken = answers the LLM made right/wrong vs the raw VLE "
              "top-1.")
+    out_root, names = Path(args.out), list(CONFIGURATIONS)
+    runs = read_runs(out_root, names)
     if args.common:
-        text, n = common_table(Path(args.out), list(CONFIGURATIONS))
-        print(f"{intro} Only the {n} questions answered by every run so far; s/question = median pipeline latency.\n")
-        print(text)
-        return 0
-    print(intro + " s/question = process seconds per question (wall time × evaluator processes over the "
-          "questions answered, models loading included).\n")
-    print(table(Path(args.out), list(CONFIGURATIONS)))
+        common = common_questions(runs)
+        print(f"{intro} Only the {len(common)} questions answered by every run so far; s/question = median "
+              "pipeline latency.\n")
+        print(common_table(runs, common))
+        questions = {name: common for name in runs}
+    else:
+        print(intro + " s/question = process seconds per question (wall time × evaluator processes over the "
+              "questions answered, models loading included).\n")
+        print(table(out_root, names))
+        runs = {name: records for name, records in runs.items() if finished(out_root / name, args.limit)}
+        questions = {name: sorted(records, key=str) for name, records in runs.items()}
+    print("\nBroken answers by question kind (broken / questions of that kind):\n")
+    print(broken_table(runs, questions))
     return 0
 
 

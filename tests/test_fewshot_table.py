@@ -16,8 +16,9 @@ def load_table_module():
     return module
 
 
-def record(question_id, kind, raw, llm, total):
-    return {"question_id": question_id, "question_type": kind, "answer_type": "yes/no" if kind == "yes/no" else "other",
+def record(question_id, kind, raw, llm, total, question="what is it?"):
+    return {"question_id": question_id, "question": question, "question_type": kind,
+            "answer_type": "yes/no" if kind == "yes/no" else "other",
             "raw_accuracy": raw, "llm_accuracy": llm, "changed": llm is not None and llm != raw, "error": None,
             "candidates": [["yes", 1.0]], "timings": {"total": total}}
 
@@ -92,3 +93,20 @@ def test_several_processes_run_the_evaluator_through_accelerate_launch():
     assert command[-6:] == ["--template", "fewshot", "--examples", "8", "--runs", "3"]
     single = table.evaluator_command("fewshot-t3", table.build_parser().parse_args([]), Path("runs/x"))
     assert single[1:3] == ["-m", "vqa_llm.evaluate"] and "accelerate.commands.launch" not in single
+
+
+def test_broken_answers_are_counted_by_kind_with_negated_yes_no_questions_apart(tmp_path, capsys):
+    table = load_table_module()
+    write_run(tmp_path / "raw", [record(i, "yes/no", 1.0, None, 0.01) for i in range(1, 6)])
+    write_run(tmp_path / "fewshot-t1", [
+        record(1, "yes/no", 1.0, 0.0, 5.0, "is no red shape present?"),             # negated, broken
+        record(2, "yes/no", 1.0, 0.0, 5.0, "does the image not contain a circle?"),  # negated, broken
+        record(3, "yes/no", 1.0, 1.0, 5.0, "is there not a blue shape?"),            # negated, kept
+        record(4, "yes/no", 1.0, 0.0, 5.0, "is there a notable shape?"),             # plain ("notable"), broken
+        record(5, "shape", 0.0, 1.0, 5.0, "what shape is it?"),                      # fixed, not broken
+    ])
+    assert table.main(["--out", str(tmp_path), "--table-only", "--common"]) == 0
+    text = capsys.readouterr().out
+    row = row_of(text.split("Broken answers")[1], table.LABELS["fewshot-t1"])
+    assert row.split(" | ")[1:] == ["2 / 3", "1 / 1", "0 / 1", "0 / 0 |"]
+    assert table.LABELS["raw"] not in text.split("Broken answers")[1]  # no LLM, nothing to break
