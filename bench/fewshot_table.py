@@ -15,7 +15,8 @@ Runs the evaluator (``python -m vqa_llm.evaluate``) four times on the fixed seed
 4. ``fewshot-t3`` — LLM ``fewshot``, 8 examples per run, 3 voted runs.
 
 A configuration whose folder already holds a finished run is not run again; an interrupted one is resumed
-(``--resume``; the number of processes may change between sessions). The example bank is ``--example-bank``
+(``--resume --retry-errors``: questions whose LLM timed out are answered again; the number of processes may change
+between sessions). The example bank is ``--example-bank``
 (default: the bank committed beside the bundled models).
 The table gives, per configuration, the official VQA accuracy (%) overall and per question kind (yes/no, shape,
 color), the answers the LLM fixed and broke compared with the raw VLE top-1, and seconds per question: process
@@ -104,7 +105,7 @@ def run(name: str, args: argparse.Namespace) -> None:
         return
     command = evaluator_command(name, args, out)
     if (out / "predictions.jsonl").is_file() or list(out.glob("predictions.part-*")):
-        command.append("--resume")
+        command += ["--resume", "--retry-errors"]  # an LLM batch that timed out is answered again
     print(f"[{name}] {' '.join(command[1:])}", file=sys.stderr, flush=True)
     subprocess.run(command, cwd=REPO, check=True)
 
@@ -154,17 +155,10 @@ def table(out_root: Path, names: list[str]) -> str:
 def read_runs(out_root: Path, names: list[str]) -> dict[str, dict]:
     """Per configuration with predictions (finished or not), its records by question id."""
     sys.path.insert(0, str(REPO))
-    from vqa_llm.evaluation.store import OutputLayout, read_records
+    from vqa_llm.evaluation.store import OutputLayout, current_records
 
-    runs: dict[str, dict] = {}
-    for name in names:
-        records: dict = {}
-        for path in OutputLayout(out_root / name).record_files():
-            for record in read_records(path):
-                records.setdefault(record["question_id"], record)
-        if records:
-            runs[name] = records
-    return runs
+    runs = {name: current_records(OutputLayout(out_root / name)) for name in names}
+    return {name: records for name, records in runs.items() if records}
 
 
 def common_questions(runs: dict[str, dict]) -> list:
@@ -235,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         questions = {name: sorted(records, key=str) for name, records in runs.items()}
     print("\nBroken answers by question kind (broken / questions of that kind):\n")
     print(broken_table(runs, questions))
+    for name, records in runs.items():
+        failed = sum(bool(records[i].get("error")) for i in questions[name])
+        if failed:
+            print(f"\nWarning: {failed} answers of {name} are errors (the LLM timed out or failed and the VQA "
+                  f"answer was kept); answer them again with: python bench/fewshot_table.py --only {name}")
     return 0
 
 

@@ -28,7 +28,8 @@ from vle.vqa_data import load_easy_vqa
 from vqa_llm.evaluate import EXIT_INTERRUPTED, EXIT_USER_ERROR, main
 from vqa_llm.evaluation.data import sample_examples
 from vqa_llm.evaluation.errors import EvaluationError
-from vqa_llm.evaluation.store import OutputLayout, RecordWriter, read_records, repair_tail
+from vqa_llm.evaluation.store import (OutputLayout, RecordWriter, current_records, done_question_ids,
+                                     merge_records, read_records, repair_tail)
 from vqa_llm.evaluation.summary import build_summary, without_timings
 from vqa_llm.metrics import summarise_accuracy, vqa_accuracy
 from vqa_llm.pipeline import VQALLMPipeline
@@ -224,6 +225,53 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(models, ref
     assert main(easy_args(models, out, "--batch-size", "5", "--resume")) == 0
     assert answered == [] and len(lines(out / "predictions.jsonl")) == LIMIT
     assert without_timings(summary_of(out)) == without_timings(summary_of(reference))
+
+
+def test_retry_errors_answers_the_timed_out_questions_again(models, reference, tmp_path, monkeypatch):
+    import vqa_llm.pipeline as pipeline_module
+    from vqa_llm.errors import LLMFailure
+
+    out = tmp_path / "retried"
+    real_generate = pipeline_module.generate_batch_with_deadline
+    calls = []
+
+    def second_batch_times_out(llm, chats, timeout, **options):
+        calls.append(len(chats))
+        if len(calls) == 2:
+            raise LLMFailure("The LLM did not answer within 1 s.", timed_out=True)
+        return real_generate(llm, chats, timeout, **options)
+
+    monkeypatch.setattr(pipeline_module, "generate_batch_with_deadline", second_batch_times_out)
+    assert main(easy_args(models, out, "--batch-size", "4")) == 0
+    monkeypatch.setattr(pipeline_module, "generate_batch_with_deadline", real_generate)
+    failed = [r["question_id"] for r in lines(out / "predictions.jsonl") if r["error"]]
+    assert len(failed) == 4 and summary_of(out)["overall"]["llm_errors"] == 4  # the second batch kept VQA answers
+
+    assert main(easy_args(models, out, "--retry-errors")) == EXIT_USER_ERROR  # only with --resume
+    answered = []
+    real_run_batch = VQALLMPipeline.run_batch
+    monkeypatch.setattr(VQALLMPipeline, "run_batch",
+                        lambda self, images, questions, **kw: answered.extend(questions)
+                        or real_run_batch(self, images, questions, **kw))
+    assert main(easy_args(models, out, "--resume")) == 0 and answered == []  # plain resume keeps them
+    assert main(easy_args(models, out, "--resume", "--retry-errors")) == 0
+    by_id = {r["question_id"]: r["question"] for r in lines(reference / "predictions.jsonl")}
+    assert sorted(answered) == sorted(by_id[i] for i in failed)  # those four, nothing else
+    assert_same_predictions(lines(out / "predictions.jsonl"), lines(reference / "predictions.jsonl"))
+    assert summary_of(out)["overall"]["llm_errors"] == 0
+
+
+def test_the_good_record_of_a_retried_question_wins_in_any_file_order(tmp_path):
+    layout = OutputLayout(tmp_path)
+    failed, good = {"question_id": 7, "error": "timed out"}, {"question_id": 7, "error": None, "llm_answer": "red"}
+    with RecordWriter(layout.part(0, 3)) as writer:  # the retry, in a file read before the first answer's
+        writer.write([good, {"question_id": 8, "error": None}])
+    with RecordWriter(layout.part(1, 2)) as writer:
+        writer.write([failed, {"question_id": 9, "error": "unreadable image"}])
+    assert current_records(layout)[7] == good
+    assert done_question_ids(layout) == {7, 8, 9} and done_question_ids(layout, retry_errors=True) == {7, 8}
+    assert [r["question_id"] for r in merge_records(layout)] == [7, 8, 9] and not layout.parts()
+    assert read_records(layout.predictions)[0] == good
 
 
 def test_a_run_extends_to_a_larger_limit_with_resume(models, reference, tmp_path):

@@ -18,7 +18,9 @@ stage, models, settings, wall time), ``accuracy_by_question_type.png`` and ``run
 * Resume: records are appended and fsync'ed batch by batch. ``--resume`` skips the questions that already
   have a record (a line cut short by a kill is dropped and answered again); the result equals an
   uninterrupted run. The settings that shape the answers (data, sample, models, template, top-k, LLM
-  options) must be the ones of the interrupted run; batch size and process count may change.
+  options) must be the ones of the interrupted run; batch size and process count may change. With
+  ``--retry-errors`` the questions whose record has an error (an LLM timeout or failure that kept the VQA
+  answer, an unreadable image) are answered again and the new record replaces the old one.
 * Several processes (``accelerate launch``): the remaining questions are split into contiguous blocks, one
   per process, each on the device accelerate gives it; each process appends to its own part file and the
   main process merges them into ``predictions.jsonl`` (sorted by question id) and writes the summary.
@@ -89,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out", required=True, help="output folder (created if missing)")
     out.add_argument("--resume", action="store_true",
                      help="continue the run in --out: skip questions that already have a prediction")
+    out.add_argument("--retry-errors", action="store_true",
+                     help="with --resume: answer again the questions whose record has an error (e.g. the LLM timed "
+                          "out and the VQA answer was kept); the new record replaces it")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages on stderr")
     add_profile_arguments(parser)
     return parser
@@ -213,6 +218,9 @@ def check_options(args: argparse.Namespace) -> None:
             raise EvaluationError(f"{flag} must be at least 1, got {value}.")
     if args.llm_timeout <= 0:
         raise EvaluationError(f"--llm-timeout must be a positive number of seconds, got {args.llm_timeout}.")
+    if args.retry_errors and not args.resume:
+        raise EvaluationError("--retry-errors answers again the failed questions of an earlier run; use it "
+                              "with --resume.")
     check_template(args.template)
     check_counts(args.runs, args.examples)
     if args.template != FEWSHOT_TEMPLATE and (args.runs != DEFAULT_RUNS or args.example_bank):
@@ -241,7 +249,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     models = profile.model_ids()
     layout = OutputLayout(Path(args.out))
     previous = _check_output(layout, settings, models, args.resume, {e.question_id for e in sample})
-    done = done_question_ids(layout)
+    done = done_question_ids(layout, retry_errors=args.retry_errors)
     remaining = [example for example in sample if example.question_id not in done]
     state.wait_for_everyone()  # every process has read the folder before anyone writes to it
 
@@ -251,8 +259,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         layout.root.mkdir(parents=True, exist_ok=True)
         write_atomically(layout.run_info, json.dumps(run_info, indent=2) + "\n")
         logger.info("Profile %s: %s", profile.name, reason)
-        logger.info("%d questions in the sample, %d already answered, %d to go (%d process(es)).",
-                    len(sample), len(sample) - len(remaining), len(remaining), state.num_processes)
+        logger.info("%d questions in the sample, %d already answered, %d to go%s (%d process(es)).",
+                    len(sample), len(sample) - len(remaining), len(remaining),
+                    " (failed ones included)" if args.retry_errors else "", state.num_processes)
     state.wait_for_everyone()
     if remaining:
         _answer_remaining(args, state, profile, use_llm, layout, remaining, bank)

@@ -11,8 +11,8 @@ Layout of ``--out``::
 Writers append whole lines and ``fsync`` after each batch, so a kill loses at most the batch in flight and
 can leave at most one truncated last line. Readers drop such a line (:func:`read_records`) and writers cut
 it off before appending (:func:`repair_tail`). :func:`merge_records` gathers predictions.jsonl and every part
-file, keeps the first record of each question id and rewrites predictions.jsonl sorted by question id
-(atomically: a temporary file replaced in one step).
+file, keeps one record per question id (:func:`current_records`) and rewrites predictions.jsonl sorted by
+question id (atomically: a temporary file replaced in one step).
 """
 
 from __future__ import annotations
@@ -95,9 +95,24 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def done_question_ids(layout: OutputLayout) -> set[Any]:
-    """Ids of the questions that already have a record in the output folder."""
-    return {record["question_id"] for path in layout.record_files() for record in read_records(path)}
+def current_records(layout: OutputLayout) -> dict[Any, dict[str, Any]]:
+    """One record per question id over every record file (predictions.jsonl, then the part files): the first
+    one without an ``error``, else the first. A question answered again after an error (``--retry-errors``) is
+    so represented by its good answer, in whatever file and order the two records are."""
+    chosen: dict[Any, dict[str, Any]] = {}
+    for path in layout.record_files():
+        for record in read_records(path):
+            old = chosen.get(record["question_id"])
+            if old is None or (old.get("error") and not record.get("error")):
+                chosen[record["question_id"]] = record
+    return chosen
+
+
+def done_question_ids(layout: OutputLayout, retry_errors: bool = False) -> set[Any]:
+    """Ids of the questions that already have a record in the output folder; with ``retry_errors``, only
+    those whose record has no ``error`` (the others are to be answered again)."""
+    return {question_id for question_id, record in current_records(layout).items()
+            if not (retry_errors and record.get("error"))}
 
 
 def repair_tail(path: Path) -> None:
@@ -159,14 +174,11 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def merge_records(layout: OutputLayout) -> list[dict[str, Any]]:
-    """Gather every record (predictions.jsonl first, then the part files), keep the first one of each
-    question id, rewrite predictions.jsonl sorted by question id, delete the part files; return the records."""
-    seen: dict[Any, dict[str, Any]] = {}
+    """Gather every record (predictions.jsonl first, then the part files), keep one per question id
+    (:func:`current_records`), rewrite predictions.jsonl sorted by question id, delete the part files; return
+    the records."""
     parts = layout.parts()
-    for path in layout.record_files():
-        for record in read_records(path):
-            seen.setdefault(record["question_id"], record)
-    records = sorted(seen.values(), key=lambda record: question_sort_key(record["question_id"]))
+    records = sorted(current_records(layout).values(), key=lambda record: question_sort_key(record["question_id"]))
     write_atomically(layout.predictions,
                      "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
     for path in parts:
