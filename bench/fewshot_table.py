@@ -162,8 +162,10 @@ def read_runs(out_root: Path, names: list[str]) -> dict[str, dict]:
 
 
 def common_questions(runs: dict[str, dict]) -> list:
-    """The question ids every run in ``runs`` has answered, sorted."""
-    return sorted(set.intersection(*(set(records) for records in runs.values())), key=str) if runs else []
+    """The question ids every run in ``runs`` has answered without an error (a timed-out LLM batch that kept
+    the VQA answers is left out until it is answered again), sorted."""
+    answered = [{i for i, record in records.items() if not record.get("error")} for records in runs.values()]
+    return sorted(set.intersection(*answered), key=str) if answered else []
 
 
 def common_table(runs: dict[str, dict], common: list) -> str:
@@ -217,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = read_runs(out_root, names)
     if args.common:
         common = common_questions(runs)
-        print(f"{intro} Only the {len(common)} questions answered by every run so far; s/question = median "
-              "pipeline latency.\n")
+        print(f"{intro} Only the {len(common)} questions answered (without error) by every run so far; "
+              "s/question = median pipeline latency.\n")
         print(common_table(runs, common))
         questions = {name: common for name in runs}
     else:

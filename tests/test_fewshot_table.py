@@ -37,11 +37,14 @@ def row_of(text, label):
 def test_runs_in_progress_are_compared_on_the_questions_all_have_answered(tmp_path, capsys):
     table = load_table_module()
     write_run(tmp_path / "raw", [record(1, "shape", 0.0, None, 0.01), record(2, "yes/no", 1.0, None, 0.01),
-                                 record(3, "color", 1.0, None, 0.03), record(4, "yes/no", 0.0, None, 0.02)])
-    # an unfinished few-shot run: question 1 not answered yet; it broke question 3, fixed question 4, and its
-    # first batch was slow (20 s)
+                                 record(3, "color", 1.0, None, 0.03), record(4, "yes/no", 0.0, None, 0.02),
+                                 record(5, "yes/no", 1.0, None, 0.01)])
+    # an unfinished few-shot run: question 1 not answered yet, question 5 kept the VQA answer after an LLM
+    # timeout (left out until answered again); it broke question 3, fixed question 4, and its first batch was
+    # slow (20 s)
+    timed_out = {**record(5, "yes/no", 1.0, 1.0, 9.0), "error": "The LLM did not answer within 600 s."}
     write_run(tmp_path / "fewshot-t1", [record(2, "yes/no", 1.0, 1.0, 20.0), record(3, "color", 1.0, 0.0, 6.0),
-                                        record(4, "yes/no", 0.0, 1.0, 4.0)])
+                                        record(4, "yes/no", 0.0, 1.0, 4.0), timed_out])
     assert table.main(["--out", str(tmp_path), "--table-only", "--common"]) == 0
     text = capsys.readouterr().out
     assert "Only the 3 questions" in text
