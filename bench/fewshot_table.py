@@ -138,14 +138,15 @@ def process_seconds_per_question(summary: dict) -> float:
     return sum(float(s.get("wall_time_s") or 0.0) * int(s.get("processes") or 1) for s in sessions) / answered
 
 
-def table(out_root: Path, names: list[str]) -> str:
+def table(out_root: Path, names: list[str], runs: dict[str, dict]) -> str:
     """The markdown table of the finished configurations among ``names`` (s/question: see
-    :func:`process_seconds_per_question`)."""
+    :func:`process_seconds_per_question`); a run still going (records in ``runs``) says how far it is."""
     lines = list(HEADER_LINES)
     for name in names:
         path = out_root / name / "summary.json"
         if not path.is_file():
-            lines.append(f"| {LABELS[name]} | " + " | ".join(["(not run)"] + [""] * (len(HEADER) - 2)) + " |")
+            state = f"(in progress: {len(runs[name])} answered)" if name in runs else "(not run)"
+            lines.append(f"| {LABELS[name]} | " + " | ".join([state] + [""] * (len(HEADER) - 2)) + " |")
             continue
         summary = json.loads(path.read_text())
         lines.append(_row(name, summary, process_seconds_per_question(summary)))
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(intro + " s/question = process seconds per question (wall time × evaluator processes over the "
               "questions answered, models loading included).\n")
-        print(table(out_root, names))
+        print(table(out_root, names, runs))
         runs = {name: records for name, records in runs.items() if finished(out_root / name, args.limit)}
         questions = {name: sorted(records, key=str) for name, records in runs.items()}
     print("\nBroken answers by question kind (broken / questions of that kind):\n")

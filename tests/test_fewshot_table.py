@@ -65,9 +65,11 @@ def test_finished_table_counts_seconds_over_the_sessions_that_finished(tmp_path,
                "overall": {"n": 2, "llm_accuracy": 50.0, "fixed": 0, "broke": 1, "latency_s": {"total": 1.0}},
                "per_question_type": {"shape": {"llm_accuracy": 0.0}, "yes/no": {"llm_accuracy": 100.0}}}
     write_run(tmp_path / "short", records, summary)
+    write_run(tmp_path / "fewshot-t1", records[:1])  # still going: no summary yet
     assert table.main(["--out", str(tmp_path), "--table-only"]) == 0
     text = capsys.readouterr().out
     assert row_of(text, table.LABELS["short"]).endswith("| 0 | 1 | 4.000 | 2 |")
+    assert "(in progress: 1 answered)" in row_of(text, table.LABELS["fewshot-t1"])
     assert "(not run)" in row_of(text, table.LABELS["fewshot-t3"])
 
 
