@@ -16,8 +16,8 @@ Runs the evaluator (``python -m vqa_llm.evaluate``) four times on the fixed seed
 
 A configuration whose folder already holds a finished run is not run again; an interrupted one is resumed
 (``--resume --retry-errors``: questions whose LLM timed out are answered again; the number of processes may change
-between sessions). The example bank is ``--example-bank``
-(default: the bank committed beside the bundled models).
+between sessions). The example bank is ``--example-bank`` (default: the bank committed beside the bundled
+models).
 The table gives, per configuration, the official VQA accuracy (%) overall and per question kind (yes/no, shape,
 color), the answers the LLM fixed and broke compared with the raw VLE top-1, and seconds per question: process
 seconds (wall time × evaluator processes, models loading included) over the questions answered, summed over the
@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import re
+import statistics
 import subprocess
 import sys
-from collections import Counter
+from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,16 +193,20 @@ def broken_kind(record: dict) -> str:
 
 
 def broken_table(runs: dict[str, dict], questions: dict[str, list]) -> str:
-    """Where each LLM configuration broke answers (scored lower than the raw VLE top-1), by question kind:
+    """Where each LLM configuration broke answers (the evaluator summary's ``broke``), by question kind:
     broken / questions of that kind, over the question ids ``questions[name]``."""
+    from vqa_llm.evaluation.summary import build_summary
+
     lines = ["| configuration | " + " | ".join(BROKEN_KINDS) + " |", "|---|" + "---:|" * len(BROKEN_KINDS)]
     for name, records in runs.items():
-        chosen = [records[i] for i in questions[name]]
-        if not chosen or any(r["llm_accuracy"] is None for r in chosen):
-            continue
-        asked = Counter(broken_kind(r) for r in chosen)
-        broken = Counter(broken_kind(r) for r in chosen if r["llm_accuracy"] < r["raw_accuracy"])
-        lines.append(f"| {LABELS[name]} | " + " | ".join(f"{broken[k]} / {asked[k]}" for k in BROKEN_KINDS) + " |")
+        by_kind = defaultdict(list)
+        for i in questions[name]:
+            by_kind[broken_kind(records[i])].append(records[i])
+        overall = {kind: build_summary(group)["overall"] for kind, group in by_kind.items()}
+        if not overall or any(o["llm_accuracy"] is None for o in overall.values()):
+            continue  # no questions, or no LLM: nothing to break
+        cells = [f"{overall[k]['broke']} / {overall[k]['n']}" if k in overall else "0 / 0" for k in BROKEN_KINDS]
+        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
