@@ -45,11 +45,13 @@ _DTYPES = {
 
 
 def resolve_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
-    """``"auto"``/None → bf16 on CUDA, fp32 elsewhere; names such as ``"bf16"`` or ``"float32"`` → torch dtypes."""
+    """``"auto"``/None → bf16 on CUDA (fp16 if the GPU lacks bf16), fp32 elsewhere; names such as ``"bf16"`` → dtypes."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None or dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
     try:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
