@@ -45,7 +45,7 @@ _DTYPES = {
 
 
 def resolve_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
-    """``"auto"``/None → bf16 on CUDA (fp16 if the GPU lacks bf16), fp32 elsewhere; names such as ``"bf16"`` → dtypes."""
+    """``"auto"``/None → bf16 on CUDA (fp16 if the GPU lacks bf16), fp32 elsewhere; names → torch dtypes."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None or dtype == "auto":
