@@ -49,7 +49,7 @@ from .errors import VQALLMError
 from .evaluation.data import add_dataset_arguments, examples_from_args
 from .evaluation.errors import EvaluationError
 from .evaluation.report import render_markdown, write_chart
-from .evaluation.store import OutputLayout, done_question_ids, merge_records, write_atomically
+from .evaluation.store import OutputLayout, current_records, done_question_ids, merge_records, write_atomically
 from .evaluation.summary import build_summary
 from .fewshot.arguments import add_template_arguments
 from .fewshot.bank import ExampleBank
@@ -124,9 +124,9 @@ def run_settings(args: argparse.Namespace, sample_size: int, use_llm: bool,
 
 
 def _check_output(layout: OutputLayout, settings: dict[str, Any], models: dict[str, Any], resume: bool,
-                  sample_ids: set[Any]) -> dict[str, Any]:
+                  outside_sample: set[Any]) -> dict[str, Any]:
     """The previous run's info when resuming (``{}`` for a fresh run); EvaluationError when ``--out`` holds a
-    run that this one must not touch or continue."""
+    run that this one must not touch or continue (``outside_sample``: ids of its records not in this sample)."""
     has_records = bool(layout.record_files())
     if not resume:
         if has_records:
@@ -148,11 +148,11 @@ def _check_output(layout: OutputLayout, settings: dict[str, Any], models: dict[s
             shown = "; ".join(f"{key}: was {old.get(key)!r}, now {new.get(key)!r}" for key in differ)
             raise EvaluationError(f"Cannot resume the run in {layout.root} with other settings ({shown}). Use "
                                   "the same options as before, or another --out.")
-    extra = done_question_ids(layout) - sample_ids
-    if extra:
-        raise EvaluationError(f"{layout.root} has predictions for {len(extra)} questions outside this run's sample "
-                              f"(e.g. {next(iter(extra))!r}); resume with the earlier --limit/--seed (a larger "
-                              "--limit is fine), or use another --out.")
+    if outside_sample:
+        example = next(iter(outside_sample))
+        raise EvaluationError(f"{layout.root} has predictions for {len(outside_sample)} questions outside this run's "
+                              f"sample (e.g. {example!r}); resume with the earlier --limit/--seed (a larger --limit is "
+                              "fine), or use another --out.")
     return previous
 
 
@@ -248,8 +248,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     settings = run_settings(args, len(sample), use_llm, bank)
     models = profile.model_ids()
     layout = OutputLayout(Path(args.out))
-    previous = _check_output(layout, settings, models, args.resume, {e.question_id for e in sample})
-    done = done_question_ids(layout, retry_errors=args.retry_errors)
+    records = current_records(layout)  # every record file, read once for both uses
+    previous = _check_output(layout, settings, models, args.resume, set(records) - {e.question_id for e in sample})
+    done = done_question_ids(records, retry_errors=args.retry_errors)
     remaining = [example for example in sample if example.question_id not in done]
     state.wait_for_everyone()  # every process has read the folder before anyone writes to it
 

@@ -108,11 +108,10 @@ def current_records(layout: OutputLayout) -> dict[Any, dict[str, Any]]:
     return chosen
 
 
-def done_question_ids(layout: OutputLayout, retry_errors: bool = False) -> set[Any]:
-    """Ids of the questions that already have a record in the output folder; with ``retry_errors``, only
-    those whose record has no ``error`` (the others are to be answered again)."""
-    return {question_id for question_id, record in current_records(layout).items()
-            if not (retry_errors and record.get("error"))}
+def done_question_ids(records: dict[Any, dict[str, Any]], retry_errors: bool = False) -> set[Any]:
+    """Ids of the questions that already have a record (``records``: :func:`current_records`); with
+    ``retry_errors``, only those whose record has no ``error`` (the others are to be answered again)."""
+    return {question_id for question_id, record in records.items() if not (retry_errors and record.get("error"))}
 
 
 def repair_tail(path: Path) -> None:
