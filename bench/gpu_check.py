@@ -7,8 +7,7 @@
 Nothing is downloaded. Three models are built with random weights at the sizes of the ``base`` profile:
 
 * VLE: ``vle-base-for-vqa`` (CLIP ViT-B/16 at 576 px, DeBERTa-v3-base, 6 fusion layers, 3129 answers), from
-  ``shared/reference/vle/manifests/vle-base-for-vqa.json`` when a ``shared/`` folder sits beside the repository
-  (or inside it), else from the sizes written below; bf16, with a small sentencepiece tokenizer.
+  ``tests/fixtures/vle_reference/manifests/vle-base-for-vqa.json``; bf16, with a small sentencepiece tokenizer.
 * BLIP: ``BlipConfig()`` defaults (= blip-image-captioning-base, 384 px), bf16.
 * LLM: a Qwen2.5-1.5B-Instruct-shaped ``Qwen2Config`` saved to a temporary folder with random weights, then
   loaded the way a real checkpoint would be: ``BitsAndBytesConfig(load_in_4bit=True,
@@ -27,7 +26,6 @@ same code with tiny shapes on the CPU (a check of the script itself).
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import json
 import sys
@@ -42,26 +40,9 @@ sys.path.insert(0, str(REPO_ROOT))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-MANIFEST = Path("reference") / "vle" / "manifests" / "vle-base-for-vqa.json"
-MANIFEST_PLACES = (REPO_ROOT.parent / "shared" / MANIFEST, REPO_ROOT / "shared" / MANIFEST)
+#: the vle-base-for-vqa config as the original code saves it (the tests' reference data)
+MANIFEST = Path("tests") / "fixtures" / "vle_reference" / "manifests" / "vle-base-for-vqa.json"
 VQA_LABELS = 3129
-#: the essential vle-base-for-vqa sizes, used when no shared/ folder is at hand
-VLE_BASE_FOR_VQA = {
-    "model_type": "vle", "hidden_size": 768, "num_hidden_layers": 6, "num_attention_heads": 12,
-    "intermediate_size": 3072, "hidden_act": "gelu", "layer_norm_eps": 1e-12, "num_token_types": 2,
-    "text_config": {
-        "model_type": "deberta-v2", "vocab_size": 128100, "hidden_size": 768, "num_hidden_layers": 12,
-        "num_attention_heads": 12, "intermediate_size": 3072, "hidden_act": "gelu", "max_position_embeddings": 512,
-        "relative_attention": True, "position_buckets": 256, "max_relative_positions": -1,
-        "pos_att_type": ["p2c", "c2p"], "position_biased_input": False, "type_vocab_size": 0,
-        "norm_rel_ebd": "layer_norm", "share_att_key": True, "layer_norm_eps": 1e-7, "pad_token_id": 0,
-    },
-    "vision_config": {
-        "model_type": "clip_vision_model", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-        "intermediate_size": 3072, "hidden_act": "quick_gelu", "image_size": 576, "patch_size": 16,
-        "projection_dim": 512, "layer_norm_eps": 1e-5, "num_channels": 3,
-    },
-}
 #: Qwen/Qwen2.5-1.5B-Instruct sizes
 QWEN25_15B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                   num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6,
@@ -99,13 +80,9 @@ class GPUMemory:
 
 # ------------------------------------------------------------------------------------------- models
 def vle_config(smoke: bool) -> tuple[dict[str, Any], str]:
-    """The vle-base-for-vqa config (from the shared manifest when found, else the embedded sizes) and its source."""
-    config, source = copy.deepcopy(VLE_BASE_FOR_VQA), "sizes embedded in bench/gpu_check.py"
-    for place in MANIFEST_PLACES:
-        if place.is_file():
-            config = json.loads(place.read_text())["config_json_as_saved_by_config_save_pretrained"]
-            source = str(place)
-            break
+    """The vle-base-for-vqa config (from the manifest in the repository) and its source."""
+    config = json.loads((REPO_ROOT / MANIFEST).read_text())["config_json_as_saved_by_config_save_pretrained"]
+    source = str(MANIFEST)
     labels = 10 if smoke else VQA_LABELS
     config["id2label"] = {str(i): f"answer {i}" for i in range(labels)}
     config["label2id"] = {f"answer {i}": i for i in range(labels)}

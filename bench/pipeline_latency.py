@@ -6,7 +6,7 @@ Run (heavy: ~5 GB RAM, a few minutes on 2 CPU cores; no network):
     .venv/bin/python bench/pipeline_latency.py --rounds 3 --threads 2 --llm-tokens 8
 
 Models are built at their REAL sizes with random weights (nothing is downloaded):
-  * VLE: the ``vle-base-for-vqa`` config recorded in ``../shared/reference/vle/manifests`` (576 px, CLIP ViT-B/16,
+  * VLE: the ``vle-base-for-vqa`` config recorded in ``tests/fixtures/vle_reference/manifests`` (576 px, CLIP ViT-B/16,
     DeBERTa-v3-base, 6 fusion layers), answer vocabulary cut to ``--labels``; a small sentencepiece tokenizer.
   * BLIP: ``BlipConfig()`` defaults (= blip-image-captioning-base sizes, 384 px), ``--caption-beams`` beams and
     exactly ``--caption-tokens`` new tokens (random weights never stop early; real captions are ~10 tokens).
@@ -54,7 +54,7 @@ from vle.processing_vle import VLEProcessor  # noqa: E402
 from vqa_llm.pipeline import VQALLMPipeline  # noqa: E402
 from vqa_llm.result import STAGES  # noqa: E402
 
-MANIFEST = REPO_ROOT.parent / "shared" / "reference" / "vle" / "manifests" / "vle-base-for-vqa.json"
+MANIFEST = REPO_ROOT / "tests" / "fixtures" / "vle_reference" / "manifests" / "vle-base-for-vqa.json"
 QUESTIONS = ("What is the man holding in his hand?", "How many dogs are on the grass?")
 
 

@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vle import VLEConfig, VLEForVQA  # noqa: E402
 
-MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vle" / "manifests" / "vle-base-for-vqa.json"
+MANIFEST = Path(__file__).resolve().parents[1] / "tests/fixtures/vle_reference/manifests/vle-base-for-vqa.json"
 
 
 def matmul_peak(size: int = 2048, repeats: int = 10) -> float:

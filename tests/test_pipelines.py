@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from tiny_vle_processor import write_original_processor_files
+from vle_reference import oracle
 
 import vle
 from vle.errors import VLEInputError
@@ -25,7 +26,6 @@ from vle.pipeline_vle import (
 from vle.processing_vle import VLEProcessor
 from vle.vcr_inputs import NO_OBJECT, encode_tagged, object_names, object_token_types, q2a_texts, qa2r_texts
 
-ORACLE = "/work/shared/reference/vle/tiny_oracle"
 GRID = 6  # tiny oracle: 48 px images, 8 px patches
 
 # The VCR validation example quoted in the original VLE README (objects 0-2 are people).
@@ -61,7 +61,7 @@ def processor(tmp_path_factory):
 
 
 def make(pipeline_class, model_class, processor):
-    model = getattr(vle, model_class).from_pretrained(f"{ORACLE}/{model_class}").eval()
+    model = getattr(vle, model_class).from_pretrained(oracle(model_class)).eval()
     return pipeline_class(model=model, device="cpu", vle_processor=processor)
 
 

@@ -15,12 +15,12 @@ from PIL import Image
 from tiny_vle_processor import write_original_processor_files
 from transformers import AutoProcessor, DebertaV2Tokenizer
 from transformers.utils import logging as hf_logging
+from vle_reference import oracle
 
 from vle.configuration_vle import VLEConfig
 from vle.errors import ImageLoadError, VLEInputError
 from vle.processing_vle import VLEProcessor
 
-ORACLE_CONFIG = "/work/shared/reference/vle/tiny_oracle/VLEForVQA/config.json"
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
 
@@ -133,7 +133,8 @@ def test_auto_processor_finds_vle_processor(processor_dir, tmp_path):
     AutoProcessor.register(VLEConfig, VLEProcessor, exist_ok=True)
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(processor_dir, checkpoint)
-    shutil.copy(ORACLE_CONFIG, checkpoint / "config.json")  # a real checkpoint folder also has the model config
+    # a real checkpoint folder also has the model config
+    shutil.copy(oracle("VLEForVQA/config.json"), checkpoint / "config.json")
     assert isinstance(AutoProcessor.from_pretrained(checkpoint), VLEProcessor)
 
 

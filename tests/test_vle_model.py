@@ -1,20 +1,17 @@
 """VLE model family: oracle equivalence with the original implementation, checkpoint compatibility, Auto classes."""
 
 import json
-import pathlib
 
 import numpy as np
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForVisualQuestionAnswering
+from vle_reference import ORACLE, manifest_path, manifests
 
 import vle
 from vle import VLEConfig, VLEForVQA, VLEModel
 from vle.modeling_vle import interpolate_position_embedding
 
-REFERENCE = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "vle"
-ORACLE = REFERENCE / "tiny_oracle"
-MANIFESTS = sorted((REFERENCE / "manifests").glob("*.json"))
 PLAIN_CLASSES = ["VLEModel", "VLEForVQA", "VLEForITM", "VLEForPBC", "VLEForMLM"]
 VCR_CLASSES = ["VLEForVCRQ2A", "VLEForVCRQA2R"]
 
@@ -59,7 +56,7 @@ def test_oracle_outputs_match_original(name, attn):
 
 
 def _manifest_cases():
-    for path in MANIFESTS:
+    for path in manifests():
         manifest = json.loads(path.read_text())
         for cls_name in manifest["classes"]:
             yield pytest.param(path, cls_name, id=f"{path.stem}-{cls_name}")
@@ -85,7 +82,7 @@ def test_state_dict_matches_published_manifest(path, cls_name):
 
 
 def test_config_reads_original_file_and_writes_it_back(tmp_path):
-    manifest = json.loads((REFERENCE / "manifests" / "vle-base-for-vqa.json").read_text())
+    manifest = json.loads(manifest_path("vle-base-for-vqa").read_text())
     original = manifest["config_json_as_saved_by_config_save_pretrained"]
     (tmp_path / "config.json").write_text(json.dumps(original))
     config = AutoConfig.from_pretrained(tmp_path)
