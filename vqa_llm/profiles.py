@@ -17,6 +17,7 @@ same flags.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
@@ -32,10 +33,13 @@ from .hub_access import hub_offline, hub_reachable, is_cached
 BUNDLED_VQA_DIR = REPO_ROOT / "assets" / "models" / "vle-easyvqa"
 BUNDLED_CAPTIONER_DIR = REPO_ROOT / "assets" / "models" / "blip-easyvqa"
 BUNDLED_LLM = "smollm2"
+#: LoRA adapter that makes the bundled SmolLM2 an answer refiner (built by ``python -m training.bundle``)
+BUNDLED_REFINER_DIR = REPO_ROOT / "assets" / "models" / "smollm2-easyvqa-refiner"
 PROFILE_NAMES = ("auto", "base", "large", "bundled")
 DEFAULT_PROFILE = "auto"
 PROFILE_ENV_VAR = "VQA_LLM_PROFILE"
 QUANTIZATIONS = ("4bit", "8bit")
+VQA_PRECISIONS = ("fp32", "int8")  # as vle.quantization.PRECISIONS
 
 #: profile field -> environment variable that overrides it
 ENV_VARS: dict[str, str] = {
@@ -43,10 +47,13 @@ ENV_VARS: dict[str, str] = {
     "captioner": "VQA_LLM_CAPTIONER",
     "llm": "VQA_LLM_LLM",
     "llm_gguf_file": "VQA_LLM_GGUF_FILE",
+    "llm_adapter": "VQA_LLM_LLM_ADAPTER",
     "quantization": "VQA_LLM_QUANTIZATION",
     "openai_base_url": "VQA_LLM_OPENAI_BASE_URL",
     "openai_model": "VQA_LLM_OPENAI_MODEL",
     "device": "VQA_LLM_DEVICE",
+    "vqa_precision": "VQA_LLM_VQA_PRECISION",
+    "vle_pretrained": "VQA_LLM_VLE_PRETRAINED",
 }
 
 
@@ -56,8 +63,9 @@ class Profile:
 
     ``llm`` is a Hub id or folder (with ``llm_gguf_file`` naming a GGUF file inside it), or the model name
     sent to ``openai_base_url`` when that is set (``openai_model`` wins if given; the key comes from
-    ``OPENAI_API_KEY``). ``device`` ``None`` means CUDA when available, else CPU. ``local_files_only``
-    forbids downloads (set under ``HF_HUB_OFFLINE=1``).
+    ``OPENAI_API_KEY``); ``llm_adapter`` a LoRA adapter folder loaded on top of a local ``llm``. ``device`` ``None`` means CUDA when available, else CPU. ``local_files_only``
+    forbids downloads (set under ``HF_HUB_OFFLINE=1``). ``vqa_precision`` ``"int8"`` quantises the VLE
+    model's Linear layers (CPU fast mode, see :mod:`vle.quantization`); ``"fp32"`` is exact.
     """
 
     name: str
@@ -65,6 +73,7 @@ class Profile:
     captioner: str
     llm: str | None
     llm_gguf_file: str | None = None
+    llm_adapter: str | None = None
     quantization: str | None = None
     openai_base_url: str | None = None
     openai_model: str | None = None
@@ -76,6 +85,7 @@ class Profile:
     local_files_only: bool = False
     #: VLE pretraining checkpoint for the image-text matching and patch-relevance tasks (None: not available)
     vle_pretrained: str | None = None
+    vqa_precision: str = "fp32"
 
     @property
     def llm_id(self) -> str | None:
@@ -84,7 +94,8 @@ class Profile:
             return None
         if self.openai_base_url:
             return f"{self.openai_model or self.llm} @ {self.openai_base_url}"
-        return f"{self.llm}/{self.llm_gguf_file}" if self.llm_gguf_file else self.llm
+        name = f"{self.llm}/{self.llm_gguf_file}" if self.llm_gguf_file else self.llm
+        return f"{name} + {Path(self.llm_adapter).name}" if self.llm_adapter else name
 
     def model_ids(self) -> dict[str, str | None]:
         """``{"vqa": ..., "captioner": ..., "llm": ...}`` ids of the profile's models."""
@@ -127,31 +138,47 @@ def bundled_profile() -> Profile:
         captioner=str(BUNDLED_CAPTIONER_DIR),
         llm=llm_dir,
         llm_gguf_file=gguf_file,
-        description="Offline: VLE and BLIP trained on easy-VQA (repo assets) + SmolLM2-135M-Instruct (GGUF).",
+        llm_adapter=str(BUNDLED_REFINER_DIR) if BUNDLED_REFINER_DIR.is_dir() else None,
+        description="Offline: VLE and BLIP trained on easy-VQA (repo assets) + SmolLM2-135M-Instruct (GGUF) "
+                    "with the easy-VQA refiner adapter (--llm smollm2 for the plain model).",
         is_bundled=True,
         local_files_only=True,
     )
 
 
+def _bitsandbytes_missing(profile: Profile) -> str:
+    """Why ``profile`` cannot load here for want of bitsandbytes ("" when it can)."""
+    if profile.quantization is None or importlib.util.find_spec("bitsandbytes") is not None:
+        return ""
+    return (f"'{profile.name}' loads its LLM in {profile.quantization} and bitsandbytes is not installed "
+            "(pip install bitsandbytes)")
+
+
 def _auto_profile(environ: Mapping[str, str], hub_probe: Callable[[Mapping[str, str]], tuple[bool, str]],
                   cuda_available: bool) -> tuple[Profile, str]:
-    """Pick a Hub profile whose models are cached or reachable, else ``bundled``; say why."""
+    """Pick a Hub profile whose models are cached (or reachable) and that can load here, else ``bundled``;
+    say why."""
     candidates = [LARGE, BASE] if cuda_available else [BASE]
+    skipped = ""
     for profile in candidates:
         if all(is_cached(repo, environ) for repo in (profile.vqa_model, profile.captioner, profile.llm)):
-            return profile, f"auto: using '{profile.name}', its models are in the local Hugging Face cache"
+            if why_not := _bitsandbytes_missing(profile):
+                skipped = f" (not '{profile.name}': {why_not})"
+                continue
+            return profile, f"auto: using '{profile.name}', its models are in the local Hugging Face cache{skipped}"
     missing = [repo for repo in (BASE.vqa_model, BASE.captioner, BASE.llm) if not is_cached(repo, environ)]
     if hub_offline(environ):
         return bundled_profile(), (
             "auto: using 'bundled', HF_HUB_OFFLINE is set and the 'base' models are not all in the local "
-            f"Hugging Face cache (missing: {', '.join(missing)})"
+            f"Hugging Face cache (missing: {', '.join(missing)}){skipped}"
         )
     reachable, detail = hub_probe(environ)
     if reachable:
-        return BASE, f"auto: using 'base', the Hugging Face Hub is reachable ({detail}); missing models download on first use"
+        return BASE, (f"auto: using 'base', the Hugging Face Hub is reachable ({detail}); missing models download "
+                      f"on first use{skipped}")
     return bundled_profile(), (
         f"auto: using 'bundled', the Hugging Face Hub is unreachable ({detail}) and the 'base' models are not all "
-        f"cached (missing: {', '.join(missing)})"
+        f"cached (missing: {', '.join(missing)}){skipped}"
     )
 
 
@@ -164,7 +191,18 @@ def _clean_value(field_name: str, value: Any, source: str) -> Any:
             return None
         if value not in QUANTIZATIONS:
             raise BadSettingError(f"Unknown quantization {value!r} from {source}: use 4bit, 8bit or none.")
+    if field_name == "llm_adapter" and value in ("", "none", "None"):
+        return None
+    if field_name == "vqa_precision":
+        if value in (None, ""):
+            return None
+        if str(value).lower() not in VQA_PRECISIONS:
+            raise BadSettingError(f"Unknown VQA precision {value!r} from {source}: use fp32 (exact) or int8 "
+                                  "(faster on CPU).")
+        return str(value).lower()
     if field_name == "device" and value in ("", "auto"):
+        return None
+    if field_name == "vle_pretrained" and isinstance(value, str) and value.lower() == "none":
         return None
     if field_name in ("use_llm", "trust_remote_code", "local_files_only"):
         return bool(value)
@@ -214,8 +252,9 @@ def resolve_profile(
         if value is not None:
             changes[field_name] = _clean_value(field_name, value, f"the {field_name} option")
             sources[field_name] = "option"
-    if "llm" in changes and "llm_gguf_file" not in changes and changes["llm"] != profile.llm:
-        changes["llm_gguf_file"] = None
+    if "llm" in changes and changes["llm"] != profile.llm:  # another LLM: the profile's GGUF file and adapter
+        changes.setdefault("llm_gguf_file", None)           # belong to the old one
+        changes.setdefault("llm_adapter", None)
     if hub_offline(environ):
         changes["local_files_only"] = True
     changed = {k: v for k, v in changes.items() if getattr(profile, k) != v}
@@ -236,12 +275,17 @@ def add_profile_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     group.add_argument("--captioner", help="BLIP captioner: Hub id or folder ($VQA_LLM_CAPTIONER)")
     group.add_argument("--llm", help="chat LLM: Hub id or folder ($VQA_LLM_LLM)")
     group.add_argument("--gguf-file", help="GGUF file inside the --llm folder or repo ($VQA_LLM_GGUF_FILE)")
+    group.add_argument("--llm-adapter", help="LoRA adapter folder loaded on top of the local LLM, or 'none' "
+                       "($VQA_LLM_LLM_ADAPTER; the bundled profile uses its easy-VQA refiner)")
     group.add_argument("--quantization", choices=(*QUANTIZATIONS, "none"),
                        help="load the LLM in 4 or 8 bit on CUDA ($VQA_LLM_QUANTIZATION)")
     group.add_argument("--openai-base-url", help="use an OpenAI-compatible endpoint for the LLM "
                        "($VQA_LLM_OPENAI_BASE_URL; key from $OPENAI_API_KEY)")
     group.add_argument("--openai-model", help="model name sent to that endpoint ($VQA_LLM_OPENAI_MODEL)")
     group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available; $VQA_LLM_DEVICE)")
+    group.add_argument("--vqa-precision", choices=VQA_PRECISIONS, type=str.lower,
+                       help="VLE weights: fp32 (exact, default) or int8 (dynamic quantisation, faster on CPU; "
+                       "$VQA_LLM_VQA_PRECISION)")
     group.add_argument("--no-llm", action="store_true", help="do not load or run the LLM (raw VQA answers only)")
     group.add_argument("--trust-remote-code", action="store_true",
                        help="allow custom model code from the Hub for the LLM (off by default)")
@@ -255,11 +299,14 @@ def overrides_from_args(ns: argparse.Namespace) -> dict[str, Any]:
         "captioner": ns.captioner,
         "llm": ns.llm,
         "llm_gguf_file": ns.gguf_file,
+        "llm_adapter": ns.llm_adapter,
         "quantization": ns.quantization,
         "openai_base_url": ns.openai_base_url,
         "openai_model": ns.openai_model,
         "device": ns.device,
     }
+    if getattr(ns, "vqa_precision", None):
+        overrides["vqa_precision"] = ns.vqa_precision
     if ns.no_llm:
         overrides["use_llm"] = False
     if ns.trust_remote_code:
