@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import LLMError
@@ -58,8 +59,8 @@ def check_messages(messages: Sequence[dict]) -> list[dict]:
 class ChatLLM(ABC):
     """A chat model: ``generate`` (whole reply), ``stream`` (reply in text chunks), ``generate_batch``.
 
-    Attributes: ``model_id`` (what was loaded) and ``max_context`` (context length in tokens, or
-    ``None`` when unknown). Under greedy decoding ``"".join(stream(m)) == generate(m)``.
+    Attributes: ``model_id`` (what was loaded), ``max_context`` (context length in tokens, or
+    ``None`` when unknown) and ``template_dir`` (the prompt templates of a fine-tuned model, or ``None``). Under greedy decoding ``"".join(stream(m)) == generate(m)``.
 
     The public methods validate the options once into :class:`GenerationOptions` and hand them to the
     hooks a backend implements: ``_generate``, ``_stream`` and optionally ``_generate_batch`` (which
@@ -68,6 +69,8 @@ class ChatLLM(ABC):
 
     model_id: str = ""
     max_context: int | None = None
+    #: prompt templates this model was fine-tuned on (see :mod:`llm.adapters`); ``None``: the project's own
+    template_dir: Path | None = None
 
     def generate(
         self,

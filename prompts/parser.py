@@ -1,9 +1,10 @@
 """Parsing an LLM reply into the final answer (and explanation).
 
-For ``short`` templates the parser looks, in order, for an ``Answer:`` label, a bare letter
-(``B`` / ``(B)`` / ``option B`` → the second candidate), an exact candidate, a candidate mentioned in
-the text, and finally a short free-text answer. An empty or unusable reply falls back to the top
-candidate with ``fallback=True``. For ``long`` templates the answer is the reply sentence itself, and
+For ``short`` templates the parser looks, in order, for an ``Answer:`` label, then (a reply without the
+label) a first line that is a bare answer: a letter (``B`` / ``(B)`` / ``option B`` → the second candidate),
+a candidate, or a free answer of at most three words. A reply that does not follow the template
+otherwise (a sentence without the label), that repeats the prompt's candidate list, or that echoes the prompt
+falls back to the top candidate with ``fallback=True`` and ``problem`` saying why; so does an empty reply. For ``long`` templates the answer is the reply sentence itself, and
 ``short`` is the short answer that sentence gives (:func:`answer_in_sentence`), which is what is compared with
 the VQA answer and scored.
 """
@@ -19,6 +20,15 @@ from .render import LETTERS, check_candidates, one_line
 from .templates import template_kind
 
 MAX_FREE_WORDS = 6
+#: longest reply without an "Answer:" label that still counts as a bare short answer (the templates ask for 1-3)
+MAX_BARE_WORDS = 3
+# a candidate line as the prompt renders it ("B. dark blue (0.12)"), and the prompt's own labels and tags
+_CANDIDATE_LINE = re.compile(r"^\s*(?:[A-Z][.)]|-)\s+[^\n]*\(\s*[01](?:\.\d+)?\s*\)\s*$", re.MULTILINE)
+_PROMPT_ECHO = re.compile(r"<\s*/?\s*question\s*>|^\s*(?:caption|candidates|candidate answers)\b[^\n]*:",
+                          re.IGNORECASE | re.MULTILINE)
+_TRAILING_SCORE = re.compile(r"\s*\(\s*[01](?:\.\d+)?\s*\)\s*$")
+ECHO_PROBLEM = "the reply repeated the prompt (its candidate list or labels) instead of answering"
+OFF_TEMPLATE_PROBLEM = "the reply did not follow the template's 'Answer: ...' format"
 _ANSWER_LABEL = re.compile(r"(?:final\s+|short\s+)?answer\s*[:：]", re.IGNORECASE)
 _EXPLANATION_LABEL = re.compile(r"(?:explanation|reason(?:ing)?|because)\s*[:：]", re.IGNORECASE)
 _LETTER = re.compile(r"^(?:option|choice|candidate)?\s*[(\[]?([A-Za-z])[)\].:]?$", re.IGNORECASE)
@@ -43,6 +53,8 @@ class ParsedAnswer:
     fallback: bool
     source: str
     short: str | None = None
+    #: why the reply was not used (``fallback`` replies only; ``None`` for an empty reply)
+    problem: str | None = None
 
     @property
     def short_answer(self) -> str:
@@ -140,9 +152,17 @@ def answer_in_sentence(sentence: str, question: str, candidates: Sequence[tuple[
     return _mentioned_candidate(sentence, cands)
 
 
-def _fallback(candidates: list[tuple[str, float]], explanation: str = "") -> "ParsedAnswer":
+def is_echo(reply: str) -> bool:
+    """True when ``reply`` repeats the prompt: a rendered candidate line ("A. green (1.00)"), the
+    ``<question>`` tags, or a "Caption:"/"Candidates:" label."""
+    return bool(_CANDIDATE_LINE.search(reply or "") or _PROMPT_ECHO.search(reply or ""))
+
+
+def _fallback(candidates: list[tuple[str, float]], explanation: str = "", problem: str | None = None,
+              kind: str = "short") -> "ParsedAnswer":
     top = candidates[0][0] if candidates else ""
-    return ParsedAnswer(answer=top, explanation=explanation, fallback=True, source="fallback")
+    return ParsedAnswer(answer=top, explanation=explanation, fallback=True, source="fallback",
+                        short=top if kind == "long" else None, problem=problem)
 
 
 def _split_label(reply: str) -> tuple[str | None, str]:
@@ -178,19 +198,23 @@ def parse_answer(
     """
     cands = check_candidates(candidates)
     reply = reply or ""
+    kind = template_kind(template, directory)
     if not reply.strip():
-        return _fallback(cands)
-    if template_kind(template, directory) == "long":
+        return _fallback(cands, kind=kind)
+    if is_echo(reply):
+        return _fallback(cands, problem=ECHO_PROBLEM, kind=kind)
+    if kind == "long":
         sentence = one_line(reply)
         return ParsedAnswer(sentence, "", False, "free", short=answer_in_sentence(sentence, question, cands))
 
     labelled, explanation = _split_label(reply)
     if labelled is not None:
+        labelled = _TRAILING_SCORE.sub("", labelled)
         if not _clean(labelled):
             mentioned = _mentioned_candidate(explanation, cands)
             if mentioned is not None:
                 return ParsedAnswer(mentioned, explanation, False, "candidate")
-            return _fallback(cands, explanation)
+            return _fallback(cands, explanation, OFF_TEMPLATE_PROBLEM)
         found = _match_candidate(labelled, cands)
         if found is not None:
             answer, how = found
@@ -207,10 +231,9 @@ def parse_answer(
     found = _match_candidate(first_line, cands)
     if found is not None:
         return ParsedAnswer(found[0], explanation, False, found[1])
-    mentioned = _mentioned_candidate(text, cands)
-    if mentioned is not None:
-        return ParsedAnswer(mentioned, one_line(text), False, "candidate")
+    # Fix (refiner issue): a sentence without the label used to be read for any candidate it named ("A circle
+    # is not a circle." -> "circle"); only a bare answer of at most three words is taken now.
     free = _clean(re.split(r"(?<=[.!?])\s", first_line.strip(), maxsplit=1)[0])
-    if free and len(free.split()) <= MAX_FREE_WORDS:
+    if free and len(free.split()) <= MAX_BARE_WORDS:
         return ParsedAnswer(free, explanation, False, "free")
-    return _fallback(cands, one_line(text))
+    return _fallback(cands, one_line(text), OFF_TEMPLATE_PROBLEM)
