@@ -150,7 +150,8 @@ def main() -> None:
     print(f"ratio (caption + VQA of question 2) / (that of question 1): {100 * cost2 / cost1:.1f} %  (target <= 35 %)")
     vqa1 = med1["vision_encode"] + med1["vqa_fusion"]
     vqa2 = med2["vision_encode"] + med2["vqa_fusion"]
-    print(f"VQA alone (vision_encode + vqa_fusion): {100 * vqa2 / vqa1:.1f} %  (the caption cache only adds to the gain)")
+    print(f"VQA alone (vision_encode + vqa_fusion): {100 * vqa2 / vqa1:.1f} %  "
+          "(the caption cache only adds to the gain)")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2:.2f} GiB")
 
 

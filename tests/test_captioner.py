@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import build_tiny_blip, build_tiny_chat_lm, single_thread
 
 from captioner import BlipCaptioner, CaptionerError
+from tiny_models import build_tiny_blip, build_tiny_chat_lm, single_thread
 
 
 @pytest.fixture(scope="module", autouse=True)

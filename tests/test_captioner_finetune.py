@@ -8,7 +8,6 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 from PIL import Image, ImageDraw
-from tiny_models import single_thread
 
 from captioner import BlipCaptioner, CaptionerError
 from captioner.data import CaptionPair, read_pairs_jsonl
@@ -23,6 +22,7 @@ from captioner.finetune import (
 )
 from captioner.scratch import new_blip
 from captioner.vision_pretrain import pretrain_vision
+from tiny_models import single_thread
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 170, 30)}
 SHAPES = ("circle", "square")

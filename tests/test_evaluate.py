@@ -28,8 +28,15 @@ from vle.vqa_data import load_easy_vqa
 from vqa_llm.evaluate import EXIT_INTERRUPTED, EXIT_USER_ERROR, main
 from vqa_llm.evaluation.data import sample_examples
 from vqa_llm.evaluation.errors import EvaluationError
-from vqa_llm.evaluation.store import (OutputLayout, RecordWriter, current_records, done_question_ids,
-                                     merge_records, read_records, repair_tail)
+from vqa_llm.evaluation.store import (
+    OutputLayout,
+    RecordWriter,
+    current_records,
+    done_question_ids,
+    merge_records,
+    read_records,
+    repair_tail,
+)
 from vqa_llm.evaluation.summary import build_summary, without_timings
 from vqa_llm.metrics import summarise_accuracy, vqa_accuracy
 from vqa_llm.pipeline import VQALLMPipeline

@@ -360,7 +360,8 @@ def test_batched_fewshot_runs_vote_and_record_their_examples(parts, bank_dir, da
         assert result.llm_reply == join_replies(["Answer: red", "Answer: blue", "Answer: Red."])
         assert result.llm_reply.startswith("[run 1/3] Answer: red\n[run 2/3] ")
         # the first run's prompt is kept, with its examples' gold answers as assistant turns
-        first = bank.example(bank.records.index(next(r for r in bank.records if r["id"] == result.runs[0]["examples"][0])))
+        first_id = result.runs[0]["examples"][0]
+        first = bank.example(bank.records.index(next(r for r in bank.records if r["id"] == first_id)))
         assert result.messages[-2] == {"role": "assistant", "content": f"Answer: {first['answer']}"}
 
 
@@ -446,7 +447,8 @@ def test_app_offers_fewshot_and_votes_its_runs_only_with_a_bank(parts, bank_dir,
     llm = RunScriptedLLM(["Answer: red", "Answer: blue"])
     with_bank = make_pipe(parts, llm, example_bank=bank_dir)
     assert "fewshot" in template_choices(with_bank)
-    assert "fewshot" not in template_choices(make_pipe(parts, llm)) and "short" in template_choices(make_pipe(parts, llm))
+    without_bank = template_choices(make_pipe(parts, llm))
+    assert "fewshot" not in without_bank and "short" in without_bank
     handlers = app.DemoHandlers(with_bank, app.VLETasks(note="none"))
     image = str(dataset_image(dataset, 2))
     final = list(handlers.answer(image, "What color is the shape?", 3, True, "fewshot", 0, 8, 2))[-1]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import odd_images as odd
 import pytest
 from PIL import Image, ImageFile
 
+import odd_images as odd
 from vle.errors import ImageLoadError
 from vle.image_io import image_sha256, load_image, load_image_with_geometry
 

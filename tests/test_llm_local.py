@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-from tiny_models import build_tiny_chat_lm
 
 import llm
 from llm import (
@@ -18,6 +17,7 @@ from llm import (
     load_llm,
     smollm2_gguf,
 )
+from tiny_models import build_tiny_chat_lm
 
 MESSAGES = [
     {"role": "system", "content": "You answer questions."},

@@ -10,7 +10,6 @@ from vqa_llm.metrics import (
     vqa_accuracy,
 )
 
-
 # ---------------------------------------------------------------- cleaning
 
 

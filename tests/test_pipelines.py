@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import odd_images as odd
 import pytest
 import torch
 from PIL import Image
-from tiny_vle_processor import write_original_processor_files
-from vle_reference import oracle
 
+import odd_images as odd
 import vle
+from tiny_vle_processor import write_original_processor_files
 from vle.errors import VLEInputError
 from vle.heatmap import darkness_grid
 from vle.patch_geometry import AxisMap, PlaneMap, box_patch_ids
@@ -25,6 +24,7 @@ from vle.pipeline_vle import (
 )
 from vle.processing_vle import VLEProcessor
 from vle.vcr_inputs import NO_OBJECT, encode_tagged, object_names, object_token_types, q2a_texts, qa2r_texts
+from vle_reference import oracle
 
 GRID = 6  # tiny oracle: 48 px images, 8 px patches
 

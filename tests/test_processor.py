@@ -8,18 +8,18 @@ import shutil
 import warnings
 
 import numpy as np
-import odd_images as odd
 import pytest
 import torch
 from PIL import Image
-from tiny_vle_processor import write_original_processor_files
 from transformers import AutoProcessor, DebertaV2Tokenizer
 from transformers.utils import logging as hf_logging
-from vle_reference import oracle
 
+import odd_images as odd
+from tiny_vle_processor import write_original_processor_files
 from vle.configuration_vle import VLEConfig
 from vle.errors import ImageLoadError, VLEInputError
 from vle.processing_vle import VLEProcessor
+from vle_reference import oracle
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])

@@ -31,8 +31,14 @@ from safetensors.torch import load_file
 import app
 import odd_images
 from llm import transformers_backend
-from robustness_testing import (QUESTION, call_answer_raw, pipeline_like, profile_from_argv, serve_pipeline,
-                                tiny_pipeline_fixtures)
+from robustness_testing import (
+    QUESTION,
+    call_answer_raw,
+    pipeline_like,
+    profile_from_argv,
+    serve_pipeline,
+    tiny_pipeline_fixtures,
+)
 from tiny_models import single_thread_fixture
 from vle import VLEForVQA
 from vqa_llm import ModelUnavailableError, VQALLMPipeline, resolve_profile

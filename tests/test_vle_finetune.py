@@ -101,8 +101,8 @@ def test_vision_pretraining_learns_image_labels(model_and_processor):
     model, processor = model_and_processor
     rng = np.random.default_rng(0)
     labels = torch.arange(60) % 3
-    images = [Image.fromarray(np.clip(np.array(COLOURS[list(COLOURS)[int(y)]]) + rng.integers(-20, 20, (32, 32, 3)), 0, 255).astype(np.uint8))
-              for y in labels]
+    noisy = [np.array(COLOURS[list(COLOURS)[int(y)]]) + rng.integers(-20, 20, (32, 32, 3)) for y in labels]
+    images = [Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)) for pixels in noisy]
     pixels = torch.from_numpy(processor.preprocess_images(images))
     log = pretrain_vision_tower(model.vle.vision_model.vision_model, pixels, {"colour": labels}, pixels,
                                 {"colour": labels}, epochs=6, batch_size=16, learning_rate=3e-3, max_shift=2)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForVisualQuestionAnswering
-from vle_reference import ORACLE, manifest_path, manifests
 
 import vle
 from vle import VLEConfig, VLEForVQA, VLEModel
 from vle.modeling_vle import interpolate_position_embedding
+from vle_reference import ORACLE, manifest_path, manifests
 
 PLAIN_CLASSES = ["VLEModel", "VLEForVQA", "VLEForITM", "VLEForPBC", "VLEForMLM"]
 VCR_CLASSES = ["VLEForVCRQ2A", "VLEForVCRQA2R"]

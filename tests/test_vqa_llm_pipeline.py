@@ -371,7 +371,8 @@ def test_from_profile_loads_each_model_and_reports_missing_or_corrupt_folders(mo
     for name in ("config.json", "spm.model", "preprocessor_config.json", "tokenizer_config.json"):
         shutil.copy(Path(model_dirs["vqa"]) / name, corrupt / name)
     (corrupt / "model.safetensors").write_bytes(b"\x00garbage, not safetensors")
-    with pytest.raises(ModelUnavailableError, match=f"The VQA model weights file {corrupt}/model.safetensors is damaged"):
+    damaged = f"The VQA model weights file {corrupt}/model.safetensors is damaged"
+    with pytest.raises(ModelUnavailableError, match=damaged):
         VQALLMPipeline.from_profile(resolve_profile("bundled", {"vqa_model": str(corrupt)}, {})[0])
     with pytest.raises(ModelUnavailableError, match="--no-llm"):
         VQALLMPipeline.from_profile(resolve_profile("bundled", {

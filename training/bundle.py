@@ -35,7 +35,6 @@ from vle.finetune import TrainingConfig, answer_vocabulary, pretrain_vision_towe
 from vle.processing_vle import VLEProcessor
 from vle.processor_training import write_processor_files
 from vle.vqa_data import EASY_VQA_SHAPES, VQAExample, load_easy_vqa
-
 from vqa_llm.paths import REPO_ROOT, portable_path
 
 logger = logging.getLogger(__name__)
@@ -101,10 +100,13 @@ def small_vle_config(vocab_size: int, id2label: dict[int, str], image_size: int 
 
 
 def _pixels(processor: VLEProcessor, paths: Sequence[str], chunk: int = 500) -> torch.Tensor:
-    return torch.cat([torch.from_numpy(processor.preprocess_images(list(paths[i : i + chunk]))) for i in range(0, len(paths), chunk)])
+    chunks = [list(paths[i : i + chunk]) for i in range(0, len(paths), chunk)]
+    return torch.cat([torch.from_numpy(processor.preprocess_images(part)) for part in chunks])
 
 
-def _label_tensor(paths: Sequence[str], attributes: dict[str, dict[str, str]], key: str, vocab: Sequence[str]) -> torch.Tensor:
+def _label_tensor(
+    paths: Sequence[str], attributes: dict[str, dict[str, str]], key: str, vocab: Sequence[str]
+) -> torch.Tensor:
     index = {name: i for i, name in enumerate(vocab)}
     return torch.tensor([index.get(attributes.get(path, {}).get(key), -100) for path in paths])
 
@@ -211,8 +213,9 @@ def evaluate_blip(model_dir: Path, limit: int | None = None, batch_size: int = 6
     started = time.time()
     captions = captioner.caption([load_image(p) for p in paths], batch_size=batch_size)
     correct = [caption_is_correct(c, attributes[p]) for c, p in zip(captions, paths)]
+    wrong = [(Path(p).name, c, caption_for(attributes[p])) for p, c, ok in zip(paths, captions, correct) if not ok]
     return {"accuracy": sum(correct) / len(correct), "images": len(correct), "seconds": time.time() - started,
-            "wrong_examples": [(Path(p).name, c, caption_for(attributes[p])) for p, c, ok in zip(paths, captions, correct) if not ok][:10]}
+            "wrong_examples": wrong[:10]}
 
 
 VLE_CARD = """---
@@ -302,7 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "evaluate":
         models = Path(args.models)
-        results = {"vle": evaluate_vle(models / VLE_DIR_NAME, args.limit), "blip": evaluate_blip(models / BLIP_DIR_NAME, args.limit)}
+        results = {"vle": evaluate_vle(models / VLE_DIR_NAME, args.limit),
+                   "blip": evaluate_blip(models / BLIP_DIR_NAME, args.limit)}
         print(json.dumps(results, indent=1))
         if args.write_cards:
             write_model_cards(models, results)

@@ -81,7 +81,8 @@ class VQATrainingSet(Dataset):
         for example in self.examples:
             self.image_index.setdefault(example.image_path, len(self.image_index))
         self._pixels: dict[int, torch.Tensor] = {}
-        self.tokens = processor.tokenizer([e.question for e in self.examples], truncation=True, max_length=64)["input_ids"]
+        questions = [e.question for e in self.examples]
+        self.tokens = processor.tokenizer(questions, truncation=True, max_length=64)["input_ids"]
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -160,13 +161,15 @@ def evaluate(
     model: VLEForVQA, dataset: VQATrainingSet, batch_size: int = 256, accelerator: Accelerator | None = None,
     desc: str = "eval",
 ) -> dict[str, Any]:
-    """VQA score of the top-1 answer (mean soft score, the usual training-time metric), overall and per question type."""
+    """VQA score of the top-1 answer (mean soft score, the usual training-time metric), overall and per question
+    type."""
     device = accelerator.device if accelerator else next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=lambda b: collate(b, len(model.config.id2label)))
     model.eval()
     per_type: dict[str, list[float]] = defaultdict(list)
     with torch.no_grad():
-        for batch in tqdm(loader, desc=desc, leave=False, disable=accelerator is not None and not accelerator.is_main_process):
+        quiet = accelerator is not None and not accelerator.is_main_process
+        for batch in tqdm(loader, desc=desc, leave=False, disable=quiet):
             logits = model(
                 input_ids=batch["input_ids"].to(device), pixel_values=batch["pixel_values"].to(device),
                 attention_mask=batch["attention_mask"].to(device), token_type_ids=batch["token_type_ids"].to(device),
@@ -230,7 +233,7 @@ def train_vqa(
     output_dir = Path(config.output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-    label2id = {label: int(i) for i, label in model.config.id2label.items()} if not model.config.label2id else model.config.label2id
+    label2id = model.config.label2id or {label: int(i) for i, label in model.config.id2label.items()}
     label2id = {k: int(v) for k, v in label2id.items()}
     num_labels = len(model.config.id2label)
     train_set = VQATrainingSet(train_examples, processor, label2id, cache_images=config.cache_images)
@@ -269,7 +272,9 @@ def train_vqa(
         if config.freeze_vision:
             unwrapped.vle.vision_model.eval()
         losses = []
-        progress = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not accelerator.is_local_main_process)
+        progress = tqdm(
+            loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not accelerator.is_local_main_process
+        )
         for batch in progress:
             with accelerator.accumulate(model):
                 inputs = dict(
@@ -295,9 +300,11 @@ def train_vqa(
                 break
         record = {"epoch": epoch + 1, "train_loss": sum(losses) / max(len(losses), 1), "seconds": time.time() - started}
         if eval_set is not None and accelerator.is_main_process:
-            record["eval"] = evaluate(unwrapped, eval_set, config.eval_batch_size, accelerator, desc=f"eval {epoch + 1}")
-            accelerator.print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, eval VQA score {record['eval']['vqa_score']:.4f} "
-                              f"{ {k: round(v, 4) for k, v in record['eval']['per_question_type'].items()} }")
+            scores = evaluate(unwrapped, eval_set, config.eval_batch_size, accelerator, desc=f"eval {epoch + 1}")
+            record["eval"] = scores
+            per_type = {k: round(v, 4) for k, v in scores["per_question_type"].items()}
+            accelerator.print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, eval VQA score "
+                              f"{scores['vqa_score']:.4f} {per_type}")
         log["epochs"].append(record)
         checkpoint = output_dir / f"checkpoint-epoch{epoch + 1}"
         accelerator.save_state(str(checkpoint))
@@ -314,7 +321,9 @@ def train_vqa(
     return log
 
 
-def answer_vocabulary(examples: Sequence[VQAExample], min_count: int = 1, max_size: int | None = None) -> dict[int, str]:
+def answer_vocabulary(
+    examples: Sequence[VQAExample], min_count: int = 1, max_size: int | None = None
+) -> dict[int, str]:
     """``id2label`` for a VQA head, from the training answers."""
     return dict(enumerate(build_answer_vocab(examples, min_count=min_count, max_size=max_size)))
 
@@ -404,11 +413,14 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--image-size", type=int, help="resize the vision position embeddings to this size")
     data = parser.add_argument_group("data")
     data.add_argument("--train", choices=["easy-vqa"], help="built-in training set")
-    data.add_argument("--train-questions"), data.add_argument("--train-annotations"), data.add_argument("--train-images")
+    data.add_argument("--train-questions")
+    data.add_argument("--train-annotations")
+    data.add_argument("--train-images")
     data.add_argument("--eval", choices=["easy-vqa"], help="built-in evaluation set (its test split)")
     data.add_argument("--eval-questions"), data.add_argument("--eval-annotations"), data.add_argument("--eval-images")
     data.add_argument("--eval-limit", type=int, help="evaluate on the first N questions only")
-    data.add_argument("--min-answer-count", type=int, default=1, help="answers seen fewer times are left out of the vocabulary")
+    data.add_argument("--min-answer-count", type=int, default=1,
+                      help="answers seen fewer times are left out of the vocabulary")
     run = parser.add_argument_group("training")
     run.add_argument("--out", required=True, help="output folder (checkpoints, final model, training_log.json)")
     run.add_argument("--epochs", type=int, default=5)
@@ -419,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--grad-accum", type=int, default=1)
     run.add_argument("--max-grad-norm", type=float, default=1.0)
     run.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"])
-    run.add_argument("--freeze-vision", action="store_true", help="keep the vision tower fixed (its outputs are cached)")
+    run.add_argument("--freeze-vision", action="store_true",
+                     help="keep the vision tower fixed (its outputs are cached)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     return parser
@@ -432,7 +445,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     train = _load_split(args.train, args.train_questions, args.train_annotations, args.train_images, "train")
     if not train:
-        raise SystemExit("No training data: pass --train easy-vqa or --train-questions/--train-annotations/--train-images.")
+        raise SystemExit(
+            "No training data: pass --train easy-vqa or --train-questions/--train-annotations/--train-images."
+        )
     evaluation = _load_split(args.eval, args.eval_questions, args.eval_annotations, args.eval_images, "test")
     if evaluation and args.eval_limit:
         evaluation = evaluation[: args.eval_limit]

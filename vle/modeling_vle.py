@@ -69,7 +69,8 @@ VLEForVCRQ2AOutput = VLEForVCRQA2ROutput = VLEHeadOutput
 
 
 def additive_attention_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """``[batch, keys]`` 1/0 mask -> ``[batch, 1, 1, keys]`` additive mask (0 or dtype min); None if nothing is masked."""
+    """``[batch, keys]`` 1/0 mask -> ``[batch, 1, 1, keys]`` additive mask (0 or dtype min); None if nothing is
+    masked."""
     if mask is None or bool(mask.all()):
         return None
     return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
@@ -95,7 +96,8 @@ class VLEFusionSelfAttention(nn.Module):
         super().__init__()
         if config.hidden_size % config.num_attention_heads:
             raise ValueError(
-                f"hidden_size {config.hidden_size} is not a multiple of num_attention_heads {config.num_attention_heads}"
+                f"hidden_size {config.hidden_size} is not a multiple of "
+                f"num_attention_heads {config.num_attention_heads}"
             )
         self.config = config
         self.num_heads = config.num_attention_heads
@@ -266,7 +268,9 @@ class VLEPreTrainedModel(PreTrainedModel):
             vision_config = AutoConfig.from_pretrained(vision_model_name_or_path)
             if vision_config.model_type == "clip":
                 vision_config = vision_config.vision_config
-            vision_model = CLIPVisionModel.from_pretrained(vision_model_name_or_path, config=vision_config, **vision_kwargs)
+            vision_model = CLIPVisionModel.from_pretrained(
+                vision_model_name_or_path, config=vision_config, **vision_kwargs
+            )
         text_model = text_kwargs.pop("model", None)
         if text_model is None:
             if text_model_name_or_path is None:
@@ -361,7 +365,10 @@ class VLEModel(VLEPreTrainedModel):
         device, base_len = image_embeds.device, image_embeds.shape[1]
         items = []
         for item_embeds, item_boxes in zip(image_embeds, patch_ids):
-            boxes = [item_embeds[torch.as_tensor(box, device=device, dtype=torch.long) + 1].mean(0, keepdim=True) for box in item_boxes]
+            boxes = [
+                item_embeds[torch.as_tensor(box, device=device, dtype=torch.long) + 1].mean(0, keepdim=True)
+                for box in item_boxes
+            ]
             items.append(torch.cat([item_embeds, *boxes]))
         image_embeds = pad_sequence(items, batch_first=True)
         lengths = torch.tensor([len(item) for item in items], device=device)
@@ -372,7 +379,8 @@ class VLEModel(VLEPreTrainedModel):
         if extend_token_type_ids is not None:
             added_types, text_type_lists = extend_token_type_ids
             for i, types in enumerate(added_types):
-                image_types[i, base_len : base_len + len(types)] = torch.as_tensor(types, dtype=torch.long, device=device)
+                added = torch.as_tensor(types, dtype=torch.long, device=device)
+                image_types[i, base_len : base_len + len(types)] = added
             text_types = torch.zeros(image_embeds.shape[0], text_len, dtype=torch.long, device=device)
             for i, types in enumerate(text_type_lists):
                 text_types[i, : len(types)] = torch.as_tensor(types, dtype=torch.long, device=device)
@@ -416,7 +424,9 @@ class VLEModel(VLEPreTrainedModel):
                 image_embeds, text_embeds.shape[1], patch_ids, extend_token_type_ids
             )
         if image_types is None:
-            image_types = torch.full(image_embeds.shape[:2], IMAGE_TOKEN_TYPE, dtype=torch.long, device=image_embeds.device)
+            image_types = torch.full(
+                image_embeds.shape[:2], IMAGE_TOKEN_TYPE, dtype=torch.long, device=image_embeds.device
+            )
         if text_types is None:
             text_types = torch.zeros_like(attention_mask, dtype=torch.long)
         text_embeds = text_embeds + self.token_type_embeddings(text_types)
@@ -449,7 +459,9 @@ def resize_vision_position_embeddings(vision_model: CLIPVisionModel, image_size:
 
 def _classifier_mlp(in_size: int, out_size: int, eps: float = 1e-5) -> nn.Sequential:
     """Linear -> LayerNorm -> GELU -> Linear, indexed 0/1/3 as in the published checkpoints."""
-    return nn.Sequential(nn.Linear(in_size, in_size), nn.LayerNorm(in_size, eps=eps), nn.GELU(), nn.Linear(in_size, out_size))
+    return nn.Sequential(
+        nn.Linear(in_size, in_size), nn.LayerNorm(in_size, eps=eps), nn.GELU(), nn.Linear(in_size, out_size)
+    )
 
 
 class _VLEHeadModel(VLEPreTrainedModel):
@@ -476,7 +488,11 @@ class _VLEHeadModel(VLEPreTrainedModel):
         if return_dict is False:
             return (loss, logits) if loss is not None else (logits,)
         return VLEHeadOutput(
-            loss=loss, logits=logits, pooler_output=fused.pooler_output, text_embeds=fused.text_embeds, image_embeds=fused.image_embeds
+            loss=loss,
+            logits=logits,
+            pooler_output=fused.pooler_output,
+            text_embeds=fused.text_embeds,
+            image_embeds=fused.image_embeds,
         )
 
 
@@ -618,7 +634,10 @@ class VLEForMLM(_VLELabelledHeadModel):
     """
 
     labels_name = "mlm_labels"
-    _keys_to_ignore_on_load_missing = [r"mlm_score.1.predictions.decoder.weight", r"mlm_score.1.predictions.decoder.bias"]
+    _keys_to_ignore_on_load_missing = [
+        r"mlm_score.1.predictions.decoder.weight",
+        r"mlm_score.1.predictions.decoder.bias",
+    ]
     _tied_weights_keys = {
         "mlm_score.1.predictions.decoder.weight": "vle.text_model.embeddings.word_embeddings.weight",
         "mlm_score.1.predictions.decoder.bias": "mlm_score.1.predictions.bias",
@@ -627,7 +646,8 @@ class VLEForMLM(_VLELabelledHeadModel):
     def __init__(self, config: VLEConfig, vision_model=None, text_model=None):
         super().__init__(config, vision_model, text_model)
         self.mlm_score = nn.Sequential(
-            nn.Linear(config.hidden_size, config.text_config.hidden_size), LegacyDebertaV2OnlyMLMHead(config.text_config)
+            nn.Linear(config.hidden_size, config.text_config.hidden_size),
+            LegacyDebertaV2OnlyMLMHead(config.text_config),
         )
         self.post_init()
 

@@ -1,7 +1,8 @@
 """Command line: ``python -m vqa_llm ask IMAGE "QUESTION" [--profile ...] [--json] [--no-llm] ...``.
 
 In text mode the caption and the VQA candidates are printed first, then the LLM reply as it streams, then
-the final answer (with ``--template fewshot``: each run's reply, then the votes). ``--json`` prints the whole result (``VQALLMResult.to_dict()``). Errors a user can cause
+the final answer (with ``--template fewshot``: each run's reply, then the votes). ``--json`` prints the whole
+result (``VQALLMResult.to_dict()``). Errors a user can cause
 (unreadable image, empty question, missing model, unknown setting) print their message and exit with 2.
 Progress and the chosen profile go to stderr.
 """

@@ -140,7 +140,9 @@ class ExampleBank:
             records = [json.loads(line) for line in
                        (directory / RECORDS_FILE).read_text(encoding="utf-8").splitlines() if line.strip()]
         except (json.JSONDecodeError, SafetensorError, UnicodeDecodeError) as exc:
-            raise ExampleBankError(f"The example bank in {directory} is damaged ({exc}); rebuild it ({BUILD_HINT}).") from None
+            raise ExampleBankError(
+                f"The example bank in {directory} is damaged ({exc}); rebuild it ({BUILD_HINT})."
+            ) from None
         if meta.get("format") != FORMAT_VERSION:
             raise ExampleBankError(f"The example bank in {directory} has format {meta.get('format')!r}; this version "
                                    f"reads format {FORMAT_VERSION}. Rebuild it ({BUILD_HINT}).")
