@@ -2,16 +2,23 @@
 
     .venv/bin/python bench/vle_forward.py                 # batch 1 and 8, SDPA vs eager fusion attention
     .venv/bin/python bench/vle_forward.py --batch-sizes 1 --runs 5 --profile
+    .venv/bin/python bench/vle_forward.py --precision fp32 int8       # the int8 fast mode against fp32
 
 Prints, per (batch size, fusion attention): median ms per forward after warm-up, the forward's FLOP count
 (torch's FlopCounterMode: matmuls, convolutions, attention), the achieved GFLOP/s, and that as a share of the
 fp32 matmul peak of this machine measured in the same run (so the ratio means something on a noisy machine).
 ``--profile`` adds the operators where the time goes (torch.profiler, one batch-1 forward).
+
+``--precision fp32 int8`` instead times the model in each precision (``vle.quantize_int8`` for int8, backend
+``--int8-backend``) with SDPA fusion attention, forwards of the precisions interleaved so that a busy machine
+slows them alike, and reports how far int8's logits and top-1 answer move. Its last line is a JSON object:
+``{"fp32_s": ..., "int8_s": ..., "speedup": ..., ...}`` (seconds per forward at the first batch size).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -22,7 +29,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vle import VLEConfig, VLEForVQA  # noqa: E402
+from vle import VLEConfig, VLEForVQA, quantize_int8  # noqa: E402
+from vle.quantization import INT8_BACKENDS, PRECISIONS  # noqa: E402
 
 MANIFEST = Path(__file__).resolve().parents[1] / "tests/fixtures/vle_reference/manifests/vle-base-for-vqa.json"
 
@@ -86,15 +94,66 @@ def time_forward(model: VLEForVQA, batch_inputs: dict[str, torch.Tensor], runs: 
     return statistics.median(times)
 
 
+def compare_precisions(model: VLEForVQA, precisions: list[str], batch_sizes: list[int], runs: int,
+                       backend: str) -> None:
+    """Time ``model`` in each precision, forwards interleaved; print a table, then the JSON summary line."""
+    model.config.fusion_attn_implementation = "sdpa"
+    models = {p: quantize_int8(copy.deepcopy(model), backend=backend) if p == "int8" else model for p in precisions}
+    summary: dict[str, float | int | str | bool] = {"int8_backend": backend, "threads": torch.get_num_threads()}
+    print("\n| batch | precision | s / forward | speed-up vs fp32 | max abs logit diff | top-1 same |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for index, batch in enumerate(batch_sizes):
+        batch_inputs = inputs(batch, model.config.vision_config.image_size)
+        times: dict[str, list[float]] = {p: [] for p in precisions}
+        logits: dict[str, torch.Tensor] = {}
+        with torch.inference_mode():
+            for p, m in models.items():  # warm-up, and the outputs to compare
+                logits[p] = m(**batch_inputs).logits
+            for _ in range(runs):
+                for p, m in models.items():
+                    start = time.perf_counter()
+                    m(**batch_inputs)
+                    times[p].append(time.perf_counter() - start)
+        seconds = {p: statistics.median(t) for p, t in times.items()}
+        reference = logits.get("fp32", next(iter(logits.values())))
+        for p in precisions:
+            diff = (logits[p] - reference).abs().max().item()
+            same = bool((logits[p].argmax(-1) == reference.argmax(-1)).all())
+            speedup = seconds.get("fp32", seconds[p]) / seconds[p]
+            print(f"| {batch} | {p} | {seconds[p]:.3f} | {speedup:.2f}x | {diff:.3g} | {same} |", flush=True)
+            if index == 0:
+                summary[f"{p}_s"] = round(seconds[p], 4)
+                if p != "fp32":
+                    summary[f"{p}_max_logit_diff"], summary[f"{p}_top1_same"] = round(diff, 5), same
+        if index == 0:
+            summary["batch"] = batch
+    if "fp32_s" in summary and "int8_s" in summary:
+        summary["speedup"] = round(summary["fp32_s"] / summary["int8_s"], 3)
+    print(json.dumps(summary))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                        help="default: 1 8 (1 with --precision)")
     parser.add_argument("--attn", nargs="+", default=["sdpa", "eager"], choices=["sdpa", "eager"])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--precision", nargs="+", choices=PRECISIONS,
+                        help="compare these VLE precisions (e.g. fp32 int8) instead of the attention variants")
+    parser.add_argument("--int8-backend", choices=INT8_BACKENDS, default="auto",
+                        help="vle.quantize_int8 backend for --precision int8")
     args = parser.parse_args()
 
     model = build_model()
+    if args.precision:
+        print(f"vle-base-for-vqa: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+              f"{model.config.vision_config.image_size} px, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads")
+        compare_precisions(model, list(dict.fromkeys(args.precision)), args.batch_sizes or [1], args.runs,
+                           args.int8_backend)
+        return
+    args.batch_sizes = args.batch_sizes or [1, 8]
     size = model.config.vision_config.image_size
     print(f"vle-base-for-vqa: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {size} px, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")

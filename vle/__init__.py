@@ -29,6 +29,7 @@ from .pipeline_vle import (
     VLEForVQAPipeline,
 )
 from .processing_vle import VLEProcessor
+from .quantization import quantize_int8
 
 AutoConfig.register("vle", VLEConfig, exist_ok=True)
 AutoModel.register(VLEConfig, VLEModel, exist_ok=True)
@@ -48,6 +49,7 @@ __all__ = [
     "VLEForVCRQ2A",
     "VLEForVCRQA2R",
     "VLEProcessor",
+    "quantize_int8",
     "VLEForVQAPipeline",
     "VLEForITMPipeline",
     "VLEForPBCPipeline",

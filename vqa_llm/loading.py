@@ -18,10 +18,10 @@ from safetensors import SafetensorError, safe_open
 
 from captioner import BlipCaptioner, CaptionerError
 from llm import ChatLLM, LLMError, OpenAIChatLLM, TransformersChatLLM, smollm2_gguf
-from vle import VLEForVQA
+from vle import VLEError, VLEForVQA, quantize_int8
 from vle.processing_vle import VLEProcessor
 
-from .errors import ModelUnavailableError
+from .errors import BadSettingError, ModelUnavailableError
 from .profiles import BUNDLED_LLM, Profile
 
 logger = logging.getLogger(__name__)
@@ -138,8 +138,15 @@ class _Step:
             logger.info("Loaded %s in %.1f s", self.what, time.perf_counter() - self.start)
 
 
-def load_vqa_model(id_or_path: str, device: str, local_files_only: bool = False) -> tuple[VLEForVQA, VLEProcessor]:
-    """Load a VLE VQA model (eval mode, on ``device``) and its processor."""
+def load_vqa_model(id_or_path: str, device: str, local_files_only: bool = False,
+                   precision: str = "fp32") -> tuple[VLEForVQA, VLEProcessor]:
+    """Load a VLE VQA model (eval mode, on ``device``) and its processor; ``precision="int8"`` quantises its
+    Linear layers (CPU only, :func:`vle.quantize_int8`)."""
+    if precision not in ("fp32", "int8"):
+        raise BadSettingError(f"Unknown VQA precision {precision!r}: use fp32 (exact) or int8 (faster on CPU).")
+    if precision == "int8" and not str(device).startswith("cpu"):
+        raise BadSettingError(f"VQA precision int8 runs on the CPU only, not on {device}: use --vqa-precision "
+                              "fp32 there, or --device cpu.")
     check_model_dir(id_or_path, "VQA model")
     with _Step("VQA model", id_or_path):
         try:
@@ -150,7 +157,14 @@ def load_vqa_model(id_or_path: str, device: str, local_files_only: bool = False)
                 f"{describe_load_failure('VQA model', id_or_path, exc)} Check that the folder holds a complete "
                 f"VLE VQA checkpoint (config.json, weights, spm.model, preprocessor_config.json). {_OFFLINE_HINT}"
             ) from exc
-    return model.to(device).eval(), processor
+    model = model.to(device).eval()
+    if precision == "int8":
+        try:
+            model = quantize_int8(model)
+        except VLEError as exc:
+            raise BadSettingError(f"{exc} Or use --vqa-precision fp32.") from exc
+        logger.info("VQA model quantised to int8 (dynamic, Linear layers)")
+    return model, processor
 
 
 def load_captioner(id_or_path: str, device: str, local_files_only: bool = False) -> BlipCaptioner:
@@ -199,7 +213,7 @@ def load_components(profile: Profile, use_llm: bool = True, use_captioner: bool 
     """Load every model the profile names (the LLM only when ``use_llm`` and ``profile.use_llm``)."""
     device = resolve_device(profile.device)
     kwargs: dict[str, Any] = {"device": device, "local_files_only": profile.local_files_only}
-    vqa_model, processor = load_vqa_model(profile.vqa_model, **kwargs)
+    vqa_model, processor = load_vqa_model(profile.vqa_model, **kwargs, precision=profile.vqa_precision)
     captioner = load_captioner(profile.captioner, **kwargs) if use_captioner else None
     llm = load_chat_llm(profile, device) if use_llm and profile.use_llm else None
     ids = profile.model_ids()
