@@ -6,8 +6,8 @@
 The Ask tab shows, side by side, BLIP's caption, VLE's top-k answers with scores and the LLM's answer
 streaming token by token, a mark when the LLM changed VLE's top-1 answer, the exact prompt, the raw reply
 and per-stage timings. Two more tabs run VLE's pretraining heads (image-text matching, patch relevance) when
-the profile has that checkpoint. This file is UI only: the models come from :mod:`vqa_llm` (and the VLE
-task pipelines of :mod:`vle.pipeline_vle`).
+the profile has that checkpoint. This file is UI only: the models come from :mod:`vqa_llm` (the pipeline, and
+the VLE tasks of :mod:`vqa_llm.tasks`).
 
 Named API endpoints (``gradio_client``): ``/answer``, ``/caption``, ``/itm``, ``/pbc``.
 """
@@ -20,21 +20,23 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
-from prompts import available_templates
 from vqa_llm import Profile, VQALLMError, VQALLMPipeline, add_profile_arguments, overrides_from_args, resolve_profile
+from vqa_llm.errors import user_error_types
 from vqa_llm.fewshot import FEWSHOT_TEMPLATE
 from vqa_llm.fewshot.locate import BANK_ENV_VAR, example_bank_path
-from vqa_llm.inputs import MAX_QUESTION_CHARS
+from vqa_llm.hub_access import check_profile_hub
+from vqa_llm.inputs import MAX_QUESTION_CHARS, template_names
+from vqa_llm.profiles import ENV_VARS
+from vqa_llm.sources import model_source, public_text
+from vqa_llm.tasks import VLETasks, load_tasks, no_tasks_note
 
 logger = logging.getLogger("app")
 
@@ -50,7 +52,7 @@ MAX_FEWSHOT_RUNS = 5
 MAX_ITM_TEXTS = 16
 MAX_TEXT_CHARS = 300
 #: environment variable naming the VLE pretraining checkpoint (ITM + PBC heads)
-PRETRAINED_ENV_VAR = "VQA_LLM_VLE_PRETRAINED"
+PRETRAINED_ENV_VAR = ENV_VARS["vle_pretrained"]
 BUNDLED_NOTE = (
     "These are small offline models trained on easy-VQA-style images (one coloured shape, drawn on a plain "
     "background): ask about the shape or its colour, e.g. *What color is the triangle?* Photos get poor answers."
@@ -130,73 +132,6 @@ def load_examples(directory: str | Path = EXAMPLES_DIR) -> list[list[str]]:
             continue
         examples.append([str(image), entry["question"]])
     return examples
-
-
-# ------------------------------------------------------------------------------- VLE task pipelines
-@dataclass
-class VLETasks:
-    """The image-text matching and patch-relevance pipelines, or why they are unavailable (``note``)."""
-
-    itm: Any = None
-    pbc: Any = None
-    model_id: str | None = None
-    note: str = ""
-
-    @property
-    def available(self) -> bool:
-        """Whether both pipelines are loaded (the tabs are shown)."""
-        return self.itm is not None and self.pbc is not None
-
-
-def pretrained_model_for(profile: Profile, override: str | None = None,
-                         environ: Mapping[str, str] | None = None) -> str | None:
-    """The VLE pretraining checkpoint for ``profile``: ``override``, ``$VQA_LLM_VLE_PRETRAINED`` or the profile's
-    ``vle_pretrained`` field; ``None`` for none."""
-    environ = os.environ if environ is None else environ
-    chosen = override or environ.get(PRETRAINED_ENV_VAR, "").strip() or profile.vle_pretrained
-    if not chosen or str(chosen).lower() == "none":
-        return None
-    return str(chosen)
-
-
-def no_tasks_note(profile: Profile) -> str:
-    """Why the matching/relevance tabs are hidden for a profile without a pretraining checkpoint."""
-    return (f"Image-text matching and patch relevance need a VLE pretraining checkpoint (hfl/vle-base); the "
-            f"'{profile.name}' profile has none. Start with --profile base, or --vle-pretrained DIR.")
-
-
-def load_vle_tasks(model_id: str | None, device: str | None = None, local_files_only: bool = False) -> VLETasks:
-    """Load the ITM and PBC pipelines from one VLE pretraining checkpoint (the text/vision backbone is shared).
-
-    Never raises: a checkpoint that cannot be loaded gives ``VLETasks(note=why)`` and the tabs stay hidden.
-    """
-    if model_id is None:
-        return VLETasks(note="No VLE pretraining checkpoint was given.")
-    import torch
-
-    from vle import VLEForITM, VLEForPBC
-    from vle.pipeline_vle import VLEForITMPipeline, VLEForPBCPipeline
-    from vle.processing_vle import VLEProcessor
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    logger.info("Loading the VLE pretraining checkpoint %s for matching and relevance ...", model_id)
-    started = time.perf_counter()
-    try:
-        processor = VLEProcessor.from_pretrained(model_id, local_files_only=local_files_only)
-        itm = VLEForITM.from_pretrained(model_id, local_files_only=local_files_only).eval()
-        pbc = VLEForPBC.from_pretrained(model_id, local_files_only=local_files_only).eval()
-    except Exception as exc:  # missing files, no network, corrupt weights: the Ask tab still works
-        logger.warning("Matching and relevance tabs disabled: could not load %s (%s)", model_id, exc)
-        return VLETasks(model_id=model_id, note=(
-            f"Image-text matching and patch relevance are off: could not load {model_id} ({exc}). "
-            "Check the path or the network, or pass --vle-pretrained none."))
-    pbc.vle = itm.vle  # same checkpoint, same backbone: keep one copy in memory
-    logger.info("Loaded the VLE pretraining checkpoint in %.1f s", time.perf_counter() - started)
-    return VLETasks(
-        itm=VLEForITMPipeline(model=itm, device=device, vle_processor=processor),
-        pbc=VLEForPBCPipeline(model=pbc, device=device, vle_processor=processor),
-        model_id=model_id,
-    )
 
 
 # ------------------------------------------------------------------------------------ image input
@@ -283,13 +218,14 @@ def _md_code(text: str) -> str:
 
 
 def banner_markdown(profile: Profile, reason: str, models: Mapping[str, str | None], tasks: VLETasks) -> str:
-    """The page header: profile, why it was chosen, the models in use (and the bundled-model caveat)."""
-    shown = [f"{role}: {_md_code(ident)}" for role, ident in models.items() if ident]
-    if tasks.available and tasks.model_id:
-        shown.append(f"VLE pretraining: {_md_code(tasks.model_id)}")
+    """The page header: profile, why it was chosen, the models in use by name and origin (no paths of this
+    machine), and the bundled-model caveat."""
+    shown = [f"{role}: {_md_code(model_source(ident))}" for role, ident in models.items() if ident]
+    if tasks.source:
+        shown.append(f"VLE pretraining: {_md_code(tasks.source)}")
     lines = [
         "# VLE VQA + LLM",
-        f"**Profile:** {_md_code(profile.name)} — {_md_plain(reason)}",
+        f"**Profile:** {_md_code(profile.name)} — {_md_plain(public_text(reason))}",
         "**Models:** " + " · ".join(shown),
     ]
     if profile.description:
@@ -302,13 +238,11 @@ def banner_markdown(profile: Profile, reason: str, models: Mapping[str, str | No
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the project's user errors into ``gr.Error(message)``; anything else into a short generic message."""
-    from vle.errors import VLEError
-
     try:
         yield
     except gr.Error:
         raise
-    except (VQALLMError, VLEError) as exc:
+    except user_error_types() as exc:
         raise gr.Error(str(exc)) from exc
     except Exception as exc:  # a bug or a resource problem: log it, never show a traceback
         logger.exception("Request failed")
@@ -318,7 +252,7 @@ def user_errors() -> Iterator[None]:
 
 # --------------------------------------------------------------------------------------- handlers
 class DemoHandlers:
-    """The event functions of the page, bound to one pipeline and one set of VLE task pipelines."""
+    """The event functions of the page, bound to one pipeline and one set of VLE tasks."""
 
     def __init__(self, pipeline: VQALLMPipeline, tasks: VLETasks):
         self.pipeline = pipeline
@@ -401,8 +335,7 @@ class DemoHandlers:
             if too_long:
                 raise gr.Error(f"A text is {len(too_long[0])} characters long; the limit is {MAX_TEXT_CHARS}. "
                                "Shorten it.")
-            scores = self.tasks.itm(image=image, text=lines)
-            return {line: float(score["score"]) for line, score in zip(lines, scores)}
+            return dict(zip(lines, self.tasks.match(image, lines)))
 
     def pbc(self, image: Any, text: str, alpha: float = 0.5) -> tuple[Image.Image, dict[str, Any]]:
         """UI + API ``/pbc``: heatmap of the image patches the text talks about, and the relevance grid."""
@@ -413,12 +346,11 @@ class DemoHandlers:
                 raise gr.Error("Type a text describing something in the image.")
             if len(text) > MAX_TEXT_CHARS:
                 raise gr.Error(f"The text is {len(text)} characters long; the limit is {MAX_TEXT_CHARS}. Shorten it.")
-            out = self.tasks.pbc(image=image, text=text, alpha=float(alpha))
-            relevance = out["relevance"]
+            heatmap, relevance = self.tasks.relevance(image, text, float(alpha))
             grid = {"rows": int(relevance.shape[0]), "cols": int(relevance.shape[1]),
                     "max": round(float(relevance.max()), 4),
                     "relevance": [[round(float(v), 4) for v in row] for row in relevance]}
-            return out["heatmap"], grid
+            return heatmap, grid
 
 
 # ------------------------------------------------------------------------------------------- page
@@ -426,7 +358,7 @@ def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: V
                examples: list[list[str]] | None = None) -> gr.Blocks:
     """Build the page around ``pipeline`` (any :class:`VQALLMPipeline`, real or with fake models).
 
-    ``tasks`` holds the ITM/PBC pipelines (their tabs are hidden with a note when absent); ``examples`` is
+    ``tasks`` holds the ITM/PBC tasks (their tabs are hidden with a note when absent); ``examples`` is
     ``[[image_path, question], ...]`` (default: :func:`load_examples`).
     """
     tasks = tasks if tasks is not None else VLETasks(note=no_tasks_note(profile))
@@ -434,7 +366,7 @@ def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: V
     handlers = DemoHandlers(pipeline, tasks)
     has_llm = pipeline.llm is not None
     has_bank = pipeline.example_bank is not None  # the fewshot template needs an example bank
-    templates = [name for name in available_templates() if name != FEWSHOT_TEMPLATE or has_bank]
+    templates = [name for name in template_names() if name != FEWSHOT_TEMPLATE or has_bank]
     top_k_max = max(1, min(MAX_TOP_K, pipeline.num_labels))
     heavy = {"concurrency_id": "models"}  # all model work shares one concurrency limit
 
@@ -516,13 +448,14 @@ def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: V
 # --------------------------------------------------------------------------------------- start-up
 def create_app(args: argparse.Namespace) -> gr.Blocks:
     """Resolve the profile, load every model once (progress logged) and build the page."""
-    profile, reason = resolve_profile(args.profile, overrides_from_args(args))
+    overrides = {**overrides_from_args(args), "vle_pretrained": args.vle_pretrained}
+    profile, reason = resolve_profile(args.profile, overrides)
     logger.info("Profile %s: %s", profile.name, reason)
+    profile, note = check_profile_hub(profile, use_llm=not args.no_llm)  # seconds, not minutes, without a Hub
+    reason += f"; {note}" if note else ""
     pipeline = VQALLMPipeline.from_profile(profile, use_llm=not args.no_llm, llm_timeout=args.llm_timeout,
                                            example_bank=example_bank_path(args.example_bank, profile))
-    pretrained = pretrained_model_for(profile, args.vle_pretrained)
-    tasks = load_vle_tasks(pretrained, profile.device, profile.local_files_only) if pretrained \
-        else VLETasks(note=no_tasks_note(profile))
+    tasks = load_tasks(profile)
     logger.info("Models ready: %s", pipeline.model_ids)
     return build_demo(pipeline, profile, reason, tasks)
 

@@ -293,21 +293,13 @@ def test_host_and_port_defaults():
     assert app.resolve_port(None, {"SPACE_ID": "x"}) == 7860 and app.resolve_port(8000, {"SPACE_ID": "x"}) == 8000
 
 
-def test_pretrained_checkpoint_choice():
-    base, _ = resolve_profile("base", environ={})
-    large, _ = resolve_profile("large", environ={})
-    bundled, _ = resolve_profile("bundled", environ={})
-    assert app.pretrained_model_for(base, environ={}) == "hfl/vle-base"
-    assert app.pretrained_model_for(large, environ={}) == "hfl/vle-large"
-    assert app.pretrained_model_for(bundled, environ={}) is None
-    assert app.pretrained_model_for(bundled, "/models/vle", environ={}) == "/models/vle"
-    assert app.pretrained_model_for(base, "none", environ={}) is None
-    assert app.pretrained_model_for(bundled, environ={app.PRETRAINED_ENV_VAR: "/x"}) == "/x"
-
-
-def test_unloadable_pretraining_checkpoint_disables_the_tabs(tmp_path):
-    tasks = app.load_vle_tasks(str(tmp_path / "missing"), "cpu", local_files_only=True)
-    assert not tasks.available and "could not load" in tasks.note
+def test_banner_names_models_and_their_origin_without_machine_paths(server, model_args):
+    demo, _, args = server
+    banner = next(b.value for b in demo.blocks.values() if getattr(b, "elem_id", None) == "banner")
+    assert "vqa: `" in banner and "captioner: `" in banner and "llm: `chat (local folder)`" in banner
+    assert "VLE pretraining: `vle-pretrained (local folder)`" in banner
+    for path in (str(app.REPO_ROOT), args.llm, args.vle_pretrained, "site-packages", "/tmp"):
+        assert path not in banner
 
 
 def test_examples_loader_tolerates_missing_and_broken_files(tmp_path, image_path):

@@ -32,3 +32,11 @@ class LLMFailure(VQALLMError, RuntimeError):
     def __init__(self, message: str, timed_out: bool = False):
         super().__init__(message)
         self.timed_out = timed_out
+
+
+def user_error_types() -> tuple[type[Exception], ...]:
+    """The exception types whose message is meant for the user as it is: this package's and the vle package's
+    (its task pipelines raise those for bad inputs)."""
+    from vle.errors import VLEError
+
+    return VQALLMError, VLEError

@@ -68,9 +68,14 @@ def clamp_top_k(top_k: object, vocab_size: int) -> tuple[int, list[str]]:
     return k, notes
 
 
+def template_names() -> list[str]:
+    """The prompt templates a request may name."""
+    return available_templates()
+
+
 def check_template(template: object) -> str:
     """Return ``template`` if a prompt template of that name exists; BadSettingError listing them otherwise."""
-    names = available_templates()
+    names = template_names()
     if not isinstance(template, str) or template not in names:
         raise BadSettingError(f"Unknown prompt template {template!r}: use one of {', '.join(names)}.")
     return template
