@@ -17,30 +17,16 @@ from transformers import BlipForConditionalGeneration, BlipProcessor
 
 from .errors import CaptionerError
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-}
 _UNSET = object()
 
 
-def resolve_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
-    """None/``"auto"`` → bf16 on CUDA (fp16 if the GPU lacks bf16), fp32 elsewhere; names → torch dtypes."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None or dtype == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+def check_dtype(dtype: torch.dtype | None) -> torch.dtype:
+    """The weights' dtype: ``dtype`` itself, float32 for ``None``; CaptionerError for anything else."""
+    if dtype is None:
         return torch.float32
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise CaptionerError(f"Unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'.") from None
+    if not isinstance(dtype, torch.dtype):
+        raise CaptionerError(f"dtype must be a torch.dtype (e.g. torch.float16) or None for float32, got {dtype!r}.")
+    return dtype
 
 
 class BlipCaptioner:
@@ -69,19 +55,20 @@ class BlipCaptioner:
         cls,
         id_or_path: str,
         device: str | None = None,
-        dtype: torch.dtype | str | None = None,
+        dtype: torch.dtype | None = None,
         prompt: str | None = None,
         num_beams: int = 3,
         max_new_tokens: int = 30,
         min_new_tokens: int = 1,
         local_files_only: bool = False,
     ) -> "BlipCaptioner":
-        """Load a BLIP captioning model and its processor from a Hub id or a local folder.
+        """Load a BLIP captioning model and its processor from a Hub id or a local folder, in ``dtype``
+        (``None``: float32; the app picks bf16 or fp16 on CUDA) on ``device``.
 
         Raises CaptionerError naming the path and the fix when the files are missing or not a BLIP captioner.
         """
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        torch_dtype = resolve_dtype(dtype, device)
+        torch_dtype = check_dtype(dtype)
         looks_local = Path(id_or_path).is_absolute() or str(id_or_path).startswith((".", "~"))
         if looks_local and not Path(id_or_path).expanduser().is_dir():
             raise CaptionerError(

@@ -1,9 +1,12 @@
 """Local chat LLM through transformers: any causal LM with a chat template, by Hub id, folder or GGUF file.
 
-dtype ``"auto"`` means bf16 on CUDA and fp32 on CPU. On CUDA, ``device_map`` goes through accelerate
-and ``quantization="4bit"|"8bit"`` through bitsandbytes; on CPU quantization is ignored with a logged
+``dtype`` is a ``torch.dtype`` chosen by the caller (``None``: float32); the app picks bf16 or fp16 on CUDA
+(``vqa_llm.loading.resolve_dtype``). On CUDA the weights load straight onto the requested device
+(``device_map={"": device}``; ``device_map="auto"`` shards over every visible GPU only when asked) and
+``quantization="4bit"|"8bit"`` goes through bitsandbytes; on CPU quantization is ignored with a logged
 warning. Streaming uses transformers' ``TextIteratorStreamer`` with ``generate`` in a thread; batches
-are left-padded. Calls on one instance are serialised by a lock (one generation at a time).
+are left-padded, as large as the caller's batch unless ``batch_size`` says otherwise, each sub-batch with
+its own deadline. Calls on one instance are serialised by a lock (one generation at a time).
 """
 
 from __future__ import annotations
@@ -33,29 +36,23 @@ logger = logging.getLogger(__name__)
 
 QUANTIZATION_MODES = ("4bit", "8bit")
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-}
 
 
-def resolve_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
-    """``"auto"``/None → bf16 on CUDA (fp16 if the GPU lacks bf16), fp32 elsewhere; names → torch dtypes."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None or dtype == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+def check_dtype(dtype: torch.dtype | None) -> torch.dtype:
+    """The weights' dtype: ``dtype`` itself, float32 for ``None``; LLMError for anything else (names included)."""
+    if dtype is None:
         return torch.float32
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise LLMError(f"Unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'.") from None
+    if not isinstance(dtype, torch.dtype):
+        raise LLMError(f"dtype must be a torch.dtype (e.g. torch.bfloat16) or None for float32, got {dtype!r}.")
+    return dtype
+
+
+def placement(device: str) -> dict:
+    """``device_map`` putting a whole model on one CUDA device (a bare ``"cuda"`` means the current one)."""
+    where = torch.device(device)
+    if where.index is None:
+        where = torch.device(where.type, torch.cuda.current_device())
+    return {"": where}
 
 
 class _Deadline(StoppingCriteria):
@@ -106,7 +103,7 @@ class TransformersChatLLM(ChatLLM):
         id_or_path: str,
         gguf_file: str | None = None,
         device: str | None = None,
-        dtype: torch.dtype | str | None = "auto",
+        dtype: torch.dtype | None = None,
         device_map: str | dict | None = None,
         quantization: str | None = None,
         trust_remote_code: bool = False,
@@ -121,7 +118,7 @@ class TransformersChatLLM(ChatLLM):
         if quantization is not None and quantization not in QUANTIZATION_MODES:
             raise LLMError(f"quantization must be one of {QUANTIZATION_MODES} or None, got {quantization!r}.")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        torch_dtype = resolve_dtype(dtype, device)
+        torch_dtype = check_dtype(dtype)
         kwargs: dict = {"trust_remote_code": trust_remote_code, "local_files_only": local_files_only}
         if gguf_file:
             kwargs["gguf_file"] = gguf_file
@@ -129,7 +126,6 @@ class TransformersChatLLM(ChatLLM):
         if quantization is not None:
             if device.startswith("cuda") and torch.cuda.is_available():
                 model_kwargs["quantization_config"] = cls._bnb_config(quantization, torch_dtype)
-                device_map = device_map or "auto"
             else:
                 logger.warning(
                     "quantization=%r needs a CUDA GPU (bitsandbytes); loading %s in full precision (%s) on %s instead.",
@@ -139,8 +135,8 @@ class TransformersChatLLM(ChatLLM):
                     device,
                 )
                 quantization = None
-        if device_map is not None and device.startswith("cuda"):
-            model_kwargs["device_map"] = device_map
+        if device.startswith("cuda"):  # load onto the GPU directly: no host copy first, never other GPUs
+            model_kwargs["device_map"] = device_map if device_map is not None else placement(device)
         label = f"{id_or_path}" + (f" ({gguf_file})" if gguf_file else "")
         try:
             tokenizer = AutoTokenizer.from_pretrained(id_or_path, **kwargs)
@@ -258,13 +254,15 @@ class TransformersChatLLM(ChatLLM):
         return self._generate_batch([messages], opts)[0]
 
     def _generate_batch(
-        self, batch: Sequence[Sequence[dict]], opts: GenerationOptions, batch_size: int = 8
+        self, batch: Sequence[Sequence[dict]], opts: GenerationOptions, batch_size: int | None = None
     ) -> list[str]:
-        """Replies to several chats, generated ``batch_size`` at a time with left padding."""
-        deadline = _Deadline(opts.timeout)
+        """Replies to several chats with left padding, ``batch_size`` at a time (``None``: all at once, the
+        caller's batch); ``opts.timeout`` bounds each sub-batch."""
+        size = max(1, batch_size or len(batch))
         replies: list[str] = []
-        for start in range(0, len(batch), max(1, batch_size)):
-            enc = self._encode(batch[start : start + batch_size], opts)
+        for start in range(0, len(batch), size):
+            enc = self._encode(batch[start : start + size], opts)
+            deadline = _Deadline(opts.timeout)
             out = self._run(enc, opts, deadline)
             if deadline.timed_out:
                 raise self._timeout_error(opts)

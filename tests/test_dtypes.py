@@ -1,34 +1,46 @@
-"""The captioner and the LLM backend each resolve dtype names (the component packages may not share code); both
-must pick the same dtype for the same request, including the fp16 fallback on GPUs without bf16."""
+"""One home for the dtype rule: ``vqa_llm.loading.resolve_dtype`` picks it, the components take a torch.dtype.
+
+The component packages share no code, so they do not each carry a copy of the rule (the CUDA half of it, bf16
+only on native support, is tested with faked GPUs in test_gpu_paths.py).
+"""
 
 import pytest
 import torch
+from tiny_models import build_tiny_blip, build_tiny_chat_lm
 
-from captioner import CaptionerError
-from captioner.blip import resolve_dtype as captioner_dtype
-from llm import LLMError
-from llm.transformers_backend import resolve_dtype as llm_dtype
-
-RESOLVERS = pytest.mark.parametrize("resolve", [captioner_dtype, llm_dtype], ids=["captioner", "llm"])
-
-
-@RESOLVERS
-@pytest.mark.parametrize("bf16_ok, expected", [(True, torch.bfloat16), (False, torch.float16)])
-def test_auto_on_cuda_prefers_bf16_and_falls_back_to_fp16(resolve, bf16_ok, expected, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_ok)
-    assert resolve("auto", "cuda:0") == expected
-    assert resolve(None, "cuda") == expected
+import captioner.blip
+import llm.transformers_backend
+from captioner import BlipCaptioner, CaptionerError
+from llm import LLMError, TransformersChatLLM
+from vqa_llm.errors import BadSettingError
+from vqa_llm.loading import resolve_dtype
 
 
-@RESOLVERS
-def test_auto_on_cpu_is_fp32_and_names_map_to_dtypes(resolve):
-    assert resolve("auto", "cpu") == torch.float32
-    assert resolve("BF16", "cpu") == torch.bfloat16
-    assert resolve("half", "cuda") == torch.float16
-    assert resolve(torch.float16, "cpu") == torch.float16
+def test_names_map_to_dtypes_and_auto_is_fp32_on_cpu():
+    assert resolve_dtype("auto", "cpu") == resolve_dtype(None, "cpu") == torch.float32
+    assert resolve_dtype("BF16", "cpu") == torch.bfloat16
+    assert resolve_dtype("half", "cuda") == torch.float16
+    assert resolve_dtype("float32", "cuda:0") == torch.float32
+    assert resolve_dtype(torch.float16, "cpu") == torch.float16
 
 
-@RESOLVERS
-def test_unknown_dtype_name_is_a_clear_error(resolve):
-    with pytest.raises((CaptionerError, LLMError), match="Unknown dtype 'int3'.*'bfloat16'"):
-        resolve("int3", "cpu")
+def test_unknown_dtype_name_is_a_clear_error():
+    with pytest.raises(BadSettingError, match="Unknown dtype 'int3'.*'bfloat16'"):
+        resolve_dtype("int3", "cpu")
+
+
+def test_the_components_keep_no_copy_of_the_rule(tmp_path):
+    assert not hasattr(llm.transformers_backend, "resolve_dtype") and not hasattr(captioner.blip, "resolve_dtype")
+    with pytest.raises(LLMError, match="torch.dtype"):
+        TransformersChatLLM.from_pretrained(str(tmp_path), device="cpu", dtype="bf16")
+    with pytest.raises(CaptionerError, match="torch.dtype"):
+        BlipCaptioner.from_pretrained(str(tmp_path), device="cpu", dtype="auto")
+
+
+def test_the_components_load_in_the_dtype_they_are_given(tmp_path):
+    blip_dir = build_tiny_blip(tmp_path / "blip")
+    assert BlipCaptioner.from_pretrained(blip_dir, device="cpu").model.dtype == torch.float32
+    assert BlipCaptioner.from_pretrained(blip_dir, device="cpu", dtype=torch.bfloat16).model.dtype == torch.bfloat16
+    chat_dir = build_tiny_chat_lm(tmp_path / "chat")
+    assert TransformersChatLLM.from_pretrained(chat_dir, device="cpu").model.dtype == torch.float32
+    assert TransformersChatLLM.from_pretrained(chat_dir, device="cpu", dtype=torch.float16).model.dtype == torch.float16

@@ -2,6 +2,10 @@
 
 Every failure (missing folder or file, corrupt weights, a Hub id with no network and no cache) becomes a
 :class:`~vqa_llm.errors.ModelUnavailableError` naming the path and the way out.
+
+The dtype rule lives here, once, for every model the app loads (the component packages take a ``torch.dtype``):
+fp32 on the CPU; on CUDA bf16 where the GPU runs it natively (compute capability 8.0 and up), else fp16, and
+TF32 for the matmuls that stay in fp32.
 """
 
 from __future__ import annotations
@@ -49,6 +53,44 @@ def resolve_device(device: str | None) -> str:
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     return str(device)
+
+
+DTYPE_NAMES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+#: the first compute capability with bf16 in hardware (Ampere); torch.cuda.is_bf16_supported() also counts
+#: emulation, which runs a T4 or V100 slowly and without tensor cores
+NATIVE_BF16_CAPABILITY = (8, 0)
+
+
+def _cuda_index(device: str) -> int:
+    index = torch.device(device).index
+    return torch.cuda.current_device() if index is None else index
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
+    """``None``/``"auto"`` → bf16 on a CUDA device with native bf16, fp16 on older GPUs, fp32 elsewhere; names
+    (``float32``/``fp32``, ``bfloat16``/``bf16``, ``float16``/``fp16``/``half``) → torch dtypes."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or str(dtype).lower() == "auto":
+        if not str(device).startswith("cuda"):
+            return torch.float32
+        native = tuple(torch.cuda.get_device_capability(_cuda_index(device))) >= NATIVE_BF16_CAPABILITY
+        return torch.bfloat16 if native else torch.float16
+    try:
+        return DTYPE_NAMES[str(dtype).lower()]
+    except KeyError:
+        raise BadSettingError(f"Unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'.") from None
+
+
+def enable_tf32(device: str) -> None:
+    """On CUDA, let fp32 matmuls and convolutions use TF32 tensor cores (process-wide; nothing on CPU)."""
+    if str(device).startswith("cuda"):
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def _looks_local(id_or_path: str) -> bool:
@@ -139,19 +181,21 @@ class _Step:
 
 
 def load_vqa_model(id_or_path: str, device: str, local_files_only: bool = False,
-                   precision: str = "fp32") -> tuple[VLEForVQA, VLEProcessor]:
+                   precision: str = "fp32", dtype: torch.dtype | str | None = None) -> tuple[VLEForVQA, VLEProcessor]:
     """Load a VLE VQA model (eval mode, on ``device``) and its processor; ``precision="int8"`` quantises its
-    Linear layers (CPU only, :func:`vle.quantize_int8`)."""
+    Linear layers (CPU only, :func:`vle.quantize_int8`). The weights' float type is :func:`resolve_dtype`'s
+    ``dtype``: half precision on CUDA unless ``dtype="float32"``, fp32 on the CPU."""
     if precision not in ("fp32", "int8"):
         raise BadSettingError(f"Unknown VQA precision {precision!r}: use fp32 (exact) or int8 (faster on CPU).")
     if precision == "int8" and not str(device).startswith("cpu"):
         raise BadSettingError(f"VQA precision int8 runs on the CPU only, not on {device}: use --vqa-precision "
                               "fp32 there, or --device cpu.")
     check_model_dir(id_or_path, "VQA model")
+    torch_dtype = resolve_dtype(dtype, device)
     with _Step("VQA model", id_or_path):
         try:
             processor = VLEProcessor.from_pretrained(id_or_path, local_files_only=local_files_only)
-            model = VLEForVQA.from_pretrained(id_or_path, local_files_only=local_files_only)
+            model = VLEForVQA.from_pretrained(id_or_path, local_files_only=local_files_only, dtype=torch_dtype)
         except Exception as exc:  # transformers/safetensors raise many types for missing or corrupt files
             raise ModelUnavailableError(
                 f"{describe_load_failure('VQA model', id_or_path, exc)} Check that the folder holds a complete "
@@ -167,12 +211,14 @@ def load_vqa_model(id_or_path: str, device: str, local_files_only: bool = False,
     return model, processor
 
 
-def load_captioner(id_or_path: str, device: str, local_files_only: bool = False) -> BlipCaptioner:
-    """Load a BLIP captioner on ``device``."""
+def load_captioner(id_or_path: str, device: str, local_files_only: bool = False,
+                   dtype: torch.dtype | str | None = None) -> BlipCaptioner:
+    """Load a BLIP captioner on ``device`` (dtype as :func:`resolve_dtype` says)."""
     check_model_dir(id_or_path, "captioning model")
     with _Step("captioner", id_or_path):
         try:
-            return BlipCaptioner.from_pretrained(id_or_path, device=device, local_files_only=local_files_only)
+            return BlipCaptioner.from_pretrained(id_or_path, device=device, local_files_only=local_files_only,
+                                                 dtype=resolve_dtype(dtype, device))
         except (CaptionerError, OSError, ValueError) as exc:
             raise ModelUnavailableError(f"{exc} {_OFFLINE_HINT}") from exc
         except Exception as exc:  # e.g. a refused pickle: BlipCaptioner only wraps the errors it expects
@@ -180,8 +226,9 @@ def load_captioner(id_or_path: str, device: str, local_files_only: bool = False)
                                         f"{_OFFLINE_HINT}") from exc
 
 
-def load_chat_llm(profile: Profile, device: str) -> ChatLLM:
-    """The profile's LLM: an OpenAI-compatible endpoint, or a local transformers model (GGUF included)."""
+def load_chat_llm(profile: Profile, device: str, dtype: torch.dtype | str | None = None) -> ChatLLM:
+    """The profile's LLM: an OpenAI-compatible endpoint, or a local transformers model (GGUF included) on
+    ``device`` (dtype, and 4-bit compute dtype, as :func:`resolve_dtype` says)."""
     if profile.openai_base_url:
         model = profile.openai_model or profile.llm
         if not model:
@@ -200,6 +247,7 @@ def load_chat_llm(profile: Profile, device: str) -> ChatLLM:
         with _Step("LLM", f"{llm_id}" + (f" ({gguf_file})" if gguf_file else "")):
             return TransformersChatLLM.from_pretrained(
                 llm_id, gguf_file=gguf_file, device=device, quantization=profile.quantization,
+                dtype=resolve_dtype(dtype, device),
                 trust_remote_code=profile.trust_remote_code, local_files_only=profile.local_files_only,
             )
     except (LLMError, OSError, ValueError) as exc:
@@ -209,11 +257,15 @@ def load_chat_llm(profile: Profile, device: str) -> ChatLLM:
                                     "--no-llm.") from exc
 
 
-def load_components(profile: Profile, use_llm: bool = True, use_captioner: bool = True) -> Components:
-    """Load every model the profile names (the LLM only when ``use_llm`` and ``profile.use_llm``)."""
+def load_components(profile: Profile, use_llm: bool = True, use_captioner: bool = True,
+                    vqa_dtype: torch.dtype | str | None = None) -> Components:
+    """Load every model the profile names (the LLM only when ``use_llm`` and ``profile.use_llm``), each in the
+    device's default dtype (:func:`resolve_dtype`; ``vqa_dtype="float32"`` keeps VLE exact on CUDA), TF32 on."""
     device = resolve_device(profile.device)
+    enable_tf32(device)
     kwargs: dict[str, Any] = {"device": device, "local_files_only": profile.local_files_only}
-    vqa_model, processor = load_vqa_model(profile.vqa_model, **kwargs, precision=profile.vqa_precision)
+    vqa_model, processor = load_vqa_model(profile.vqa_model, **kwargs, precision=profile.vqa_precision,
+                                          dtype=vqa_dtype)
     captioner = load_captioner(profile.captioner, **kwargs) if use_captioner else None
     llm = load_chat_llm(profile, device) if use_llm and profile.use_llm else None
     ids = profile.model_ids()
