@@ -31,6 +31,7 @@ from transformers import (
 from .base import ChatLLM, GenerationOptions, check_messages
 from .bundled import SMOLLM2_INSTALL
 from .errors import LLMError, LLMTimeoutError, PromptTooLongError
+from .gguf_cache import load_source
 
 logger = logging.getLogger(__name__)
 
@@ -139,8 +140,9 @@ class TransformersChatLLM(ChatLLM):
             model_kwargs["device_map"] = device_map if device_map is not None else placement(device)
         label = f"{id_or_path}" + (f" ({gguf_file})" if gguf_file else "")
         try:
-            tokenizer = AutoTokenizer.from_pretrained(id_or_path, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(id_or_path, **kwargs, **model_kwargs)
+            source, kwargs = load_source(id_or_path, kwargs)  # a local GGUF: its copy de-quantised once
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **model_kwargs)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise LLMError(
                 f"Could not load the LLM {label}: {exc}. Pass a local model folder, a .gguf file, or a Hub id "

@@ -1,0 +1,95 @@
+"""A tiny GGUF chat model for tests: a random 2-layer Llama (hidden 32) with a byte-level BPE tokenizer and a
+ChatML template, written with the ``gguf`` package in the layout of the bundled SmolLM2 file (Q4_1 matrices,
+Q8_0 embeddings, F32 norms), so that transformers de-quantises it the same way. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFWriter
+from gguf.quants import quantize
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+MERGES = [("Ġ", "t"), ("h", "e"), ("i", "n"), ("Ġt", "he"), ("o", "u"), ("Ġ", "a")]
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def byte_symbols() -> list[str]:
+    """The 256 printable stand-ins byte-level BPE uses for the bytes 0..255, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            symbols[byte] = chr(byte)
+        else:
+            symbols[byte] = chr(256 + extra)
+            extra += 1
+    return [symbols[b] for b in range(256)]
+
+
+def _tokens() -> list[str]:
+    return SPECIALS + byte_symbols() + [a + b for a, b in MERGES]
+
+
+def write_tiny_gguf(path: str | Path, seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 4,
+                    kv_heads: int = 2, ffn: int = 64, context: int = 2048) -> Path:
+    """Write the tiny model to ``path`` (a ``.gguf`` file) and return it; ``seed`` fixes the weights."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokens = _tokens()
+    vocab = len(tokens)
+    head_dim = hidden // heads
+    rng = np.random.default_rng(seed)
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-test-llama")
+    writer.add_context_length(context)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(vocab)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3] * len(SPECIALS) + [1] * (vocab - len(SPECIALS)))
+    writer.add_token_merges([f"{a} {b}" for a, b in MERGES])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_pad_token_id(2)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(CHATML)
+
+    def matrix(name: str, rows: int, cols: int, kind: GGMLQuantizationType = GGMLQuantizationType.Q4_1) -> None:
+        weights = rng.normal(0.0, 0.2, size=(rows, cols)).astype(np.float32)
+        writer.add_tensor(name, quantize(weights, kind), raw_dtype=kind)
+
+    def norm(name: str) -> None:
+        writer.add_tensor(name, (1.0 + rng.normal(0.0, 0.05, size=hidden)).astype(np.float32))
+
+    matrix("token_embd.weight", vocab, hidden, GGMLQuantizationType.Q8_0)
+    for i in range(layers):
+        norm(f"blk.{i}.attn_norm.weight")
+        matrix(f"blk.{i}.attn_q.weight", hidden, hidden)
+        matrix(f"blk.{i}.attn_k.weight", kv_heads * head_dim, hidden)
+        matrix(f"blk.{i}.attn_v.weight", kv_heads * head_dim, hidden)
+        matrix(f"blk.{i}.attn_output.weight", hidden, hidden)
+        norm(f"blk.{i}.ffn_norm.weight")
+        matrix(f"blk.{i}.ffn_gate.weight", ffn, hidden)
+        matrix(f"blk.{i}.ffn_up.weight", ffn, hidden)
+        matrix(f"blk.{i}.ffn_down.weight", hidden, ffn)
+    norm("output_norm.weight")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
