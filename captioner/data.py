@@ -1,7 +1,9 @@
 """Caption training data: reading ``{"image": path, "caption": str}`` JSONL files, and batching
 (image, caption) pairs into BLIP inputs (pixels, decoder ids starting with BOS, labels).
 
-Images may be PIL images (in-memory pairs) or file paths; paths are opened lazily, batch by batch.
+Images may be PIL images (in-memory pairs) or file paths; paths are opened lazily, batch by batch. In a JSONL
+file a relative image path is relative to the folder of the JSONL file (not the current folder), so a file and
+its images can be moved together.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ class CaptionPair:
 
 
 def read_pairs_jsonl(path: str | Path) -> list[CaptionPair]:
-    """Read ``{"image": path, "caption": str[, "label": str]}`` lines; relative paths are relative to the file."""
+    """Read ``{"image": path, "caption": str[, "label": str]}`` lines; relative image paths are relative to the
+    folder of ``path``. CaptionerError names the line of a malformed entry or of an image file that is missing."""
     path = Path(path)
     if not path.is_file():
         raise CaptionerError(
@@ -48,6 +51,9 @@ def read_pairs_jsonl(path: str | Path) -> list[CaptionPair]:
         image_path = Path(image)
         if not image_path.is_absolute():
             image_path = path.parent / image_path
+        if not image_path.is_file():
+            raise CaptionerError(f"{path}:{n}: no image file at {image_path} (relative image paths are relative "
+                                 f"to the folder of {path.name}).")
         label = row.get("label")
         pairs.append(CaptionPair(image_path, str(caption), None if label is None else str(label)))
     if not pairs:

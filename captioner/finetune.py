@@ -15,9 +15,11 @@ Python API for in-memory data: :func:`train_captioner` with ``(PIL image, captio
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
+import os
 import random
 import re
 import shutil
@@ -32,7 +34,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import BlipForConditionalGeneration, BlipProcessor, HfArgumentParser, get_linear_schedule_with_warmup
+from transformers import BlipForConditionalGeneration, BlipProcessor, HfArgumentParser
 
 from .blip import BlipCaptioner
 from .data import CaptionCollator, CaptionPair, ListDataset, as_pairs, load_image, read_pairs_jsonl
@@ -40,7 +42,13 @@ from .errors import CaptionerError
 from .scratch import new_blip
 from .vision_pretrain import pretrain_vision
 
+# transformers.optimization (the schedule) is imported where it is used: it pulls in peft and bitsandbytes,
+# whose import-time warnings would otherwise precede the one-line error of a mistyped command.
+
 logger = logging.getLogger(__name__)
+EXIT_USER_ERROR = 2
+#: the most warm-up may take of a run's optimiser steps, so a short run still trains at its learning rate
+MAX_WARMUP_SHARE = 0.5
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_JSON = "trainer_state.json"
@@ -96,13 +104,14 @@ class ScratchConfig:
 class RunArgs:
     """What to train on and where to write."""
 
-    pairs: str = field(metadata={"help": 'JSONL file of {"image": path, "caption": str[, "label": str]} lines'})
+    pairs: str = field(metadata={"help": 'JSONL file of {"image": path, "caption": str[, "label": str]} lines; '
+                                         "a relative image path is relative to the JSONL file's folder"})
     out: str = field(metadata={"help": "output folder (final model + checkpoints/)"})
     model: str | None = field(
         default=None, metadata={"help": "BLIP Hub id or folder to fine-tune (default: new small BLIP)"}
     )
     eval_pairs: str | None = field(
-        default=None, metadata={"help": "held-out JSONL (default: eval_fraction of --pairs)"}
+        default=None, metadata={"help": "held-out JSONL, same format (default: eval_fraction of --pairs)"}
     )
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in --out"})
 
@@ -114,6 +123,8 @@ class TrainResult:
     out_dir: str
     history: list[dict]
     vision_history: list[dict]
+    #: False when training left every weight as it was (e.g. a learning rate of 0): the saved model is the input
+    weights_changed: bool = True
 
     @property
     def exact_match(self) -> float | None:
@@ -162,7 +173,8 @@ def split_pairs(pairs: list[CaptionPair], fraction: float, seed: int) -> tuple[l
     return [p for i, p in enumerate(pairs) if i not in held], [pairs[i] for i in sorted(held)]
 
 
-def _load_model(model, processor, pairs: list[CaptionPair], scratch: ScratchConfig, seed: int):
+def _load_model(model, processor, pairs: list[CaptionPair], scratch: ScratchConfig, seed: int,
+                local_files_only: bool = False):
     if model is None:
         if processor is not None:
             raise CaptionerError("A processor was given without a model; pass both, or neither to train from scratch.")
@@ -170,8 +182,9 @@ def _load_model(model, processor, pairs: list[CaptionPair], scratch: ScratchConf
     if isinstance(model, (str, Path)):
         try:
             return (
-                BlipForConditionalGeneration.from_pretrained(model, dtype=torch.float32),
-                processor or BlipProcessor.from_pretrained(model),
+                BlipForConditionalGeneration.from_pretrained(model, dtype=torch.float32,
+                                                             local_files_only=local_files_only),
+                processor or BlipProcessor.from_pretrained(model, local_files_only=local_files_only),
             )
         except (OSError, ValueError) as exc:
             raise CaptionerError(
@@ -253,6 +266,7 @@ def _start(
     config: TrainConfig,
     scratch: ScratchConfig,
     accelerator: Accelerator,
+    local_files_only: bool = False,
 ):
     """(model, processor, state): from the newest checkpoint when resuming, else built/loaded (+ vision stage)."""
     checkpoint = latest_checkpoint(out_dir)
@@ -273,7 +287,7 @@ def _start(
     if resume:
         accelerator.print(f"No checkpoint in {out_dir}; starting from the beginning.")
     state = {"epoch": 0, "global_step": 0, "history": [], "vision_history": []}
-    model, processor = _load_model(model, processor, pairs, scratch, config.seed)
+    model, processor = _load_model(model, processor, pairs, scratch, config.seed, local_files_only)
     if config.vision_epochs > 0:
         labels = [p.label for p in pairs]
         if any(label is None for label in labels):
@@ -308,8 +322,33 @@ def _optimizer(model, config: TrainConfig, batches_per_epoch: int):
         lr=config.lr,
     )
     total = math.ceil(batches_per_epoch / config.grad_accum) * config.epochs
-    warmup = config.warmup_steps if config.warmup_steps is not None else math.ceil(config.warmup_ratio * total)
-    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total)
+    return optimizer, _linear_schedule(optimizer, warmup_steps(config, total), total)
+
+
+def warmup_steps(config: TrainConfig, total_steps: int) -> int:
+    """Warm-up steps of a run of ``total_steps`` optimiser steps: ``warmup_steps``, else ``warmup_ratio`` of
+    the run, capped at :data:`MAX_WARMUP_SHARE` of it (rounded down) so that the run's later steps train at
+    the full rate; warm-up starts at 0, so a run of 1 step has none."""
+    wanted = config.warmup_steps if config.warmup_steps is not None else math.ceil(config.warmup_ratio * total_steps)
+    allowed = int(MAX_WARMUP_SHARE * total_steps)
+    if wanted > allowed:
+        logger.info("Warm-up shortened from %d to %d of the run's %d optimiser steps.", wanted, allowed, total_steps)
+    return max(0, min(wanted, allowed))
+
+
+def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int):
+    """transformers' linear warm-up + decay schedule (imported here, see the note at the imports)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    return get_linear_schedule_with_warmup(optimizer, warmup, total)
+
+
+def weights_fingerprint(model: torch.nn.Module) -> torch.Tensor:
+    """Per parameter the float64 sum and sum of squares: equal before and after training only when (in
+    practice) no weight changed."""
+    with torch.no_grad():
+        return torch.stack([torch.stack([p.double().sum(), p.double().square().sum()])
+                            for p in model.parameters()]).cpu()
 
 
 def _train_epoch(
@@ -351,6 +390,7 @@ def train_captioner(
     config: TrainConfig | None = None,
     scratch: ScratchConfig | None = None,
     resume: bool = False,
+    local_files_only: bool = False,
     **overrides,
 ) -> TrainResult:
     """Train (``model=None``: a new small BLIP) or fine-tune a BLIP captioner on ``pairs``; save it to ``out_dir``.
@@ -359,12 +399,14 @@ def train_captioner(
     :class:`~captioner.data.CaptionPair`. ``eval_pairs`` default to ``config.eval_fraction`` of ``pairs``.
     ``overrides`` set :class:`TrainConfig` fields (``epochs=2, lr=5e-4, ...``). With ``resume=True``
     training continues from the newest checkpoint in ``out_dir`` (starting fresh when there is none).
+    ``local_files_only`` loads a Hub ``model`` from the local cache only. A run that changed no weight logs a
+    warning and returns ``weights_changed=False``.
     """
     unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
     if unknown:
         raise CaptionerError(f"Unknown training option(s) {unknown}; see captioner.finetune.TrainConfig.")
     config = replace(config or TrainConfig(), **overrides)
-    out_dir = Path(out_dir)
+    out_dir = check_output_dir(out_dir)
     pairs = as_pairs(pairs)
     if not pairs:
         raise CaptionerError("No training pairs; pass (image, caption) pairs.")
@@ -377,7 +419,7 @@ def train_captioner(
     accelerator = new_accelerator(config)
     set_seed(config.seed)
     model, processor, state = _start(
-        model, processor, pairs, out_dir, resume, config, scratch or ScratchConfig(), accelerator
+        model, processor, pairs, out_dir, resume, config, scratch or ScratchConfig(), accelerator, local_files_only
     )
     collator = CaptionCollator(
         processor, model.config.text_config.bos_token_id, config.max_caption_tokens, config.prompt
@@ -390,6 +432,7 @@ def train_captioner(
         num_workers=config.num_workers,
     )
     optimizer, scheduler = _optimizer(model, config, len(loader))
+    initial_weights = weights_fingerprint(model)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     if "checkpoint" in state:
         saved = torch.load(Path(state.pop("checkpoint")) / STATE_TENSORS, map_location="cpu", weights_only=True)
@@ -425,30 +468,87 @@ def train_captioner(
             accelerator.print(json.dumps({k: v for k, v in record.items() if k != "eval_samples"}))
         accelerator.wait_for_everyone()
 
+    changed = not torch.equal(initial_weights, weights_fingerprint(accelerator.unwrap_model(model)))
+    if not changed:
+        logger.warning("Training left every weight unchanged (learning rate %g, %d optimiser steps): the saved "
+                       "model equals the starting one. Raise --lr or --epochs.", config.lr, state["global_step"])
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(out_dir)
         processor.save_pretrained(out_dir)
         log = {k: state.get(k) for k in ("history", "vision_history", "config")}
-        (out_dir / "training_log.json").write_text(json.dumps(log, indent=2))
+        (out_dir / "training_log.json").write_text(json.dumps({**log, "weights_changed": changed}, indent=2))
     accelerator.wait_for_everyone()
-    return TrainResult(out_dir=str(out_dir), history=state["history"], vision_history=state["vision_history"])
+    return TrainResult(out_dir=str(out_dir), history=state["history"], vision_history=state["vision_history"],
+                       weights_changed=changed)
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as a Path; CaptionerError when it cannot be an output folder (a file is in its place or above
+    it, or the nearest existing folder is not writable). Nothing is created."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise CaptionerError(f"{flag} {path} is a file, not a folder: choose a folder path.")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CaptionerError(f"{flag} {path} lies under the file {existing}: choose a folder path.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CaptionerError(f"{flag} {path}: no permission to write in {existing}; choose another folder.")
+    return path
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default, unless it has none or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> HfArgumentParser:
+    """The ``python -m captioner.finetune`` argument parser (one flag per dataclass field)."""
+    return HfArgumentParser(
+        (RunArgs, TrainConfig, ScratchConfig), prog="python -m captioner.finetune", formatter_class=_HelpFormatter,
+        description="Train a new small BLIP captioner, or fine-tune one (--model), on (image, caption) pairs.",
+        epilog='Pairs file: one JSON object per line, {"image": path, "caption": text[, "label": text]}; relative '
+               "image paths are resolved against the folder of the pairs file, not the current folder.",
+    )
+
+
+def _check_hub(model: str | None) -> bool:
+    """Fail within seconds when --model is a Hub id and the Hub does not answer; True: load from the cache."""
+    # CLI only: this training code moves to training/, which may use vqa_llm (the runtime packages may not)
+    from vqa_llm.errors import ModelUnavailableError
+    from vqa_llm.hub_access import check_hub
+
+    try:
+        return check_hub([model]).local_only
+    except ModelUnavailableError as exc:
+        raise CaptionerError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the process exit status."""
-    parser = HfArgumentParser((RunArgs, TrainConfig, ScratchConfig), description=__doc__.split("\n\n")[0])
-    run, config, scratch = parser.parse_args_into_dataclasses(args=argv)
+    """Command-line entry point; returns the exit status (0 done, 2 a user error: one ``Error:`` line on stderr,
+    printed by the main process only when several run)."""
+    run, config, scratch = build_parser().parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_output_dir(run.out)
         pairs = read_pairs_jsonl(run.pairs)
         eval_pairs = read_pairs_jsonl(run.eval_pairs) if run.eval_pairs else None
-        result = train_captioner(
-            pairs, run.out, model=run.model, eval_pairs=eval_pairs, config=config, scratch=scratch, resume=run.resume
-        )
+        local = _check_hub(run.model)
+        result = train_captioner(pairs, run.out, model=run.model, eval_pairs=eval_pairs, config=config,
+                                 scratch=scratch, resume=run.resume, local_files_only=local)
     except CaptionerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        if os.environ.get("RANK", "0") == "0":
+            print("Error: " + " ".join(str(exc).split()), file=sys.stderr)
+        return EXIT_USER_ERROR
     print(f"saved the captioner to {result.out_dir} (exact match {result.exact_match})")
+    if not result.weights_changed:
+        print("Warning: the saved model equals the starting model (no weight changed); raise --lr or --epochs.",
+              file=sys.stderr)
     return 0
 
 

@@ -212,6 +212,10 @@ def test_command_line(pairs, tmp_path):
 
 def test_read_pairs_jsonl_resolves_relative_paths(tmp_path):
     (tmp_path / "pairs.jsonl").write_text('{"image": "a.png", "caption": "a cat", "label": "cat"}\n\n')
+    with pytest.raises(CaptionerError, match=r"pairs.jsonl:1: no image file at .*a.png .relative image paths are "
+                                             "relative to the folder of pairs.jsonl"):
+        read_pairs_jsonl(tmp_path / "pairs.jsonl")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     (pair,) = read_pairs_jsonl(tmp_path / "pairs.jsonl")
     assert pair == CaptionPair(tmp_path / "a.png", "a cat", "cat")
     with pytest.raises(CaptionerError, match="does not exist"):

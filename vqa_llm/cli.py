@@ -20,6 +20,7 @@ from .errors import VQALLMError
 from .fewshot.arguments import add_template_arguments
 from .fewshot.locate import example_bank_path, open_example_bank
 from .fewshot.runs import FEWSHOT_TEMPLATE, check_counts
+from .hub_access import check_profile_hub
 from .profiles import add_profile_arguments, overrides_from_args, resolve_profile
 
 EXIT_USER_ERROR = 2
@@ -65,6 +66,9 @@ def _ask(args: argparse.Namespace, out: TextIO) -> int:
     image, _ = read_image(args.image)
     profile, reason = resolve_profile(args.profile, overrides_from_args(args))
     logger.info("Profile %s: %s", profile.name, reason)
+    profile, note = check_profile_hub(profile, use_llm=not args.no_llm)  # seconds, not minutes, without a Hub
+    if note:
+        logger.info("Note: %s", note)
     fewshot = args.template == FEWSHOT_TEMPLATE and not args.no_llm
     bank = open_example_bank(example_bank_path(args.example_bank, profile)) if fewshot else None  # before models load
     pipe = VQALLMPipeline.from_profile(profile, use_llm=not args.no_llm, llm_timeout=args.llm_timeout,

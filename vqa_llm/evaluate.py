@@ -55,6 +55,7 @@ from .fewshot.arguments import add_template_arguments
 from .fewshot.bank import ExampleBank
 from .fewshot.locate import example_bank_path, open_example_bank
 from .fewshot.runs import DEFAULT_RUNS, FEWSHOT_TEMPLATE, check_counts
+from .hub_access import check_profile_hub
 from .inputs import check_template
 from .profiles import Profile, add_profile_arguments, overrides_from_args, resolve_profile
 
@@ -243,6 +244,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     state = _accelerate_state(args)
     profile, reason = resolve_profile(args.profile, _profile_overrides(args, state))
     use_llm = not args.no_llm and profile.use_llm
+    profile, note = check_profile_hub(profile, use_llm=use_llm)  # seconds, not minutes, without a Hub
+    if note:
+        reason += f"; {note}"
     bank = fewshot_bank(args, profile, use_llm)
     sample = examples_from_args(args)
     settings = run_settings(args, len(sample), use_llm, bank)

@@ -29,6 +29,7 @@ from .errors import VQALLMError
 from .evaluation.data import add_dataset_arguments, examples_from_args
 from .fewshot.bank import META_FILE, ExampleBank, ExampleBankError
 from .fewshot.build import DEFAULT_BANK_TOP_K, build_bank
+from .hub_access import check_profile_hub
 from .profiles import add_profile_arguments, overrides_from_args, resolve_profile
 
 EXIT_USER_ERROR = 2
@@ -100,6 +101,9 @@ def _build(args: argparse.Namespace) -> int:
     examples = examples_from_args(args)
     profile, reason = resolve_profile(args.profile, overrides_from_args(args))
     logger.info("Profile %s: %s", profile.name, reason)
+    profile, note = check_profile_hub(profile, use_llm=False)  # seconds, not minutes, without a Hub
+    if note:
+        logger.info("Note: %s", note)
     pipe = VQALLMPipeline.from_profile(profile, use_llm=False)
     bank = build_bank(pipe, examples, source_name(args), top_k=args.top_k, batch_size=args.batch_size,
                       with_scores=args.with_scores, progress=not args.quiet,
