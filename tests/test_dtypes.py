@@ -6,12 +6,12 @@ only on native support, is tested with faked GPUs in test_gpu_paths.py).
 
 import pytest
 import torch
-from tiny_models import build_tiny_blip, build_tiny_chat_lm
 
 import captioner.blip
 import llm.transformers_backend
 from captioner import BlipCaptioner, CaptionerError
 from llm import LLMError, TransformersChatLLM
+from tiny_models import build_tiny_blip, build_tiny_chat_lm
 from vqa_llm.errors import BadSettingError
 from vqa_llm.loading import resolve_dtype
 

@@ -28,17 +28,18 @@ import math
 import os
 import re
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -63,24 +64,61 @@ class TrainingConfig:
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0
     seed: int = 0
-    mixed_precision: str = "auto"  # auto: bf16 on CUDA, none on CPU
+    mixed_precision: str = "auto"  # auto: bf16 on GPUs with native bf16, fp16 on older ones, none on CPU
     freeze_vision: bool = False
-    cache_images: bool = True
+    image_cache_mb: float = 1024  # preprocessed images kept per data process (LRU); 0: none
+    vision_cache_mb: float = 1024  # with freeze_vision: vision-tower outputs kept on the device (LRU); 0: none
+    num_workers: int | None = None  # DataLoader workers preprocessing images; None: up to 4 on CUDA, 0 on CPU
     lr_multipliers: dict[str, float] = field(default_factory=dict)  # parameter-name prefix -> lr factor
 
 
-class VQATrainingSet(Dataset):
-    """Questions tokenized once; images preprocessed on first use (and kept when ``cache_images``)."""
+class TensorLRU:
+    """Tensors by key within a byte budget: the least recently used go first (``max_bytes`` 0 keeps nothing)."""
 
-    def __init__(self, examples: Sequence[VQAExample], processor, label2id: dict[str, int], cache_images: bool = True):
+    def __init__(self, max_bytes: float):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[Any, torch.Tensor] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._items
+
+    def get(self, key: Any) -> torch.Tensor | None:
+        tensor = self._items.get(key)
+        if tensor is not None:
+            self._items.move_to_end(key)
+        return tensor
+
+    def put(self, key: Any, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if size > self.max_bytes:
+            return
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.bytes -= old.numel() * old.element_size()
+        self._items[key] = tensor
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, dropped = self._items.popitem(last=False)
+            self.bytes -= dropped.numel() * dropped.element_size()
+
+
+class VQATrainingSet(Dataset):
+    """Questions tokenized once; images preprocessed on first use and kept in a cache of ``image_cache_mb``
+    (least recently used dropped first; 0: no cache). With DataLoader workers each worker has its own."""
+
+    def __init__(self, examples: Sequence[VQAExample], processor, label2id: dict[str, int],
+                 image_cache_mb: float = 1024):
         self.examples = list(examples)
         self.processor = processor
         self.label2id = label2id
-        self.cache_images = cache_images
         self.image_index: dict[str, int] = {}
         for example in self.examples:
             self.image_index.setdefault(example.image_path, len(self.image_index))
-        self._pixels: dict[int, torch.Tensor] = {}
+        self._pixels = TensorLRU(image_cache_mb * 2**20)
         questions = [e.question for e in self.examples]
         self.tokens = processor.tokenizer(questions, truncation=True, max_length=64)["input_ids"]
 
@@ -93,8 +131,7 @@ class VQATrainingSet(Dataset):
         if cached is not None:
             return cached
         pixels = torch.from_numpy(self.processor.preprocess_images([image_for_path(path)])[0])
-        if self.cache_images:
-            self._pixels[image_id] = pixels
+        self._pixels.put(image_id, pixels)
         return pixels
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -137,24 +174,36 @@ def collate(batch: list[dict[str, Any]], num_labels: int, pad_id: int = 0) -> di
     }
 
 
-class FrozenVisionCache:
-    """With a frozen vision tower, each image's CLIP output is computed once and reused every epoch."""
+def data_workers(requested: int | None, accelerator: Accelerator) -> int:
+    """DataLoader workers: ``requested``, else 4 per process on CUDA (within the CPUs) and 0 on the CPU."""
+    if requested is not None:
+        return max(0, requested)
+    if accelerator.device.type != "cuda":
+        return 0
+    return max(0, min(4, (os.cpu_count() or 1) // max(1, accelerator.num_processes) - 1))
 
-    def __init__(self, model: VLEForVQA):
+
+class FrozenVisionCache:
+    """With a frozen vision tower, each image's CLIP output is computed once and reused while it stays in a
+    cache of ``max_mb`` on the device (least recently used dropped first; 0: computed every time)."""
+
+    def __init__(self, model: VLEForVQA, max_mb: float = 1024):
         self.tower = model.vle.vision_model
         self.projection = model.vle.image_projection_layer
-        self.features: dict[int, torch.Tensor] = {}
+        self.features = TensorLRU(max_mb * 2**20)
 
     def image_embeds(self, pixel_values: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
-        missing = [i for i, image_id in enumerate(image_ids.tolist()) if image_id not in self.features]
+        ids = image_ids.tolist()
+        found = {image_id: self.features.get(image_id) for image_id in ids}
+        missing = [i for i, image_id in enumerate(ids) if found[image_id] is None]
         if missing:
             with torch.no_grad():
                 hidden = self.tower(pixel_values[missing]).last_hidden_state
                 hidden = self.tower.vision_model.post_layernorm(hidden)
             for row, i in enumerate(missing):
-                self.features[int(image_ids[i])] = hidden[row]
-        stacked = torch.stack([self.features[int(image_id)] for image_id in image_ids.tolist()])
-        return self.projection(stacked)
+                found[ids[i]] = hidden[row].clone()  # a view would keep the whole batch alive
+                self.features.put(ids[i], found[ids[i]])
+        return self.projection(torch.stack([found[image_id] for image_id in ids]))
 
 
 def evaluate(
@@ -162,11 +211,14 @@ def evaluate(
     desc: str = "eval",
 ) -> dict[str, Any]:
     """VQA score of the top-1 answer (mean soft score, the usual training-time metric), overall and per question
-    type."""
+    type. With several processes each scores every n-th question and all get the whole result."""
     device = accelerator.device if accelerator else next(model.parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=lambda b: collate(b, len(model.config.id2label)))
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    shard = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
+    loader = DataLoader(shard, batch_size=batch_size,
+                        collate_fn=partial(collate, num_labels=len(model.config.id2label)))
     model.eval()
-    per_type: dict[str, list[float]] = defaultdict(list)
+    scored: list[tuple[int, float]] = []
     with torch.no_grad():
         quiet = accelerator is not None and not accelerator.is_main_process
         for batch in tqdm(loader, desc=desc, leave=False, disable=quiet):
@@ -176,8 +228,12 @@ def evaluate(
             ).logits
             predicted = logits.argmax(-1).cpu()
             scores = batch["vqa_targets"].gather(1, predicted[:, None])[:, 0]
-            for index, score in zip(batch["index"].tolist(), scores.tolist()):
-                per_type[dataset.examples[index].question_type or "all"].append(score)
+            scored += zip(batch["index"].tolist(), scores.tolist())
+    if world > 1:
+        scored = gather_object(scored)
+    per_type: dict[str, list[float]] = defaultdict(list)
+    for index, score in sorted(scored):
+        per_type[dataset.examples[index].question_type or "all"].append(score)
     every = [s for scores in per_type.values() for s in scores]
     return {
         "vqa_score": sum(every) / max(len(every), 1),
@@ -227,7 +283,8 @@ def train_vqa(
     """
     mixed = config.mixed_precision
     if mixed == "auto":
-        mixed = "bf16" if torch.cuda.is_available() else "no"
+        native_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+        mixed = ("bf16" if native_bf16 else "fp16") if torch.cuda.is_available() else "no"
     accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.gradient_accumulation_steps)
     set_seed(config.seed)
     output_dir = Path(config.output_dir)
@@ -236,8 +293,8 @@ def train_vqa(
     label2id = model.config.label2id or {label: int(i) for i, label in model.config.id2label.items()}
     label2id = {k: int(v) for k, v in label2id.items()}
     num_labels = len(model.config.id2label)
-    train_set = VQATrainingSet(train_examples, processor, label2id, cache_images=config.cache_images)
-    eval_set = VQATrainingSet(eval_examples, processor, label2id, config.cache_images) if eval_examples else None
+    train_set = VQATrainingSet(train_examples, processor, label2id, config.image_cache_mb)
+    eval_set = VQATrainingSet(eval_examples, processor, label2id, config.image_cache_mb) if eval_examples else None
     pad_id = processor.tokenizer.pad_token_id or 0
 
     if config.freeze_vision:
@@ -248,7 +305,8 @@ def train_vqa(
     scheduler = get_linear_schedule_with_warmup(optimizer, min(config.warmup_steps, total_steps // 2), total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
-    vision_cache = FrozenVisionCache(unwrapped) if config.freeze_vision else None
+    vision_cache = FrozenVisionCache(unwrapped, config.vision_cache_mb) if config.freeze_vision else None
+    workers = data_workers(config.num_workers, accelerator)
 
     log: dict[str, Any] = {"config": asdict(config), "epochs": []}
     start_epoch = 0
@@ -264,8 +322,9 @@ def train_vqa(
         started = time.time()
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)  # same order with or without resume
         loader = DataLoader(
-            train_set, batch_size=config.batch_size, shuffle=True, generator=generator,
-            collate_fn=lambda b: collate(b, num_labels, pad_id),
+            train_set, batch_size=config.batch_size, shuffle=True, generator=generator, num_workers=workers,
+            collate_fn=partial(collate, num_labels=num_labels, pad_id=pad_id),
+            pin_memory=accelerator.device.type == "cuda",
         )
         loader = accelerator.prepare_data_loader(loader)
         model.train()
@@ -299,7 +358,7 @@ def train_vqa(
             if max_steps is not None and steps_done >= max_steps:
                 break
         record = {"epoch": epoch + 1, "train_loss": sum(losses) / max(len(losses), 1), "seconds": time.time() - started}
-        if eval_set is not None and accelerator.is_main_process:
+        if eval_set is not None:  # every process scores its share: none waits alone at the next collective
             scores = evaluate(unwrapped, eval_set, config.eval_batch_size, accelerator, desc=f"eval {epoch + 1}")
             record["eval"] = scores
             per_type = {k: round(v, 4) for k, v in scores["per_question_type"].items()}
@@ -433,6 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"])
     run.add_argument("--freeze-vision", action="store_true",
                      help="keep the vision tower fixed (its outputs are cached)")
+    run.add_argument("--image-cache-mb", type=float, default=1024,
+                     help="preprocessed images kept in memory per data process, least recently used dropped "
+                     "first (0: none; a 576 px image takes 4 MB)")
+    run.add_argument("--vision-cache-mb", type=float, default=1024,
+                     help="with --freeze-vision: vision-tower outputs kept on the device (0: none)")
+    run.add_argument("--num-workers", type=int, help="DataLoader worker processes preprocessing images "
+                     "(default: up to 4 per process on CUDA, 0 on CPU)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     return parser
@@ -469,7 +535,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         output_dir=args.out, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, gradient_accumulation_steps=args.grad_accum,
         max_grad_norm=args.max_grad_norm, seed=args.seed, mixed_precision=args.mixed_precision,
-        freeze_vision=args.freeze_vision,
+        freeze_vision=args.freeze_vision, image_cache_mb=args.image_cache_mb, vision_cache_mb=args.vision_cache_mb,
+        num_workers=args.num_workers,
     )
     log = train_vqa(model, processor, train, config, evaluation, resume=args.resume)
     print(json.dumps(log["epochs"][-1] if log["epochs"] else {}, indent=1))
