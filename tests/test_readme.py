@@ -15,7 +15,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -98,12 +97,6 @@ def test_readme_links_every_docs_page_and_docs_name_no_internal_targets():
         assert f"docs/{page.name}" in text, f"README does not link docs/{page.name}"
     for page in [README, *DOCS]:
         assert not re.search(r"\btargets?\b", page.read_text(encoding="utf-8"), re.I), page.name
-
-
-def test_pyproject_console_script_is_the_cli_entry_point():
-    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    assert project["scripts"]["vqa-llm"] == "vqa_llm.cli:main"
-    assert "from .cli import main" in (REPO / "vqa_llm" / "__main__.py").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow
