@@ -489,3 +489,32 @@ def test_evaluation_is_sharded_across_processes(colour_set, tmp_path):
         assert out["result"]["count"] == 18
         assert out["result"]["vqa_score"] == pytest.approx(whole["vqa_score"])
         assert out["result"]["per_question_type"] == pytest.approx(whole["per_question_type"])
+
+
+# ------------------------------------------------------------------------------- 7. bench/gpu_check.py
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_the_apps_loaders_for_both_profiles(monkeypatch, capsys):
+    """The CPU smoke run of the GPU check goes through the app's loaders (4-bit asked for by 'large'), streams
+    one answer and runs a batch of 16 per profile, and ends with a JSON line."""
+    import json
+    import sys
+
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))
+    import gpu_check
+
+    asked = []
+    real = TransformersChatLLM.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        asked.append((kwargs.get("quantization"), kwargs.get("dtype")))
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(TransformersChatLLM, "from_pretrained", classmethod(spy))
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py"])
+    assert gpu_check.main(["--smoke", "--device", "cpu", "--max-new-tokens", "3"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert asked == [(None, torch.float32), ("4bit", torch.float32)]
+    assert summary["ok"] and summary["gpus"] == [] and set(summary["profiles"]) == {"base", "large"}
+    for report in summary["profiles"].values():
+        assert report["batch16"]["errors"] == 0 and report["stream"]["first_llm_chunk_s"] is not None
+        assert report["dtypes"]["vqa"] == "torch.float32" and set(report["batch16"]["stages_s"]) >= {"llm", "caption"}
