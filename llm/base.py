@@ -60,7 +60,8 @@ class ChatLLM(ABC):
     """A chat model: ``generate`` (whole reply), ``stream`` (reply in text chunks), ``generate_batch``.
 
     Attributes: ``model_id`` (what was loaded), ``max_context`` (context length in tokens, or
-    ``None`` when unknown) and ``template_dir`` (the prompt templates of a fine-tuned model, or ``None``). Under greedy decoding ``"".join(stream(m)) == generate(m)``.
+    ``None`` when unknown) and ``template_dir`` (the prompt templates of a fine-tuned model, or ``None``).
+    Under greedy decoding ``"".join(stream(m)) == generate(m)``.
 
     The public methods validate the options once into :class:`GenerationOptions` and hand them to the
     hooks a backend implements: ``_generate``, ``_stream`` and optionally ``_generate_batch`` (which

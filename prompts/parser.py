@@ -4,7 +4,8 @@ For ``short`` templates the parser looks, in order, for an ``Answer:`` label, th
 label) a first line that is a bare answer: a letter (``B`` / ``(B)`` / ``option B`` → the second candidate),
 a candidate, or a free answer of at most three words. A reply that does not follow the template
 otherwise (a sentence without the label), that repeats the prompt's candidate list, or that echoes the prompt
-falls back to the top candidate with ``fallback=True`` and ``problem`` saying why; so does an empty reply. For ``long`` templates the answer is the reply sentence itself, and
+falls back to the top candidate with ``fallback=True`` and ``problem`` saying why; so does an empty reply. For
+``long`` templates the answer is the reply sentence itself, and
 ``short`` is the short answer that sentence gives (:func:`answer_in_sentence`), which is what is compared with
 the VQA answer and scored.
 """

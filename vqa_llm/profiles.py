@@ -27,8 +27,8 @@ from typing import Any
 from llm import LLMError, smollm2_gguf
 
 from .errors import BadSettingError
-from .paths import REPO_ROOT
 from .hub_access import hub_offline, hub_reachable, is_cached
+from .paths import REPO_ROOT
 
 BUNDLED_VQA_DIR = REPO_ROOT / "assets" / "models" / "vle-easyvqa"
 BUNDLED_CAPTIONER_DIR = REPO_ROOT / "assets" / "models" / "blip-easyvqa"
@@ -63,7 +63,8 @@ class Profile:
 
     ``llm`` is a Hub id or folder (with ``llm_gguf_file`` naming a GGUF file inside it), or the model name
     sent to ``openai_base_url`` when that is set (``openai_model`` wins if given; the key comes from
-    ``OPENAI_API_KEY``); ``llm_adapter`` a LoRA adapter folder loaded on top of a local ``llm``. ``device`` ``None`` means CUDA when available, else CPU. ``local_files_only``
+    ``OPENAI_API_KEY``); ``llm_adapter`` a LoRA adapter folder loaded on top of a local ``llm``. ``device``
+    ``None`` means CUDA when available, else CPU. ``local_files_only``
     forbids downloads (set under ``HF_HUB_OFFLINE=1``). ``vqa_precision`` ``"int8"`` quantises the VLE
     model's Linear layers (CPU fast mode, see :mod:`vle.quantization`); ``"fp32"`` is exact.
     """
