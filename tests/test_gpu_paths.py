@@ -128,7 +128,7 @@ class _Recorder:
 
 class _FakeModel:
     def __init__(self, dtype):
-        self.dtype, self.moved_to = dtype, None
+        self.dtype, self.moved_to, self.vle = dtype, None, None
 
     def to(self, device=None, dtype=None):
         self.moved_to = device
@@ -170,6 +170,20 @@ def test_vle_in_fp32_is_an_option(fake_gpus, recorded_loaders, restore_matmul_pr
     loading.load_components(replace(BASE, device="cuda:0"), use_llm=False, vqa_dtype="float32")
     assert recorded_loaders.vle.calls[0]["dtype"] == torch.float32
     assert recorded_loaders.blip.calls[0]["dtype"] == torch.bfloat16
+
+
+def test_vle_task_heads_load_in_half_precision_on_cuda(fake_gpus, monkeypatch):
+    """The pretraining heads (image-text matching, patch relevance) are a second VLE in memory: same rule."""
+    import vqa_llm.tasks as tasks
+
+    recorders = {name: _Recorder() for name in tasks.TASKS}
+    for name, spec in tasks.TASKS.items():
+        monkeypatch.setattr(spec.model_class, "from_pretrained", recorders[name])
+    monkeypatch.setattr(tasks.VLEProcessor, "from_pretrained", _Recorder(result=object()))
+    tasks.load_heads("hfl/vle-base", "cuda:1")
+    assert [r.calls[0]["dtype"] for r in recorders.values()] == [torch.float16] * len(tasks.TASKS)
+    tasks.load_heads("hfl/vle-base", "cpu")
+    assert [r.calls[1]["dtype"] for r in recorders.values()] == [torch.float32] * len(tasks.TASKS)
 
 
 def test_cpu_runs_stay_fp32_without_touching_tf32(recorded_loaders, restore_matmul_precision):

@@ -27,7 +27,7 @@ from vle.pipeline_vle import VLEForITMPipeline, VLEForPBCPipeline
 from vle.processing_vle import VLEProcessor
 
 from .errors import BadSettingError, ModelUnavailableError
-from .loading import _Step, check_model_dir, describe_load_failure, resolve_device
+from .loading import _Step, check_model_dir, describe_load_failure, resolve_device, resolve_dtype
 from .profiles import Profile
 from .sources import model_source, public_text
 from .zerogpu import gpu_stage
@@ -110,7 +110,9 @@ def load_heads(id_or_path: str, device: str,
     with _Step(WHAT, id_or_path):
         try:
             processor = VLEProcessor.from_pretrained(id_or_path, local_files_only=local_files_only)
-            heads = {name: spec.model_class.from_pretrained(id_or_path, local_files_only=local_files_only).eval()
+            dtype = resolve_dtype(None, device)  # half precision on CUDA, as the VQA model
+            heads = {name: spec.model_class.from_pretrained(id_or_path, local_files_only=local_files_only,
+                                                            dtype=dtype).eval()
                      for name, spec in TASKS.items()}
         except Exception as exc:  # transformers/safetensors raise many types for missing or corrupt files
             raise ModelUnavailableError(describe_load_failure(WHAT, id_or_path, exc)) from exc
