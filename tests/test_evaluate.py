@@ -235,11 +235,11 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(models, ref
 
 
 def test_retry_errors_answers_the_timed_out_questions_again(models, reference, tmp_path, monkeypatch):
-    import vqa_llm.pipeline as pipeline_module
+    import vqa_llm.stages.llm as llm_stage
     from vqa_llm.errors import LLMFailure
 
     out = tmp_path / "retried"
-    real_generate = pipeline_module.generate_batch_with_deadline
+    real_generate = llm_stage.generate_batch_with_deadline
     calls = []
 
     def second_batch_times_out(llm, chats, timeout, **options):
@@ -248,9 +248,9 @@ def test_retry_errors_answers_the_timed_out_questions_again(models, reference, t
             raise LLMFailure("The LLM did not answer within 1 s.", timed_out=True)
         return real_generate(llm, chats, timeout, **options)
 
-    monkeypatch.setattr(pipeline_module, "generate_batch_with_deadline", second_batch_times_out)
+    monkeypatch.setattr(llm_stage, "generate_batch_with_deadline", second_batch_times_out)
     assert main(easy_args(models, out, "--batch-size", "4")) == 0
-    monkeypatch.setattr(pipeline_module, "generate_batch_with_deadline", real_generate)
+    monkeypatch.setattr(llm_stage, "generate_batch_with_deadline", real_generate)
     failed = [r["question_id"] for r in lines(out / "predictions.jsonl") if r["error"]]
     assert len(failed) == 4 and summary_of(out)["overall"]["llm_errors"] == 4  # the second batch kept VQA answers
 

@@ -1,5 +1,6 @@
 """The app's VLE tasks (:mod:`vqa_llm.tasks`), the names and origins the page shows (:mod:`vqa_llm.sources`)
-and the ZeroGPU wrapping of the GPU stages (:mod:`vqa_llm.zerogpu`), with a fake ``spaces`` package."""
+and the ZeroGPU wrapping of the GPU stages (:mod:`vqa_llm.zerogpu`: the tasks, the pipeline's VQA stage and
+its LLM calls), with a fake ``spaces`` package."""
 
 import os
 import subprocess
@@ -13,7 +14,11 @@ import pytest
 from PIL import Image
 
 from app_testing import build_tiny_vle_pretrained
-from vqa_llm import BadSettingError, resolve_profile
+from llm import ChatLLM
+from tiny_vle import build_tiny_vle_vqa
+from vle import VLEForVQA
+from vle.processing_vle import VLEProcessor
+from vqa_llm import BadSettingError, VQALLMPipeline, resolve_profile
 from vqa_llm.paths import REPO_ROOT
 from vqa_llm.sources import model_source, public_text
 from vqa_llm.tasks import TASKS, VLETasks, load_tasks
@@ -139,6 +144,33 @@ def test_tasks_run_as_a_gpu_stage_on_zero_gpu(fake_spaces, monkeypatch, checkpoi
     tasks = VLETasks(plain.pipelines, plain.model_id)
     assert tasks._on_gpu.zerogpu and len(fake_spaces) == 1
     assert tasks.match(image_path, ["a circle"]) == plain.match(image_path, ["a circle"])
+
+
+class EchoLLM(ChatLLM):
+    model_id = "echo"
+
+    def _generate(self, messages, opts):
+        return "Answer: blue"
+
+    def _stream(self, messages, opts):
+        yield from ("Answer: ", "blue")
+
+
+def test_pipeline_stages_run_as_gpu_stages_on_zero_gpu(fake_spaces, monkeypatch, tmp_path, image_path):
+    folder = build_tiny_vle_vqa(tmp_path / "vle")
+    model, processor = VLEForVQA.from_pretrained(folder), VLEProcessor.from_pretrained(folder)
+    plain = VQALLMPipeline(model, processor, None, EchoLLM())
+    assert fake_spaces == [] and not hasattr(plain._vle_on_gpu, "zerogpu")
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    pipe = VQALLMPipeline(model, processor, None, EchoLLM())
+    assert pipe._vle_on_gpu.zerogpu and pipe._calls.stream.zerogpu and pipe._calls.generate.zerogpu
+    assert len(fake_spaces) == 3
+    question = "what color is the shape?"
+    for answer in (lambda p: p.run(image_path, question), lambda p: p.run_batch([image_path], [question])[0]):
+        on_gpu, off_gpu = answer(pipe).to_dict(), answer(plain).to_dict()
+        for result in (on_gpu, off_gpu):
+            result.pop("timings"), result.pop("cache_hit")
+        assert on_gpu == off_gpu and on_gpu["llm_answer"]
 
 
 def test_spaces_is_not_imported_off_spaces():

@@ -411,3 +411,29 @@ def test_long_template_sentence_is_shown_and_its_short_answer_is_compared_and_sc
     # short templates have no separate short answer
     result = make_pipe(parts, ScriptedLLM()).run(image(), QUESTION, top_k=3)
     assert result.llm_short_answer is None and result.scored_answer == result.llm_answer == "blue"
+
+
+def test_an_llm_with_its_own_templates_is_prompted_and_parsed_with_them(parts, tmp_path):
+    from prompts import build_messages
+    from prompts.templates import TEMPLATE_DIR
+
+    own = tmp_path / "own"
+    shutil.copytree(TEMPLATE_DIR, own)
+    (own / "short.system.txt").write_text("You are the refiner. Reply 'Answer: <answer>'.\n")
+    llm = ScriptedLLM(("Answer: ", "B"))
+    llm.template_dir = own
+    for run in (lambda p: p.run(image(), QUESTION, top_k=3), lambda p: p.run_batch([image()], [QUESTION], top_k=3)[0]):
+        result = run(make_pipe(parts, llm))
+        expected = build_messages("short", result.caption, QUESTION, result.candidates, directory=own)
+        assert result.messages == expected and "You are the refiner" in result.messages[0]["content"]
+        assert result.llm_answer == result.candidates[1][0] and not result.llm_fallback  # letter B
+    plain = make_pipe(parts, ScriptedLLM()).run(image(), QUESTION, top_k=3, template="long")
+    assert "You are the refiner" not in plain.messages[0]["content"]
+
+
+def test_a_reply_that_echoes_the_prompt_falls_back_with_a_note(parts):
+    echo = ScriptedLLM(("Candidates:\nA. red (0.50)\nB. blue (0.30)",))
+    for run in (lambda p: p.run(image(), QUESTION, top_k=3), lambda p: p.run_batch([image()], [QUESTION], top_k=3)[0]):
+        result = run(make_pipe(parts, echo))
+        assert result.llm_fallback and result.llm_answer == result.vqa_answer and not result.changed
+        assert any("was not used" in note for note in result.notes) and result.error is None
