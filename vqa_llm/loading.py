@@ -27,6 +27,7 @@ from vle.processing_vle import VLEProcessor
 
 from .errors import BadSettingError, ModelUnavailableError
 from .profiles import BUNDLED_LLM, Profile
+from .sources import looks_local
 
 logger = logging.getLogger(__name__)
 
@@ -93,14 +94,9 @@ def enable_tf32(device: str) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def _looks_local(id_or_path: str) -> bool:
-    path = Path(id_or_path).expanduser()
-    return path.is_absolute() or str(id_or_path).startswith((".", "~")) or path.exists()
-
-
 def check_model_dir(id_or_path: str, what: str) -> None:
     """For a local path: raise ModelUnavailableError unless it is a folder with config.json and weights."""
-    if not _looks_local(id_or_path):
+    if not looks_local(id_or_path):
         return
     path = Path(id_or_path).expanduser()
     if not path.is_dir():
