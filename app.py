@@ -9,7 +9,9 @@ and per-stage timings. Two more tabs run VLE's pretraining heads (image-text mat
 the profile has that checkpoint. This file is UI only: the models come from :mod:`vqa_llm` (the pipeline, and
 the VLE tasks of :mod:`vqa_llm.tasks`).
 
-Named API endpoints (``gradio_client``): ``/answer``, ``/caption``, ``/itm``, ``/pbc``.
+Named API endpoints (``gradio_client``): ``/answer``, ``/caption``, ``/itm``, ``/pbc``. All four exist on every
+profile; without a VLE pretraining checkpoint (e.g. ``bundled``) ``/itm`` and ``/pbc`` answer with an error
+message saying so.
 """
 
 from __future__ import annotations
@@ -460,14 +462,30 @@ def create_app(args: argparse.Namespace) -> gr.Blocks:
     return build_demo(pipeline, profile, reason, tasks)
 
 
-def serve(demo: gr.Blocks, args: argparse.Namespace, prevent_thread_lock: bool = False) -> tuple[Any, str, Any]:
-    """Queue (bounded concurrency and queue size) and launch ``demo``; returns Gradio's ``(app, url, share_url)``."""
+def serve(demo: gr.Blocks, args: argparse.Namespace, prevent_thread_lock: bool = False,
+          announce: bool | None = None) -> tuple[Any, str, Any]:
+    """Queue (bounded concurrency and queue size) and launch ``demo``; returns Gradio's ``(app, url, share_url)``.
+
+    ``announce`` (default: when the call blocks) prints where the app runs; Gradio's own lines are silenced,
+    as its hint names ``launch(share=True)`` where this app's users pass ``--share``.
+    """
     if args.concurrency < 1 or args.max_queue < 1:
         raise SystemExit("--concurrency and --max-queue must be at least 1.")
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
-    return demo.launch(server_name=resolve_host(args.host), server_port=resolve_port(args.port), share=args.share,
-                       max_file_size=args.max_file_size, prevent_thread_lock=prevent_thread_lock, show_error=False,
-                       quiet=prevent_thread_lock)
+    launched = demo.launch(server_name=resolve_host(args.host), server_port=resolve_port(args.port),
+                           share=args.share, max_file_size=args.max_file_size, prevent_thread_lock=True,
+                           show_error=False, quiet=True)
+    if announce if announce is not None else not prevent_thread_lock:
+        _, url, share_url = launched
+        print(f"* Running on local URL:  {url}", flush=True)
+        if share_url:
+            print(f"* Running on public URL: {share_url}", flush=True)
+        else:
+            print("* Could not create a public link; the app runs locally only." if args.share
+                  else "* To create a public link, start the app with --share.", flush=True)
+    if not prevent_thread_lock:
+        demo.block_thread()
+    return launched
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,6 +24,7 @@ import random
 import re
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -40,13 +41,16 @@ from .blip import BlipCaptioner
 from .data import CaptionCollator, CaptionPair, ListDataset, as_pairs, load_image, read_pairs_jsonl
 from .errors import CaptionerError
 from .scratch import new_blip
-from .vision_pretrain import pretrain_vision
 
-# transformers.optimization (the schedule) is imported where it is used: it pulls in peft and bitsandbytes,
-# whose import-time warnings would otherwise precede the one-line error of a mistyped command.
+# transformers.optimization (the schedule; also behind .vision_pretrain) is imported where it is used: it pulls
+# in peft and bitsandbytes, whose import-time warnings would otherwise precede the one-line error of a mistyped
+# command.
 
 logger = logging.getLogger(__name__)
 EXIT_USER_ERROR = 2
+#: seconds the other processes of a multi-process run wait before exiting on a user error that the main
+#: process reports (a launcher stops every process once one has exited)
+OTHER_PROCESSES_EXIT_DELAY_S = 2.0
 #: the most warm-up may take of a run's optimiser steps, so a short run still trains at its learning rate
 MAX_WARMUP_SHARE = 0.5
 
@@ -289,6 +293,8 @@ def _start(
     state = {"epoch": 0, "global_step": 0, "history": [], "vision_history": []}
     model, processor = _load_model(model, processor, pairs, scratch, config.seed, local_files_only)
     if config.vision_epochs > 0:
+        from .vision_pretrain import pretrain_vision
+
         labels = [p.label for p in pairs]
         if any(label is None for label in labels):
             raise CaptionerError(
@@ -542,8 +548,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = train_captioner(pairs, run.out, model=run.model, eval_pairs=eval_pairs, config=config,
                                  scratch=scratch, resume=run.resume, local_files_only=local)
     except CaptionerError as exc:
-        if os.environ.get("RANK", "0") == "0":
-            print("Error: " + " ".join(str(exc).split()), file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every process meets the same error: say it once
+            print("Error: " + " ".join(str(exc).split()), file=sys.stderr, flush=True)
+        else:  # let the main process say it before the launcher stops the others
+            time.sleep(OTHER_PROCESSES_EXIT_DELAY_S)
         return EXIT_USER_ERROR
     print(f"saved the captioner to {result.out_dir} (exact match {result.exact_match})")
     if not result.weights_changed:

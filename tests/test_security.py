@@ -184,6 +184,7 @@ def test_serve_binds_where_it_should(environ, flags, host, pipe, argv, monkeypat
     demo = app.build_demo(pipe, profile, reason, examples=[])
     launched = {}
     monkeypatch.setattr(demo, "launch", lambda **kwargs: launched.update(kwargs) or (None, "", None))
+    monkeypatch.setattr(demo, "block_thread", lambda: None)
     app.serve(demo, app.build_parser().parse_args([*argv, *flags]))
     assert launched["server_name"] == host and launched["share"] is False
     assert launched["server_port"] == (7860 if environ else None)

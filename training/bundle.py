@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import re
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -30,11 +31,15 @@ from typing import Any, Sequence
 import torch
 from transformers import CLIPVisionConfig, DebertaV2Config
 
+from captioner.errors import CaptionerError
 from vle import VLEConfig, VLEForVQA
+from vle.errors import VLEError
 from vle.finetune import TrainingConfig, answer_vocabulary, pretrain_vision_tower, train_vqa
 from vle.processing_vle import VLEProcessor
 from vle.processor_training import write_processor_files
-from vle.vqa_data import EASY_VQA_SHAPES, VQAExample, load_easy_vqa
+from vle.vqa_data import EASY_VQA_SHAPES, VQADataError, VQAExample, load_easy_vqa
+from vqa_llm.errors import BadSettingError, VQALLMError
+from vqa_llm.evaluation.store import check_output_folder
 from vqa_llm.paths import REPO_ROOT, portable_path
 
 logger = logging.getLogger(__name__)
@@ -45,6 +50,11 @@ WEAK_VLE_DIR_NAME = "vle-easyvqa-weak"
 #: VQA epochs of the weak VLE: the bundle recipe stopped early, while yes/no questions are still at ~83%
 WEAK_VQA_EPOCHS = 2
 BLIP_DIR_NAME = "blip-easyvqa"
+#: ``--only`` choice -> the model folder it builds
+BUILDS = {"vle": VLE_DIR_NAME, "weak": WEAK_VLE_DIR_NAME, "blip": BLIP_DIR_NAME}
+#: where ``build`` writes by default: a fresh folder, never the committed models
+DEFAULT_BUILD_DIR = REPO_ROOT / "build_cache" / "bundle" / "models"
+EXIT_USER_ERROR = 2
 SEED = 0
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 _NEGATION = re.compile(r"\b(not|no)\b")
@@ -287,32 +297,58 @@ def write_model_cards(models: Path, results: dict[str, Any]) -> None:
     ))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m training.bundle`` argument parser."""
     parser = argparse.ArgumentParser(prog="python -m training.bundle", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="train the bundled models (about 30-40 minutes on 2 CPU cores)")
-    build.add_argument("--out", default=str(MODELS_DIR))
-    build.add_argument("--work", default=str(REPO_ROOT / "build_cache" / "bundle"))
-    build.add_argument("--only", choices=["vle", "weak", "blip"], help="build one model only")
-    build.add_argument("--vision-epochs", type=int, default=15)
-    build.add_argument("--vqa-epochs", type=int, default=6)
-    build.add_argument("--caption-epochs", type=int, default=20)
+    build.add_argument("--out", default=str(DEFAULT_BUILD_DIR),
+                       help="folder the models are written to, one subfolder each (default: %(default)s); to "
+                            "replace the committed models pass --out assets/models --overwrite")
+    build.add_argument("--overwrite", action="store_true", help="replace model folders that already exist in --out")
+    build.add_argument("--work", default=str(REPO_ROOT / "build_cache" / "bundle"), help="intermediate files (default: %(default)s)")
+    build.add_argument("--only", choices=sorted(BUILDS), help="build one model only (default: all)")
+    build.add_argument("--vision-epochs", type=int, default=15, help="vision tower pre-training epochs (default: %(default)s)")
+    build.add_argument("--vqa-epochs", type=int, default=6, help="VQA epochs of the VLE (default: %(default)s)")
+    build.add_argument("--caption-epochs", type=int, default=20, help="caption epochs of the BLIP (default: %(default)s)")
     evaluate_cmd = sub.add_parser("evaluate", help="measure the bundled models on the full easy-VQA test split")
-    evaluate_cmd.add_argument("--models", default=str(MODELS_DIR))
+    evaluate_cmd.add_argument("--models", default=str(MODELS_DIR),
+                              help="folder holding the model folders (default: %(default)s)")
     evaluate_cmd.add_argument("--limit", type=int, help="first N questions/images only")
     evaluate_cmd.add_argument("--write-cards", action="store_true", help="write the figures into the model cards")
-    args = parser.parse_args(argv)
-    if args.command == "evaluate":
-        models = Path(args.models)
-        results = {"vle": evaluate_vle(models / VLE_DIR_NAME, args.limit),
-                   "blip": evaluate_blip(models / BLIP_DIR_NAME, args.limit)}
-        print(json.dumps(results, indent=1))
-        if args.write_cards:
-            write_model_cards(models, results)
-        return 0
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    return parser
+
+
+def check_build_targets(out: Path, work: Path, names: Sequence[str], overwrite: bool) -> None:
+    """BadSettingError before any training when --out/--work cannot be folders, or when a model folder to
+    build already holds files and ``overwrite`` is off (a rebuild is not bit-identical: never replace a
+    committed model by accident)."""
+    check_output_folder(out, "--out")
+    check_output_folder(work, "--work")
+    taken = [str(out / name) for name in names if (out / name).is_dir() and any((out / name).iterdir())]
+    if taken and not overwrite:
+        raise BadSettingError(f"{', '.join(taken)} already hold(s) a model: pass --overwrite to replace it, or "
+                              "choose another --out.")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    models = Path(args.models)
+    missing = [str(models / name) for name in (VLE_DIR_NAME, BLIP_DIR_NAME) if not (models / name).is_dir()]
+    if missing:
+        raise BadSettingError(f"No model folder at {', '.join(missing)}: pass --models, the folder that holds "
+                              f"{VLE_DIR_NAME}/ and {BLIP_DIR_NAME}/.")
+    results = {"vle": evaluate_vle(models / VLE_DIR_NAME, args.limit),
+               "blip": evaluate_blip(models / BLIP_DIR_NAME, args.limit)}
+    print(json.dumps(results, indent=1))
+    if args.write_cards:
+        write_model_cards(models, results)
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
     out, work = Path(args.out), Path(args.work)
+    check_build_targets(out, work, [BUILDS[args.only]] if args.only else list(BUILDS.values()), args.overwrite)
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
     report: dict[str, Any] = {}
     if args.only in (None, "vle"):
         report["vle"] = build_vle(out / VLE_DIR_NAME, work / "vle", args.vision_epochs, args.vqa_epochs)
@@ -325,6 +361,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         (out / BLIP_DIR_NAME / "build_log.json").write_text(json.dumps(report["blip"], indent=1, default=str))
     print(json.dumps({k: v.get("seconds") for k, v in report.items()}))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; return the exit status (0 done, 2 a user error: one ``Error:`` line on stderr)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _evaluate(args) if args.command == "evaluate" else _build(args)
+    except (VQALLMError, VLEError, VQADataError, CaptionerError) as exc:
+        print("Error: " + " ".join(str(exc).split()), file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

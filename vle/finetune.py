@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import re
+import sys
 import time
 from collections import OrderedDict, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -41,13 +42,39 @@ from accelerate.utils import gather_object, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
 
+from .errors import VLEError
+
+# transformers.optimization (the schedule) is imported where it is used: it pulls in peft and bitsandbytes,
+# whose import-time warnings would otherwise precede the one-line error of a mistyped command.
 from .modeling_vle import VLEForVQA
-from .vqa_data import VQAExample, build_answer_vocab, image_for, load_easy_vqa, load_vqav2, vqa_target_scores
+from .vqa_data import (
+    VQADataError,
+    VQAExample,
+    build_answer_vocab,
+    image_for,
+    load_easy_vqa,
+    load_vqav2,
+    vqa_target_scores,
+)
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-epoch(\d+)$")
+EXIT_USER_ERROR = 2
+#: seconds the other processes of a multi-process run wait before exiting on a user error that the main
+#: process reports (a launcher stops every process once one has exited)
+OTHER_PROCESSES_EXIT_DELAY_S = 2.0
+
+
+class FinetuneError(VLEError):
+    """A fine-tuning option, path or starting model is unusable; the message says what to do."""
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    """transformers' linear warm-up + decay schedule (imported here, see the note at the imports)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    return get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
 
 
 @dataclass
@@ -302,7 +329,8 @@ def train_vqa(
     optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.learning_rate)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size / config.gradient_accumulation_steps)
     total_steps = steps_per_epoch * config.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, min(config.warmup_steps, total_steps // 2), total_steps)
+    scheduler = linear_schedule(optimizer, min(config.warmup_steps, total_steps // 2), total_steps)
+    initial_weights = weights_fingerprint(model)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
     vision_cache = FrozenVisionCache(unwrapped, config.vision_cache_mb) if config.freeze_vision else None
@@ -373,11 +401,23 @@ def train_vqa(
             break
 
     accelerator.wait_for_everyone()
+    log["weights_changed"] = not torch.equal(initial_weights, weights_fingerprint(unwrapped))
+    if not log["weights_changed"]:
+        logger.warning("Training left every weight unchanged (learning rate %g, %d optimiser steps): the saved "
+                       "model equals the starting one. Raise --lr or --epochs.", config.learning_rate, steps_done)
     if accelerator.is_main_process:
         unwrapped.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
         (output_dir / "training_log.json").write_text(json.dumps(log, indent=1))
     return log
+
+
+def weights_fingerprint(model: nn.Module) -> torch.Tensor:
+    """Per parameter the float64 sum and sum of squares: equal before and after training only when (in
+    practice) no weight changed."""
+    with torch.no_grad():
+        return torch.stack([torch.stack([p.double().sum(), p.double().square().sum()])
+                            for p in model.parameters()]).cpu()
 
 
 def answer_vocabulary(
@@ -411,7 +451,7 @@ def pretrain_vision_tower(
     params = list(vision_model.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
     steps = epochs * math.ceil(len(pixel_values) / batch_size)
-    scheduler = get_linear_schedule_with_warmup(optimizer, min(100, steps // 10), steps)
+    scheduler = linear_schedule(optimizer, min(100, steps // 10), steps)
     generator = torch.Generator().manual_seed(seed)
     history = []
     for epoch in range(epochs):
@@ -504,42 +544,110 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as a Path; FinetuneError when it cannot be an output folder (a file is in its place or above
+    it, or the nearest existing folder is not writable). Nothing is created."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise FinetuneError(f"{flag} {path} is a file, not a folder: choose a folder path.")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FinetuneError(f"{flag} {path} lies under the file {existing}: choose a folder path.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FinetuneError(f"{flag} {path}: no permission to write in {existing}; choose another folder.")
+    return path
+
+
+def _check_hub(ids: Sequence[str | None]) -> bool:
+    """Fail within seconds when Hub models are named and the Hub does not answer; True: load from the cache."""
+    # CLI only: this training code moves to training/, which may use vqa_llm (the runtime packages may not)
+    from vqa_llm.errors import ModelUnavailableError
+    from vqa_llm.hub_access import check_hub
+
+    try:
+        return check_hub(ids).local_only
+    except ModelUnavailableError as exc:
+        raise FinetuneError(str(exc)) from None
+
+
+def _starting_model(args: argparse.Namespace, id2label: dict[int, str]):
+    """(model, processor) from --init, or a new VLE from --vision-model/--text-model; FinetuneError if unusable."""
     from .processing_vle import VLEProcessor
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    label2id = {v: k for k, v in id2label.items()}
+    local = _check_hub([args.init, args.vision_model, args.text_model, args.processor])
+    try:
+        if args.init:
+            model = VLEForVQA.from_pretrained(args.init, id2label=id2label, label2id=label2id,
+                                              ignore_mismatched_sizes=True, local_files_only=local)
+            return model, VLEProcessor.from_pretrained(args.processor or args.init, local_files_only=local)
+        model = VLEForVQA.from_vision_text_pretrained(
+            args.vision_model, args.text_model, image_size=args.image_size, id2label=id2label, label2id=label2id
+        )
+        return model, VLEProcessor.from_pretrained(args.processor, local_files_only=local)
+    except (OSError, ValueError) as exc:  # transformers: no such folder or repo, no config, damaged weights
+        raise FinetuneError(f"Could not load the starting model ({exc}). Pass a VLE folder saved with "
+                            "save_pretrained or a Hub id such as hfl/vle-base-for-vqa.") from None
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Fine-tune as ``args`` say; return the training log. User errors raise FinetuneError or VQADataError
+    before any training starts."""
+    out = check_output_dir(args.out)
+    if latest_checkpoint(out) and not args.resume:
+        raise FinetuneError(f"{out} already holds checkpoints: pass --resume to continue that run, or choose "
+                            "another --out.")
+    if not args.init and not (args.vision_model and args.text_model):
+        raise FinetuneError("Pass --init CHECKPOINT, or --vision-model and --text-model.")
+    if not args.init and not args.processor:
+        raise FinetuneError("A new VLE needs --processor (a folder with the VLE processor files).")
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--grad-accum", args.grad_accum)):
+        if value < 1:
+            raise FinetuneError(f"{flag} must be at least 1, got {value}.")
+    for split in ("train", "eval"):
+        files = [getattr(args, f"{split}_{kind}") for kind in ("questions", "annotations", "images")]
+        if any(files) and not all(files):
+            raise FinetuneError(f"--{split}-questions, --{split}-annotations and --{split}-images go together: "
+                                "pass all three.")
     train = _load_split(args.train, args.train_questions, args.train_annotations, args.train_images, "train")
     if not train:
-        raise SystemExit(
+        raise FinetuneError(
             "No training data: pass --train easy-vqa or --train-questions/--train-annotations/--train-images."
         )
     evaluation = _load_split(args.eval, args.eval_questions, args.eval_annotations, args.eval_images, "test")
     if evaluation and args.eval_limit:
         evaluation = evaluation[: args.eval_limit]
     id2label = answer_vocabulary(train, min_count=args.min_answer_count)
-    label2id = {v: k for k, v in id2label.items()}
-    if args.init:
-        model = VLEForVQA.from_pretrained(args.init, id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True)
-        processor = VLEProcessor.from_pretrained(args.processor or args.init)
-    elif args.vision_model and args.text_model:
-        if not args.processor:
-            raise SystemExit("A new VLE needs --processor (a folder with the VLE processor files).")
-        model = VLEForVQA.from_vision_text_pretrained(
-            args.vision_model, args.text_model, image_size=args.image_size, id2label=id2label, label2id=label2id
-        )
-        processor = VLEProcessor.from_pretrained(args.processor)
-    else:
-        raise SystemExit("Pass --init CHECKPOINT, or --vision-model and --text-model.")
+    model, processor = _starting_model(args, id2label)
     config = TrainingConfig(
-        output_dir=args.out, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+        output_dir=str(out), epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, gradient_accumulation_steps=args.grad_accum,
         max_grad_norm=args.max_grad_norm, seed=args.seed, mixed_precision=args.mixed_precision,
         freeze_vision=args.freeze_vision, image_cache_mb=args.image_cache_mb, vision_cache_mb=args.vision_cache_mb,
         num_workers=args.num_workers,
     )
-    log = train_vqa(model, processor, train, config, evaluation, resume=args.resume)
+    return train_vqa(model, processor, train, config, evaluation, resume=args.resume)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit status (0 done, 2 a user error: one ``Error:`` line on stderr, printed by
+    the main process only when several run)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        log = run(args)
+    except (VLEError, VQADataError) as exc:
+        if os.environ.get("RANK", "0") == "0":  # every process meets the same error: say it once
+            print("Error: " + " ".join(str(exc).split()), file=sys.stderr, flush=True)
+        else:  # let the main process say it before the launcher stops the others
+            time.sleep(OTHER_PROCESSES_EXIT_DELAY_S)
+        return EXIT_USER_ERROR
     print(json.dumps(log["epochs"][-1] if log["epochs"] else {}, indent=1))
+    if not log.get("weights_changed", True):
+        print("Warning: the saved model equals the starting model (no weight changed); raise --lr or --epochs.",
+              file=sys.stderr)
     return 0
 
 

@@ -102,6 +102,8 @@ def _open(src: Any) -> Image.Image:
     """Open (without decoding) an image from a path, bytes or a file object."""
     if isinstance(src, (str, os.PathLike)):
         path = os.fspath(src)
+        if os.path.isdir(path):
+            raise ImageLoadError(f"{path!r} is a folder, not an image file: pass the path of one image in it.")
         if not os.path.isfile(path):
             raise ImageLoadError(f"No image file at {path!r}: check the path.")
         with open(path, "rb") as handle:  # read it all: no file handle stays open behind a lazy PIL image

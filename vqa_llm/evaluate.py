@@ -27,7 +27,9 @@ stage, models, settings, wall time), ``accuracy_by_question_type.png`` and ``run
   On CPU-only machines ``accelerate launch --multi_gpu --num_processes 2 ...`` starts 2 CPU processes
   (gloo); ``--cpu`` alone starts a single process.
 
-Exit status: 0 done, 2 a user error (message on stderr), 130 interrupted (resume with ``--resume``).
+Exit status: 0 done, 2 a user error (one ``Error:`` line on stderr, from the main process only), 130
+interrupted (resume with ``--resume``). Under ``accelerate launch`` the launcher's own status is 1 whenever a
+process fails; ``accelerate launch --quiet`` keeps it from adding its traceback to the error line.
 """
 
 from __future__ import annotations
@@ -49,7 +51,14 @@ from .errors import VQALLMError
 from .evaluation.data import add_dataset_arguments, examples_from_args
 from .evaluation.errors import EvaluationError
 from .evaluation.report import render_markdown, write_chart
-from .evaluation.store import OutputLayout, current_records, done_question_ids, merge_records, write_atomically
+from .evaluation.store import (
+    OutputLayout,
+    check_output_folder,
+    current_records,
+    done_question_ids,
+    merge_records,
+    write_atomically,
+)
 from .evaluation.summary import build_summary
 from .fewshot.arguments import add_template_arguments
 from .fewshot.bank import ExampleBank
@@ -63,6 +72,9 @@ if TYPE_CHECKING:
     from accelerate import PartialState
 
 EXIT_USER_ERROR = 2
+#: seconds the other processes of a multi-process run wait before exiting on a user error that the main
+#: process reports (a launcher stops every process once one has exited)
+OTHER_PROCESSES_EXIT_DELAY_S = 2.0
 EXIT_INTERRUPTED = 130
 # settings that may differ between the sessions of one run (the sample is nested in the seed)
 _MAY_CHANGE_ON_RESUME = ("limit", "sample_size")
@@ -240,6 +252,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run (or resume) the evaluation ``args`` describe; return the summary (on the main process; ``{}``
     on the others)."""
     check_options(args)
+    check_output_folder(args.out)
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     state = _accelerate_state(args)
     profile, reason = resolve_profile(args.profile, _profile_overrides(args, state))
@@ -300,7 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         evaluate(args)
     except (VQALLMError, VQADataError) as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        if not rank:  # every process meets the same error: say it once
+            print(f"Error: {exc}", file=sys.stderr, flush=True)
+        else:  # let the main process say it before the launcher stops the others
+            time.sleep(OTHER_PROCESSES_EXIT_DELAY_S)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"Interrupted. The predictions made so far are in {args.out}; run again with --resume to finish.",

@@ -27,6 +27,7 @@ from vle.vqa_data import VQADataError
 
 from .errors import VQALLMError
 from .evaluation.data import add_dataset_arguments, examples_from_args
+from .evaluation.store import check_output_folder
 from .fewshot.bank import META_FILE, ExampleBank, ExampleBankError
 from .fewshot.build import DEFAULT_BANK_TOP_K, build_bank
 from .hub_access import check_profile_hub
@@ -94,7 +95,7 @@ def _build(args: argparse.Namespace) -> int:
     for flag, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
         if value < 1:
             raise ExampleBankError(f"{flag} must be at least 1, got {value}.")
-    out = Path(args.out)
+    out = check_output_folder(args.out)
     if (out / META_FILE).is_file() and not args.overwrite:
         raise ExampleBankError(f"{out} already holds an example bank: pass --overwrite to replace it, or choose "
                                "another --out.")

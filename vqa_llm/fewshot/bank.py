@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ..errors import BadSettingError
 
@@ -115,7 +115,8 @@ class ExampleBank:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         keys = {name: tensor.to(torch.float16).contiguous() for name, tensor in self.keys.items()}
-        save_file(keys, str(directory / KEYS_FILE), metadata={"format": str(FORMAT_VERSION)})
+        # written like its sibling files (safetensors' save_file creates files readable by their owner only)
+        (directory / KEYS_FILE).write_bytes(save(keys, metadata={"format": str(FORMAT_VERSION)}))
         with (directory / RECORDS_FILE).open("w", encoding="utf-8") as handle:
             for record in self.records:
                 handle.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
