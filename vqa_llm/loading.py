@@ -31,7 +31,8 @@ from .sources import looks_local
 
 logger = logging.getLogger(__name__)
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json")
 _OFFLINE_HINT = (
     "For a Hub id, connect to the internet once (or set HF_HUB_OFFLINE=0); to run without network use "
     "--profile bundled."
