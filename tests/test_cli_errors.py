@@ -132,6 +132,16 @@ def test_under_accelerate_launch_the_error_line_comes_without_a_traceback(tmp_pa
     assert len(lines) == 1 and lines[0].startswith("Error: questions file not found"), done.stderr
 
 
+def test_vle_finetune_does_not_start_over_a_run_without_resume(tmp_path, capsys):
+    from vle.finetune import main
+
+    (tmp_path / "out" / "checkpoint-epoch1").mkdir(parents=True)
+    (tmp_path / "out" / "checkpoint-epoch1" / "done.json").write_text("{}")
+    assert main(["--init", str(tmp_path / "vle"), "--train", "easy-vqa", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and "already holds checkpoints: pass --resume" in err
+
+
 # ---------------------------------------------------------------------------------------- bundle build
 def test_bundle_build_writes_to_a_fresh_folder_by_default():
     from training.bundle import DEFAULT_BUILD_DIR, MODELS_DIR, build_parser

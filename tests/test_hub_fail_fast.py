@@ -88,10 +88,12 @@ def _run_entry_points(calls, env, timeout):
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
+@pytest.mark.slow
 def test_every_entry_point_fails_fast_on_uncached_hub_models(silent_hub, tmp_path):
     out = str(tmp_path / "out")
     calls = [
         ("ask", "vqa_llm.cli", ["ask", IMAGE, "What shape?", "--profile", "base", "--no-llm", "-q"]),
+        ("app", "app", ["--profile", "base", "--no-llm"]),
         ("evaluate", "vqa_llm.evaluate", ["--dataset", "easy-vqa", "--limit", "2", "--profile", "base", "--no-llm",
                                           "--out", out, "-q"]),
         ("example_bank", "vqa_llm.example_bank", ["build", "--dataset", "easy-vqa", "--limit", "2", "--profile",
@@ -122,6 +124,7 @@ def _cache_as_hub_repo(hf_home: Path, repo_id: str, build) -> None:
     (repo / "refs" / "main").write_text("0" * 40)
 
 
+@pytest.mark.slow
 def test_cached_hub_models_load_without_asking_the_hub(silent_hub, tmp_path):
     hf_home = tmp_path / "hf"
     _cache_as_hub_repo(hf_home, "tiny/vle", build_tiny_vle_vqa)

@@ -572,12 +572,12 @@ def _check_hub(ids: Sequence[str | None]) -> bool:
         raise FinetuneError(str(exc)) from None
 
 
-def _starting_model(args: argparse.Namespace, id2label: dict[int, str]):
-    """(model, processor) from --init, or a new VLE from --vision-model/--text-model; FinetuneError if unusable."""
+def _starting_model(args: argparse.Namespace, id2label: dict[int, str], local: bool = False):
+    """(model, processor) from --init, or a new VLE from --vision-model/--text-model (``local``: from the Hub
+    cache only); FinetuneError if unusable."""
     from .processing_vle import VLEProcessor
 
     label2id = {v: k for k, v in id2label.items()}
-    local = _check_hub([args.init, args.vision_model, args.text_model, args.processor])
     try:
         if args.init:
             model = VLEForVQA.from_pretrained(args.init, id2label=id2label, label2id=label2id,
@@ -611,6 +611,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if any(files) and not all(files):
             raise FinetuneError(f"--{split}-questions, --{split}-annotations and --{split}-images go together: "
                                 "pass all three.")
+    local = _check_hub([args.init, args.vision_model, args.text_model, args.processor])
     train = _load_split(args.train, args.train_questions, args.train_annotations, args.train_images, "train")
     if not train:
         raise FinetuneError(
@@ -620,7 +621,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if evaluation and args.eval_limit:
         evaluation = evaluation[: args.eval_limit]
     id2label = answer_vocabulary(train, min_count=args.min_answer_count)
-    model, processor = _starting_model(args, id2label)
+    model, processor = _starting_model(args, id2label, local)
     config = TrainingConfig(
         output_dir=str(out), epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, gradient_accumulation_steps=args.grad_accum,

@@ -99,12 +99,12 @@ def _build(args: argparse.Namespace) -> int:
     if (out / META_FILE).is_file() and not args.overwrite:
         raise ExampleBankError(f"{out} already holds an example bank: pass --overwrite to replace it, or choose "
                                "another --out.")
-    examples = examples_from_args(args)
     profile, reason = resolve_profile(args.profile, overrides_from_args(args))
     logger.info("Profile %s: %s", profile.name, reason)
     profile, note = check_profile_hub(profile, use_llm=False)  # seconds, not minutes, without a Hub
     if note:
         logger.info("Note: %s", note)
+    examples = examples_from_args(args)
     pipe = VQALLMPipeline.from_profile(profile, use_llm=False)
     bank = build_bank(pipe, examples, source_name(args), top_k=args.top_k, batch_size=args.batch_size,
                       with_scores=args.with_scores, progress=not args.quiet,
