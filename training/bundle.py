@@ -306,11 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder the models are written to, one subfolder each (default: %(default)s); to "
                             "replace the committed models pass --out assets/models --overwrite")
     build.add_argument("--overwrite", action="store_true", help="replace model folders that already exist in --out")
-    build.add_argument("--work", default=str(REPO_ROOT / "build_cache" / "bundle"), help="intermediate files (default: %(default)s)")
+    build.add_argument("--work", default=str(REPO_ROOT / "build_cache" / "bundle"),
+                       help="intermediate files (default: %(default)s)")
     build.add_argument("--only", choices=sorted(BUILDS), help="build one model only (default: all)")
-    build.add_argument("--vision-epochs", type=int, default=15, help="vision tower pre-training epochs (default: %(default)s)")
+    build.add_argument("--vision-epochs", type=int, default=15,
+                       help="vision tower pre-training epochs (default: %(default)s)")
     build.add_argument("--vqa-epochs", type=int, default=6, help="VQA epochs of the VLE (default: %(default)s)")
-    build.add_argument("--caption-epochs", type=int, default=20, help="caption epochs of the BLIP (default: %(default)s)")
+    build.add_argument("--caption-epochs", type=int, default=20,
+                       help="caption epochs of the BLIP (default: %(default)s)")
     evaluate_cmd = sub.add_parser("evaluate", help="measure the bundled models on the full easy-VQA test split")
     evaluate_cmd.add_argument("--models", default=str(MODELS_DIR),
                               help="folder holding the model folders (default: %(default)s)")
