@@ -603,7 +603,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise FinetuneError("Pass --init CHECKPOINT, or --vision-model and --text-model.")
     if not args.init and not args.processor:
         raise FinetuneError("A new VLE needs --processor (a folder with the VLE processor files).")
-    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--grad-accum", args.grad_accum)):
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
+                        ("--grad-accum", args.grad_accum)):
         if value < 1:
             raise FinetuneError(f"{flag} must be at least 1, got {value}.")
     for split in ("train", "eval"):
