@@ -142,6 +142,21 @@ def test_vle_finetune_does_not_start_over_a_run_without_resume(tmp_path, capsys)
     assert err.startswith("Error: ") and "already holds checkpoints: pass --resume" in err
 
 
+@pytest.mark.slow
+def test_several_processes_report_a_user_error_once(tmp_path):
+    """Two CPU processes meet the same error: the main process says it (the others wait so that the launcher,
+    which stops them all once one exits, does not cut it off); no Python traceback. The launcher adds its
+    own failure report and exits with 1."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    done = _python_m([*launch, "-m", "vqa_llm.evaluate", "--dataset", "easy-vqa", "--limit", "4", "--profile",
+                      "bundled", "--no-llm", "--out", UNDER_A_FILE, "-q"])
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "lies under the file" in errors[0], done.stderr
+    assert "Traceback (most recent call last)" not in done.stderr
+
+
 # ---------------------------------------------------------------------------------------- bundle build
 def test_bundle_build_writes_to_a_fresh_folder_by_default():
     from training.bundle import DEFAULT_BUILD_DIR, MODELS_DIR, build_parser
