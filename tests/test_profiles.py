@@ -140,14 +140,30 @@ def test_llm_override_drops_the_bundled_gguf_file_unless_given():
 def test_shared_flags_round_trip_into_overrides():
     parser = add_profile_arguments(argparse.ArgumentParser())
     ns = parser.parse_args(["--profile", "bundled", "--vqa-model", "v", "--captioner", "c", "--llm", "l",
-                            "--gguf-file", "g.gguf", "--quantization", "4bit", "--openai-base-url", "http://x",
+                            "--gguf-file", "g.gguf", "--llm-adapter", "a", "--quantization", "4bit", "--openai-base-url", "http://x",
                             "--openai-model", "m", "--device", "cpu", "--no-llm", "--trust-remote-code"])
     overrides = overrides_from_args(ns)
     assert overrides == {"vqa_model": "v", "captioner": "c", "llm": "l", "llm_gguf_file": "g.gguf",
-                         "quantization": "4bit", "openai_base_url": "http://x", "openai_model": "m",
+                         "llm_adapter": "a", "quantization": "4bit", "openai_base_url": "http://x", "openai_model": "m",
                          "device": "cpu", "use_llm": False, "trust_remote_code": True}
     profile, _ = resolve_profile(ns.profile, overrides, {})
     assert not profile.use_llm and profile.trust_remote_code and profile.model_ids()["llm"] is None
     defaults = overrides_from_args(parser.parse_args([]))
     assert all(v is None for v in defaults.values()) and "trust_remote_code" not in defaults
     assert resolve_profile("base", defaults, {})[0] == BASE  # trust_remote_code stays off by default
+
+
+def test_bundled_profile_uses_the_refiner_and_another_llm_drops_it(tmp_path, monkeypatch):
+    import vqa_llm.profiles as profiles
+
+    adapter = tmp_path / "refiner"
+    adapter.mkdir()
+    monkeypatch.setattr(profiles, "BUNDLED_REFINER_DIR", adapter)
+    profile, _ = resolve_profile("bundled", {}, {})
+    assert profile.llm_adapter == str(adapter) and profile.model_ids()["llm"].endswith("+ refiner")
+    plain, _ = resolve_profile("bundled", {"llm": "smollm2"}, {})
+    assert plain.llm == "smollm2" and plain.llm_adapter is None  # --llm smollm2: the zero-shot model
+    off, _ = resolve_profile("bundled", {"llm_adapter": "none"}, {})
+    assert off.llm_adapter is None
+    other = tmp_path / "other"
+    assert resolve_profile("bundled", {}, {"VQA_LLM_LLM_ADAPTER": str(other)})[0].llm_adapter == str(other)

@@ -51,7 +51,12 @@ WEAK_VLE_DIR_NAME = "vle-easyvqa-weak"
 WEAK_VQA_EPOCHS = 2
 BLIP_DIR_NAME = "blip-easyvqa"
 #: ``--only`` choice -> the model folder it builds
-BUILDS = {"vle": VLE_DIR_NAME, "weak": WEAK_VLE_DIR_NAME, "blip": BLIP_DIR_NAME}
+REFINER_DIR_NAME = "smollm2-easyvqa-refiner"
+#: the refiner's training recipe (``python -m training.refiner``): easy-VQA train questions, evidence from the
+#: bundled and the weak VLE in turn, captions from the bundled BLIP, short and long replies in turn
+REFINER_ARGS = ("--llm", "smollm2", "--limit", "1600", "--seed", "0", "--template", "short", "long",
+                "--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--lora-r", "8", "--lora-alpha", "16")
+BUILDS = {"vle": VLE_DIR_NAME, "weak": WEAK_VLE_DIR_NAME, "blip": BLIP_DIR_NAME, "refiner": REFINER_DIR_NAME}
 #: where ``build`` writes by default: a fresh folder, never the committed models
 DEFAULT_BUILD_DIR = REPO_ROOT / "build_cache" / "bundle" / "models"
 EXIT_USER_ERROR = 2
@@ -190,6 +195,20 @@ def build_blip(out_dir: Path, epochs: int = 20, vision_epochs: int = 15) -> dict
         log["out_dir"] = portable_path(log["out_dir"])
     return {"result": log, "train_pairs": len(pairs["train"]), "epochs": epochs, "vision_epochs": vision_epochs,
             "seconds": time.time() - started}
+
+
+def build_refiner(out_dir: Path, work_dir: Path, models: Path) -> dict[str, Any]:
+    """Train the bundled LLM refiner (a LoRA adapter for SmolLM2-135M-Instruct) on evidence of the VLE and BLIP
+    models in ``models``; its training log is ``out_dir/training_log.json``."""
+    from .refiner import main as refiner_main
+
+    started = time.time()
+    argv = [*REFINER_ARGS, "--vqa-model", str(models / VLE_DIR_NAME), str(models / WEAK_VLE_DIR_NAME),
+            "--captioner", str(models / BLIP_DIR_NAME), "--out", str(out_dir), "--overwrite",
+            "--checkpoints", str(work_dir / "checkpoints"), "--cache", str(work_dir / "evidence")]
+    if refiner_main(argv) != 0:
+        raise BadSettingError("The refiner build failed (see the error above).")
+    return {"seconds": time.time() - started, "command": "python -m training.refiner " + " ".join(argv)}
 
 
 def evaluate_vle(model_dir: Path, limit: int | None = None, batch_size: int = 256) -> dict[str, Any]:
@@ -362,6 +381,8 @@ def _build(args: argparse.Namespace) -> int:
     if args.only in (None, "blip"):
         report["blip"] = build_blip(out / BLIP_DIR_NAME, args.caption_epochs, args.vision_epochs)
         (out / BLIP_DIR_NAME / "build_log.json").write_text(json.dumps(report["blip"], indent=1, default=str))
+    if args.only in (None, "refiner"):
+        report["refiner"] = build_refiner(out / REFINER_DIR_NAME, work / "refiner", out if args.only is None else MODELS_DIR)
     print(json.dumps({k: v.get("seconds") for k, v in report.items()}))
     return 0
 

@@ -1,0 +1,188 @@
+"""The LLM refiner's fine-tuning CLI (``python -m training.refiner``) end to end on a tiny random chat model, with
+evidence from the bundled VLE and BLIP on a few easy-VQA training questions; its user errors; the targets."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+from llm import TransformersChatLLM
+from prompts import parse_answer
+from tiny_models import build_tiny_chat_lm, single_thread_fixture
+from training.refiner import main as refiner_main
+from training.refiner import tokenize_example
+from training.refiner_data import Evidence, answer_from_attributes, target_reply
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED_VQA = REPO / "assets" / "models" / "vle-easyvqa"
+BUNDLED_BLIP = REPO / "assets" / "models" / "blip-easyvqa"
+
+one_thread = single_thread_fixture()
+
+
+@pytest.fixture(scope="module")
+def chat_lm(tmp_path_factory) -> str:
+    return build_tiny_chat_lm(tmp_path_factory.mktemp("chat"), max_position_embeddings=2048)
+
+
+def _argv(chat_lm: str, out: Path, cache: Path, *extra: str) -> list[str]:
+    return ["--llm", chat_lm, "--vqa-model", str(BUNDLED_VQA), "--captioner", str(BUNDLED_BLIP), "--limit", "24",
+            "--eval-share", "0.2", "--batch-size", "4", "--lr", "5e-3", "--save-steps", "2", "--out", str(out),
+            "--cache", str(cache), *extra]
+
+
+def _mean_reply_loss(model, tokenizer, chats: list[dict]) -> float:
+    losses = []
+    with torch.no_grad():
+        for chat in chats:
+            item = tokenize_example(tokenizer, chat)
+            out = model(input_ids=torch.tensor([item["input_ids"]]), labels=torch.tensor([item["labels"]]))
+            losses.append(out.loss.item())
+    return sum(losses) / len(losses)
+
+
+class _StopAfterSave(TrainerCallback):
+    """Interrupts training right after the checkpoint of ``step`` is written, like a Ctrl-C would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_finetuning_end_to_end_resume_and_the_adapter(chat_lm, tmp_path, one_thread):
+    cache = tmp_path / "cache"
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert refiner_main(_argv(chat_lm, full, cache, "--max-steps", "4")) == 0
+    for name in ("adapter_config.json", "adapter_model.safetensors", "training_log.json", "templates/short.user.txt",
+                 "templates/long.system.txt"):
+        assert (full / name).is_file(), name
+    log = json.loads((full / "training_log.json").read_text())
+    assert log["steps"] == 4 and log["data"]["train"] > 0 and log["data"]["eval"] > 0
+    assert any("eval_loss" in entry for entry in log["log_history"])  # evaluated at the end of the epoch
+    assert str(REPO) not in json.dumps(log)  # paths inside the repository are written relative to it
+    # evidence is cached on disk and reused
+    assert len(list(cache.glob("evidence-*.jsonl"))) == 1
+
+    # interrupted after step 2, then resumed: the same adapter as the uninterrupted run
+    assert refiner_main(_argv(chat_lm, split, cache, "--max-steps", "4"), callbacks=[_StopAfterSave(2)]) == 130
+    assert not (split / "adapter_model.safetensors").exists()
+    assert refiner_main(_argv(chat_lm, split, cache, "--max-steps", "4", "--resume")) == 0
+    a, b = load_file(full / "adapter_model.safetensors"), load_file(split / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)
+    assert any(k.endswith("lora_B.weight") and a[k].abs().sum() > 0 for k in a)  # B starts at zero: it trained
+
+    # the reply loss falls on the training chats, and the adapter loads back and changes the output
+    from training.refiner import build_parser, make_examples
+
+    train_chats, _, _ = make_examples(build_parser().parse_args(_argv(chat_lm, full, cache)))
+    tokenizer = AutoTokenizer.from_pretrained(chat_lm)
+    base = AutoModelForCausalLM.from_pretrained(chat_lm).eval()
+    tuned = TransformersChatLLM.from_pretrained(chat_lm, device="cpu", adapter=full)
+    assert _mean_reply_loss(tuned.model, tokenizer, train_chats[:8]) < _mean_reply_loss(base, tokenizer, train_chats[:8])
+    plain = TransformersChatLLM.from_pretrained(chat_lm, device="cpu")
+    messages = train_chats[0]["messages"]
+    assert tuned.generate(messages, max_new_tokens=8) != plain.generate(messages, max_new_tokens=8)
+    assert tuned.template_dir == full / "templates" and plain.template_dir is None
+    assert tuned.model_id.endswith("+ full")
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "training.refiner", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _no_chat_template(tmp_path: Path, chat_lm: str) -> str:
+    folder = tmp_path / "plain-lm"
+    tokenizer = AutoTokenizer.from_pretrained(chat_lm)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(folder)
+    for file in (tmp_path / "plain-lm").glob("chat_template*"):
+        file.unlink()
+    AutoModelForCausalLM.from_pretrained(chat_lm).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing-questions", "does not exist"),
+        ("empty-dataset", "no questions"),
+        ("no-chat-template", "no chat template"),
+        ("unknown-template", "Unknown template"),
+        ("out-under-a-file", "is a file"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(case, message, chat_lm, tmp_path):
+    out = ["--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
+    models = ["--vqa-model", str(BUNDLED_VQA), "--captioner", str(BUNDLED_BLIP)]
+    if case == "missing-questions":
+        args = ["--llm", chat_lm, *models, "--dataset", "vqav2", "--questions", str(tmp_path / "nope.json"),
+                "--annotations", str(tmp_path / "nope2.json"), "--images", str(tmp_path), *out]
+    elif case == "empty-dataset":
+        questions, annotations = tmp_path / "q.json", tmp_path / "a.json"
+        questions.write_text(json.dumps({"questions": []}))
+        annotations.write_text(json.dumps({"annotations": []}))
+        args = ["--llm", chat_lm, *models, "--dataset", "vqav2", "--questions", str(questions),
+                "--annotations", str(annotations), "--images", str(tmp_path), *out]
+    elif case == "no-chat-template":
+        args = ["--llm", _no_chat_template(tmp_path, chat_lm), *models, "--limit", "4", *out]
+    elif case == "unknown-template":
+        args = ["--llm", chat_lm, *models, "--template", "short", "nonesuch", *out]
+    else:
+        (tmp_path / "file.txt").write_text("x")
+        args = ["--llm", chat_lm, *models, "--out", str(tmp_path / "file.txt" / "run")]
+    result = _run_cli(*args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and message.lower() in errors[0].lower(), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------------------------ targets
+NEGATED = ["is there not a red shape?", "does the image not contain a circle?", "is no blue shape present?"]
+
+
+@pytest.mark.parametrize("question", NEGATED + ["is there a red shape?", "does the image contain a circle?"])
+@pytest.mark.parametrize("color, shape", [("red", "circle"), ("blue", "triangle")])
+def test_long_targets_are_true_sentences_that_the_parser_reads_back(question, color, shape):
+    truth = answer_from_attributes(question, "yes/no", color, shape)
+    ev = Evidence(1, "img.png", question, [truth] * 10, "yes/no", f"a {color} {shape}",
+                  [("yes", 0.6), ("no", 0.4), ("red", 0.0)], "vle")
+    sentence = target_reply(ev, "long", {"color": color, "shape": shape}, random.Random(0))
+    assert sentence.endswith(".") and "\n" not in sentence and len(sentence.split()) >= 3
+    assert sentence.lower().startswith(truth)
+    assert parse_answer(sentence, ev.candidates, "long", question=question).short_answer == truth
+
+
+def test_negation_decides_the_yes_no_answer():
+    assert answer_from_attributes("is there not a red shape?", "yes/no", "red", "circle") == "no"
+    assert answer_from_attributes("is there not a red shape?", "yes/no", "blue", "circle") == "yes"
+    assert answer_from_attributes("is no circle present?", "yes/no", "blue", "circle") == "no"
+    assert answer_from_attributes("what color is the shape?", "color", "blue", "circle") == "blue"
+
+
+def test_short_targets_cite_the_evidence_and_skip_unsupported_answers():
+    rng = random.Random(0)
+    attributes = {"color": "red", "shape": "circle"}
+    # the caption is right and the top candidate wrong: the target corrects it and says why
+    ev = Evidence(1, "i.png", "is there a red shape?", ["yes"] * 10, "yes/no", "a red circle",
+                  [("no", 0.7), ("yes", 0.3)], "weak")
+    reply = target_reply(ev, "short", attributes, rng)
+    assert reply.startswith("Answer: yes\nExplanation: ") and "contradicts" in reply and "a red circle" in reply
+    parsed = parse_answer(reply, ev.candidates)
+    assert parsed.answer == "yes" and not parsed.fallback
+    # neither the caption nor the top candidate supports the truth: left out (no guessing taught)
+    wrong = Evidence(2, "i.png", "is there a red shape?", ["yes"] * 10, "yes/no", "a blue circle",
+                     [("no", 0.7), ("yes", 0.3)], "weak")
+    assert target_reply(wrong, "short", attributes, rng) is None
