@@ -51,6 +51,10 @@ KEY_DIGITS = 16
 _STALE_TEMP_S = 6 * 3600  # temporary folders older than this belong to a conversion that died
 
 
+class CacheWriteError(OSError):
+    """The cache folder could not be written (as opposed to the GGUF file not being readable)."""
+
+
 def cache_root(environ: Mapping[str, str] | None = None) -> Path | None:
     """The cache folder (``$VQA_LLM_CACHE``, else ``$XDG_CACHE_HOME/vqa_llm``, else ``~/.cache/vqa_llm``);
     ``None`` when ``VQA_LLM_CACHE`` turns caching off."""
@@ -131,18 +135,34 @@ def convert(source: Path, target: Path, digest: str, **load_kwargs: Any) -> Path
     """De-quantise the GGUF file ``source`` into the folder ``target`` (atomically); return ``target``.
 
     ``load_kwargs`` (``trust_remote_code``, ...) go to transformers. Errors reading the GGUF file propagate as
-    transformers raises them; OSError when the cache cannot be written.
+    transformers raises them; CacheWriteError when the cache cannot be written.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale(target.parent)
+    try:  # fail before the slow part when the cache cannot even be created
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheWriteError(str(exc)) from exc
     started = time.perf_counter()
     logger.info("Converting %s once into %s (later starts load it from there) ...", source, target)
     tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name, **load_kwargs)
     model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=torch.float32,
                                                  **load_kwargs)
     _drop_gguf_mark(model)
+    try:
+        _save(model, tokenizer, source, target, digest)
+    except OSError as exc:
+        raise CacheWriteError(str(exc)) from exc
+    del model
+    logger.info("Converted %s in %.1f s (%.0f MB on disk)", source.name, time.perf_counter() - started,
+                sum(f.stat().st_size for f in target.iterdir()) / 1e6)
+    return target
+
+
+def _save(model: Any, tokenizer: Any, source: Path, target: Path, digest: str) -> None:
+    """Write the converted model into a temporary folder beside ``target`` and rename it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale(target.parent)
     temp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
         model.save_pretrained(temp)
@@ -162,10 +182,6 @@ def convert(source: Path, target: Path, digest: str, **load_kwargs: Any) -> Path
     finally:
         if temp.exists():
             shutil.rmtree(temp, ignore_errors=True)
-    del model
-    logger.info("Converted %s in %.1f s (%.0f MB on disk)", source.name, time.perf_counter() - started,
-                sum(f.stat().st_size for f in target.iterdir()) / 1e6)
-    return target
 
 
 def cached_folder(directory: str | Path, gguf_file: str, environ: Mapping[str, str] | None = None,
@@ -189,7 +205,7 @@ def cached_folder(directory: str | Path, gguf_file: str, environ: Mapping[str, s
                        source.name)
     try:
         return convert(source, target, digest, **load_kwargs)
-    except OSError as exc:
+    except CacheWriteError as exc:
         logger.warning("Could not write the GGUF cache %s (%s); loading %s directly (set %s to a writable "
                        "folder to start faster next time)", target, exc, source.name, CACHE_ENV_VAR)
         return None

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm import TransformersChatLLM, gguf_cache
+from llm import LLMError, TransformersChatLLM, gguf_cache
 from llm.gguf_cache import MANIFEST, cache_root, cached_folder, file_sha256, is_complete, load_source
 from tiny_gguf import write_tiny_gguf
 
@@ -132,3 +132,11 @@ def test_only_local_gguf_files_are_redirected(gguf_path, cache):
     assert load_source("org/repo-GGUF", hub) == ("org/repo-GGUF", hub)  # a Hub repository: transformers' own path
     source, rest = load_source(str(gguf_path.parent), {**kwargs, "gguf_file": gguf_path.name})
     assert Path(source).parent == cache / "gguf" and "gguf_file" not in rest and rest["local_files_only"]
+
+
+def test_a_broken_gguf_file_is_reported_not_cached(tmp_path, cache):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + bytes(200))
+    with pytest.raises(LLMError, match="Could not load the LLM"):
+        _load(broken)
+    assert _folders(cache) == []
