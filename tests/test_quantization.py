@@ -15,6 +15,7 @@ from vle.quantization import PRECISIONS, check_precision, is_quantized
 from vle.vqa_data import image_for, load_easy_vqa
 from vqa_llm.cli import main
 from vqa_llm.errors import BadSettingError
+from vqa_llm.evaluate import main as evaluate_main
 from vqa_llm.loading import load_vqa_model
 from vqa_llm.profiles import (
     BUNDLED_VQA_DIR,
@@ -102,3 +103,23 @@ def test_cli_answers_in_int8(tmp_path):
     assert code == 0
     data = json.loads(out.getvalue())
     assert data["candidates"] and data["error"] is None
+
+
+def test_app_parser_has_the_flag():
+    import app
+
+    overrides = app.overrides_from_args(app.build_parser().parse_args(["--vqa-precision", "int8"]))
+    assert resolve_profile("bundled", overrides, {})[0].vqa_precision == "int8"
+
+
+def test_evaluator_runs_in_int8_and_records_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = evaluate_main(["-q", "--dataset", "easy-vqa", "--limit", "12", "--no-llm", "--profile", "bundled",
+                          "--device", "cpu", "--vqa-precision", "int8", "--out", str(out)])
+    assert code == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["models"]["vqa_precision"] == "int8"
+    assert json.loads((out / "summary.json").read_text())["overall"]["n"] == 12
+    code = evaluate_main(["-q", "--dataset", "easy-vqa", "--limit", "12", "--no-llm", "--profile", "bundled",
+                          "--device", "cpu", "--out", str(out), "--resume"])
+    assert code == 2 and "models" in capsys.readouterr().err  # fp32 answers must not join an int8 run
