@@ -140,7 +140,8 @@ def test_llm_override_drops_the_bundled_gguf_file_unless_given():
 def test_shared_flags_round_trip_into_overrides():
     parser = add_profile_arguments(argparse.ArgumentParser())
     ns = parser.parse_args(["--profile", "bundled", "--vqa-model", "v", "--captioner", "c", "--llm", "l",
-                            "--gguf-file", "g.gguf", "--llm-adapter", "a", "--quantization", "4bit", "--openai-base-url", "http://x",
+                            "--gguf-file", "g.gguf", "--llm-adapter", "a", "--quantization", "4bit",
+                            "--openai-base-url", "http://x",
                             "--openai-model", "m", "--device", "cpu", "--no-llm", "--trust-remote-code"])
     overrides = overrides_from_args(ns)
     assert overrides == {"vqa_model": "v", "captioner": "c", "llm": "l", "llm_gguf_file": "g.gguf",

@@ -89,7 +89,8 @@ def test_finetuning_end_to_end_resume_and_the_adapter(chat_lm, tmp_path, one_thr
     tokenizer = AutoTokenizer.from_pretrained(chat_lm)
     base = AutoModelForCausalLM.from_pretrained(chat_lm).eval()
     tuned = TransformersChatLLM.from_pretrained(chat_lm, device="cpu", adapter=full)
-    assert _mean_reply_loss(tuned.model, tokenizer, train_chats[:8]) < _mean_reply_loss(base, tokenizer, train_chats[:8])
+    chats = train_chats[:8]
+    assert _mean_reply_loss(tuned.model, tokenizer, chats) < _mean_reply_loss(base, tokenizer, chats)
     plain = TransformersChatLLM.from_pretrained(chat_lm, device="cpu")
     messages = train_chats[0]["messages"]
     assert tuned.generate(messages, max_new_tokens=8) != plain.generate(messages, max_new_tokens=8)

@@ -267,7 +267,9 @@ def train(args: argparse.Namespace, callbacks: Sequence[Any] = ()) -> dict[str, 
     logger.info("Examples: %s", json.dumps(stats))
     llm = load_llm(args.llm, device="cpu", dtype=torch.float32)
     if not isinstance(llm, TransformersChatLLM):
-        raise RefinerError(f"--llm {args.llm} is not a local model; fine-tuning needs weights (a Hub id, folder or .gguf).")
+        raise RefinerError(
+            f"--llm {args.llm} is not a local model; fine-tuning needs weights (a Hub id, folder or .gguf)."
+        )
     tokenizer, model = llm.tokenizer, llm.model
     tokenizer.padding_side = "right"  # positions count from the left in training batches
     set_seed(args.train_seed)
@@ -289,7 +291,8 @@ def train(args: argparse.Namespace, callbacks: Sequence[Any] = ()) -> dict[str, 
         "captioner": portable_path(args.captioner), "templates": args.template, "data": stats,
         "steps": trainer.state.global_step, "train_loss": result.training_loss,
         "log_history": trainer.state.log_history, "seconds": round(time.time() - started, 1),
-        "settings": {k: [portable_path(x) for x in v] if isinstance(v, list) else portable_path(v) if isinstance(v, str) else v
+        "settings": {k: [portable_path(x) for x in v] if isinstance(v, list)
+                     else portable_path(v) if isinstance(v, str) else v
                      for k, v in vars(args).items() if k not in ("out", "cache", "checkpoints", "resume", "overwrite")},
     }
     if state.is_main_process:

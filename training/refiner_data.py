@@ -147,7 +147,9 @@ def explanation(ev: Evidence, answer: str, caption_answer: str | None) -> str:
     if caption_answer == answer and top == answer:
         return f"The caption {caption} and the top candidate agree."
     if caption_answer == answer:
-        return f"The caption {caption} contradicts the top candidate \"{top}\"." if top else f"The caption {caption} says so."
+        if top:
+            return f"The caption {caption} contradicts the top candidate \"{top}\"."
+        return f"The caption {caption} says so."
     if top == answer:
         if caption_answer is not None:
             return f"The top candidate \"{top}\" is more reliable here than the caption {caption}."
@@ -197,7 +199,8 @@ def target_reply(ev: Evidence, kind: str, attributes: dict[str, str] | None, rng
     if color and shape:  # easy-VQA: yes and no are always among the candidates; only the caption or the top-1 count
         supported = caption_answer == answer or top == answer
     else:
-        supported = any(c == answer for c, _ in ev.candidates) or re.search(rf"\b{re.escape(answer)}\b", ev.caption.lower())
+        supported = (any(c == answer for c, _ in ev.candidates)
+                     or re.search(rf"\b{re.escape(answer)}\b", ev.caption.lower()))
     if not supported:
         return None
     if kind == "long":
