@@ -159,10 +159,9 @@ def is_echo(reply: str) -> bool:
     return bool(_CANDIDATE_LINE.search(reply or "") or _PROMPT_ECHO.search(reply or ""))
 
 
-def _fallback(candidates: list[tuple[str, float]], explanation: str = "", problem: str | None = None,
-              kind: str = "short") -> "ParsedAnswer":
+def _fallback(candidates: list[tuple[str, float]], problem: str | None = None, kind: str = "short") -> "ParsedAnswer":
     top = candidates[0][0] if candidates else ""
-    return ParsedAnswer(answer=top, explanation=explanation, fallback=True, source="fallback",
+    return ParsedAnswer(answer=top, explanation="", fallback=True, source="fallback",
                         short=top if kind == "long" else None, problem=problem)
 
 
@@ -215,7 +214,7 @@ def parse_answer(
             mentioned = _mentioned_candidate(explanation, cands)
             if mentioned is not None:
                 return ParsedAnswer(mentioned, explanation, False, "candidate")
-            return _fallback(cands, explanation, OFF_TEMPLATE_PROBLEM)
+            return _fallback(cands, problem=OFF_TEMPLATE_PROBLEM)
         found = _match_candidate(labelled, cands)
         if found is not None:
             answer, how = found
@@ -237,4 +236,4 @@ def parse_answer(
     free = _clean(re.split(r"(?<=[.!?])\s", first_line.strip(), maxsplit=1)[0])
     if free and len(free.split()) <= MAX_BARE_WORDS:
         return ParsedAnswer(free, explanation, False, "free")
-    return _fallback(cands, one_line(text), OFF_TEMPLATE_PROBLEM)
+    return _fallback(cands, problem=OFF_TEMPLATE_PROBLEM)  # an unused reply is no explanation of VLE's answer

@@ -92,7 +92,53 @@ def test_bundled_pipeline_answers_end_to_end_with_smollm2():
     assert result.candidates[0][0] == example.answers[0]  # VLE's top-1 is right on this easy question
     assert result.caption and example.answers[0] in result.caption
     assert result.llm_reply.strip() and result.llm_answer
-    assert result.models["llm"].endswith(".gguf")
+    assert result.models["llm"].endswith(".gguf + smollm2-easyvqa-refiner")  # the refiner adapter by default
+
+
+REFINER_DIR = MODELS_DIR / "smollm2-easyvqa-refiner"
+WEAK_DIR = MODELS_DIR / "vle-easyvqa-weak"
+
+
+def test_weak_vle_is_weaker_but_answers():
+    result = evaluate_vle(WEAK_DIR, limit=400)
+    assert 0.80 <= result["accuracy"] <= 0.96, result  # 90.35% on the full split (its model card)
+    assert result["accuracy"] < evaluate_vle(VLE_DIR, limit=400)["accuracy"]
+    card = (WEAK_DIR / "README.md").read_text()
+    assert "Command" in card and "%" in card
+
+
+def test_bundled_refiner_is_a_small_documented_adapter():
+    files = [f for f in REFINER_DIR.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) <= 10 * 10**6
+    assert (REFINER_DIR / "adapter_model.safetensors").is_file()
+    assert (REFINER_DIR / "templates" / "short.user.txt").is_file()
+    card = (REFINER_DIR / "README.md").read_text()
+    assert "Command" in card and "%" in card
+
+
+def test_bundled_refiner_keeps_the_format_on_real_test_images():
+    """The bundled profile (VLE + BLIP + SmolLM2 with the refiner) on a few test questions of each kind: short
+    replies are "Answer: ...\nExplanation: ...", long replies one sentence holding the answer; none falls back."""
+    import re
+
+    from vqa_llm.pipeline import VQALLMPipeline
+    from vqa_llm.profiles import resolve_profile
+
+    profile, _ = resolve_profile("bundled", {}, {"HF_HUB_OFFLINE": "1"})
+    assert profile.llm_adapter and profile.llm_adapter.endswith("smollm2-easyvqa-refiner")
+    pipe = VQALLMPipeline.from_profile(profile)
+    test = load_easy_vqa("test")
+    chosen = [e for kind in ("yes/no", "shape", "color")
+              for e in _sample([t for t in test if t.question_type == kind], 2)]
+    images, questions = [e.image_path for e in chosen], [e.question for e in chosen]
+    for result in pipe.run_batch(images, questions, template="short", max_new_tokens=48):
+        assert result.error is None and not result.llm_fallback, result.llm_reply
+        assert re.fullmatch(r"Answer: [^\n]+\nExplanation: [^\n]+[.!?]", result.llm_reply.strip()), result.llm_reply
+    for result in pipe.run_batch(images, questions, template="long", max_new_tokens=48):
+        reply = result.llm_reply.strip()
+        assert result.error is None and not result.llm_fallback, reply
+        assert "\n" not in reply and len(reply.split()) >= 3 and reply[-1] in ".!?", reply
+        assert re.search(rf"\b{re.escape(result.llm_short_answer or '#')}\b", reply.lower()), reply
 
 
 def test_committed_example_bank_is_small_and_keyed_by_the_bundled_vle():
