@@ -117,7 +117,7 @@ def _no_chat_template(tmp_path: Path, chat_lm: str) -> str:
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("missing-questions", "does not exist"),
+        ("missing-questions", "not found"),
         ("empty-dataset", "no questions"),
         ("no-chat-template", "no chat template"),
         ("unknown-template", "Unknown template"),
