@@ -106,7 +106,7 @@ def test_answers_with_the_real_bundled_smollm2(dirs):
     assert code == 0
     data = json.loads(out)
     assert data["error"] is None and data["llm_used"]
-    assert data["models"]["llm"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert data["models"]["llm"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf + smollm2-easyvqa-refiner")
     assert data["llm_reply"].strip() and data["llm_answer"]
     # the real model follows the template well enough for the parser to find an answer, or the parser says so
     assert data["llm_fallback"] or data["llm_answer"] != ""

@@ -288,7 +288,8 @@ stops after {steps} optimiser steps. It answers colour and shape questions well 
 the way a real VQA model is imperfect, so that what an LLM refiner adds can be measured, and the refiner's
 training evidence includes wrong candidates.
 
-- **Command**: `python -m training.bundle build --only weak` (seed {seed}; deterministic on one machine).
+- **Command**: `python -m training.bundle build --only weak` (seed {seed}; deterministic on one machine;
+  {minutes:.0f} min on 2 CPU cores).
 - **Results on the full easy-VQA test split** ({questions} questions): top-1 accuracy **{accuracy:.2%}**; shape
   {shape:.2%}, colour {color:.2%}, yes/no {yesno:.2%}
   (`python -m training.bundle evaluate --write-cards`).
@@ -336,7 +337,8 @@ def write_model_cards(models: Path, results: dict[str, Any]) -> None:
         (weak_dir / "README.md").write_text(WEAK_CARD.format(
             params=sum(p.numel() for p in VLEForVQA.from_pretrained(weak_dir).parameters()) / 1e6, seed=SEED,
             vision_epochs=len(weak_log["vision_pretraining"]["epochs"]), vqa_epochs=WEAK_VQA_EPOCHS,
-            steps=WEAK_VQA_STEPS, questions=results["weak"]["questions"], accuracy=results["weak"]["accuracy"],
+            steps=WEAK_VQA_STEPS, minutes=weak_log["seconds"] / 60, questions=results["weak"]["questions"],
+            accuracy=results["weak"]["accuracy"],
             shape=kinds["shape"], color=kinds["color"], yesno=kinds["yes/no"],
         ))
     from transformers import BlipForConditionalGeneration
