@@ -52,8 +52,8 @@ logger = logging.getLogger("training.refiner")
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 REFINER_TEMPLATE_DIR = TEMPLATE_DIR / "refiner"
-DEFAULT_VQA_MODELS = ("assets/models/vle-easyvqa", "assets/models/vle-easyvqa-weak")
-DEFAULT_CAPTIONER = "assets/models/blip-easyvqa"
+DEFAULT_VQA_MODELS = tuple(str(REPO_ROOT / "assets" / "models" / name) for name in ("vle-easyvqa", "vle-easyvqa-weak"))
+DEFAULT_CAPTIONER = str(REPO_ROOT / "assets" / "models" / "blip-easyvqa")
 LORA_TARGETS = "all-linear"
 IGNORE_INDEX = -100
 
