@@ -121,7 +121,7 @@ def _no_chat_template(tmp_path: Path, chat_lm: str) -> str:
         ("empty-dataset", "no questions"),
         ("no-chat-template", "no chat template"),
         ("unknown-template", "Unknown template"),
-        ("out-under-a-file", "is a file"),
+        ("out-under-a-file", "under the file"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(case, message, chat_lm, tmp_path):

@@ -43,6 +43,7 @@ from vle.vqa_data import VQADataError
 from vqa_llm.errors import VQALLMError
 from vqa_llm.evaluation.data import add_dataset_arguments, examples_from_args
 from vqa_llm.evaluation.errors import EvaluationError
+from vqa_llm.evaluation.store import check_output_folder
 from vqa_llm.paths import REPO_ROOT, portable_path
 
 from .refiner_data import build_examples, collect_evidence
@@ -126,10 +127,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     if unknown:
         raise RefinerError(f"Unknown template(s) {', '.join(unknown)} in {directory}; available: "
                            f"{', '.join(available_templates(directory)) or 'none'}.")
-    out = Path(args.out)
-    for parent in (out, *out.parents):
-        if parent.exists() and not parent.is_dir():
-            raise RefinerError(f"--out {out}: {parent} is a file, not a folder; choose another output folder.")
+    out = check_output_folder(args.out)  # BadSettingError (one line, exit 2) for a file in the way
     if (out / "adapter_config.json").exists() and not (args.resume or args.overwrite):
         raise RefinerError(f"{out} already holds an adapter; pass --overwrite to replace it or --resume to continue.")
     if args.resume and not last_checkpoint(checkpoint_dir(args)):
