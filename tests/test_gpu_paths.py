@@ -172,6 +172,14 @@ def test_vle_in_fp32_is_an_option(fake_gpus, recorded_loaders, restore_matmul_pr
     assert recorded_loaders.blip.calls[0]["dtype"] == torch.bfloat16
 
 
+def test_vqa_precision_fp32_keeps_the_vle_exact_on_cuda(fake_gpus, recorded_loaders, restore_matmul_precision):
+    """--vqa-precision fp32 (the user-facing switch) loads VLE in fp32 on a GPU; auto, the default, in half."""
+    loading.load_components(replace(BASE, device="cuda:0", vqa_precision="fp32"), use_llm=False)
+    loading.load_components(replace(BASE, device="cuda:0"), use_llm=False)
+    assert [call["dtype"] for call in recorded_loaders.vle.calls] == [torch.float32, torch.bfloat16]
+    assert BASE.vqa_precision == "auto"
+
+
 def test_vle_task_heads_load_in_half_precision_on_cuda(fake_gpus, monkeypatch):
     """The pretraining heads (image-text matching, patch relevance) are a second VLE in memory: same rule."""
     import vqa_llm.tasks as tasks

@@ -51,7 +51,7 @@ def test_int8_bundled_model_keeps_its_top1_answers(backend):
 
 
 def test_precision_names_and_bad_values():
-    assert VQA_PRECISIONS == PRECISIONS == ("fp32", "int8")
+    assert VQA_PRECISIONS == ("auto", *PRECISIONS) and PRECISIONS == ("fp32", "int8")
     assert check_precision(" INT8 ") == "int8"
     with pytest.raises(VLEError, match="use fp32 .* or int8"):
         check_precision("int4")
@@ -72,7 +72,7 @@ def test_load_vqa_model_in_int8_and_its_errors():
 
 def test_precision_from_flag_and_environment():
     assert ENV_VARS["vqa_precision"] == "VQA_LLM_VQA_PRECISION"
-    assert resolve_profile("bundled", {}, {})[0].vqa_precision == "fp32"
+    assert resolve_profile("bundled", {}, {})[0].vqa_precision == "auto"
     profile, reason = resolve_profile("bundled", {}, {"VQA_LLM_VQA_PRECISION": "INT8"})
     assert profile.vqa_precision == "int8" and "VQA_LLM_VQA_PRECISION" in reason
     parser = add_profile_arguments(argparse.ArgumentParser())
@@ -84,7 +84,7 @@ def test_precision_from_flag_and_environment():
 
 
 def test_bad_precision_values_are_refused_with_the_choices(capsys):
-    with pytest.raises(BadSettingError, match="VQA_LLM_VQA_PRECISION: use fp32 .* or int8"):
+    with pytest.raises(BadSettingError, match="VQA_LLM_VQA_PRECISION: use auto .* fp32 .* or int8"):
         resolve_profile("bundled", {}, {"VQA_LLM_VQA_PRECISION": "int4"})
     with pytest.raises(BadSettingError, match="Unknown VQA precision 'half'"):
         resolve_profile("bundled", {"vqa_precision": "half"}, {})

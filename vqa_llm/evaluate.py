@@ -264,7 +264,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     sample = examples_from_args(args)
     settings = run_settings(args, len(sample), use_llm, bank)
     models = profile.model_ids()
-    if profile.vqa_precision != "fp32":  # int8 answers differ slightly: a resumed run must not mix the two
+    if profile.vqa_precision == "int8":  # int8 answers differ slightly: a resumed run must not mix the two
         models["vqa_precision"] = profile.vqa_precision
     layout = OutputLayout(Path(args.out))
     records = current_records(layout)  # every record file, read once for both uses

@@ -178,17 +178,19 @@ class _Step:
 
 
 def load_vqa_model(id_or_path: str, device: str, local_files_only: bool = False,
-                   precision: str = "fp32", dtype: torch.dtype | str | None = None) -> tuple[VLEForVQA, VLEProcessor]:
+                   precision: str = "auto", dtype: torch.dtype | str | None = None) -> tuple[VLEForVQA, VLEProcessor]:
     """Load a VLE VQA model (eval mode, on ``device``) and its processor; ``precision="int8"`` quantises its
-    Linear layers (CPU only, :func:`vle.quantize_int8`). The weights' float type is :func:`resolve_dtype`'s
-    ``dtype``: half precision on CUDA unless ``dtype="float32"``, fp32 on the CPU."""
-    if precision not in ("fp32", "int8"):
-        raise BadSettingError(f"Unknown VQA precision {precision!r}: use fp32 (exact) or int8 (faster on CPU).")
+    Linear layers (CPU only, :func:`vle.quantize_int8`), ``"fp32"`` keeps it exact on every device. Otherwise the
+    weights' float type is :func:`resolve_dtype`'s ``dtype``: half precision on CUDA unless ``dtype="float32"``,
+    fp32 on the CPU."""
+    if precision not in ("auto", "fp32", "int8"):
+        raise BadSettingError(f"Unknown VQA precision {precision!r}: use auto (half precision on CUDA), fp32 "
+                              "(exact) or int8 (faster on CPU).")
     if precision == "int8" and not str(device).startswith("cpu"):
         raise BadSettingError(f"VQA precision int8 runs on the CPU only, not on {device}: use --vqa-precision "
                               "fp32 there, or --device cpu.")
     check_model_dir(id_or_path, "VQA model")
-    torch_dtype = resolve_dtype(dtype, device)
+    torch_dtype = resolve_dtype(torch.float32 if precision == "fp32" else dtype, device)
     with _Step("VQA model", id_or_path):
         try:
             processor = VLEProcessor.from_pretrained(id_or_path, local_files_only=local_files_only)

@@ -39,7 +39,8 @@ PROFILE_NAMES = ("auto", "base", "large", "bundled")
 DEFAULT_PROFILE = "auto"
 PROFILE_ENV_VAR = "VQA_LLM_PROFILE"
 QUANTIZATIONS = ("4bit", "8bit")
-VQA_PRECISIONS = ("fp32", "int8")  # as vle.quantization.PRECISIONS
+#: auto: half precision on CUDA GPUs, fp32 elsewhere; fp32: exact everywhere; int8: vle.quantize_int8 (CPU)
+VQA_PRECISIONS = ("auto", "fp32", "int8")
 
 #: profile field -> environment variable that overrides it
 ENV_VARS: dict[str, str] = {
@@ -86,7 +87,7 @@ class Profile:
     local_files_only: bool = False
     #: VLE pretraining checkpoint for the image-text matching and patch-relevance tasks (None: not available)
     vle_pretrained: str | None = None
-    vqa_precision: str = "fp32"
+    vqa_precision: str = "auto"
 
     @property
     def llm_id(self) -> str | None:
@@ -198,8 +199,8 @@ def _clean_value(field_name: str, value: Any, source: str) -> Any:
         if value in (None, ""):
             return None
         if str(value).lower() not in VQA_PRECISIONS:
-            raise BadSettingError(f"Unknown VQA precision {value!r} from {source}: use fp32 (exact) or int8 "
-                                  "(faster on CPU).")
+            raise BadSettingError(f"Unknown VQA precision {value!r} from {source}: use auto (half precision on "
+                                  "CUDA), fp32 (exact) or int8 (faster on CPU).")
         return str(value).lower()
     if field_name == "device" and value in ("", "auto"):
         return None
@@ -285,8 +286,8 @@ def add_profile_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     group.add_argument("--openai-model", help="model name sent to that endpoint ($VQA_LLM_OPENAI_MODEL)")
     group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available; $VQA_LLM_DEVICE)")
     group.add_argument("--vqa-precision", choices=VQA_PRECISIONS, type=str.lower,
-                       help="VLE weights: fp32 (exact, default) or int8 (dynamic quantisation, faster on CPU; "
-                       "$VQA_LLM_VQA_PRECISION)")
+                       help="VLE weights: auto (default: half precision on CUDA, fp32 on CPU), fp32 (exact "
+                       "everywhere) or int8 (dynamic quantisation, faster on CPU; $VQA_LLM_VQA_PRECISION)")
     group.add_argument("--no-llm", action="store_true", help="do not load or run the LLM (raw VQA answers only)")
     group.add_argument("--trust-remote-code", action="store_true",
                        help="allow custom model code from the Hub for the LLM (off by default)")
