@@ -71,7 +71,7 @@ class TrainConfig:
     warmup_ratio: float = field(default=0.1, metadata={"help": "warm-up share of all optimiser steps"})
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
-    mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA) | no | bf16 | fp16"})
+    mixed_precision: str = field(default="auto", metadata={"help": "auto (native bf16, else fp16; CPU: no) | no | bf16 | fp16"})
     seed: int = field(default=0, metadata={"help": "seed for initialisation, split and shuffling"})
     prompt: str | None = field(default=None, metadata={"help": "conditional prefix, e.g. 'a picture of'"})
     max_caption_tokens: int = field(default=40, metadata={"help": "captions are truncated to this many tokens"})
@@ -151,11 +151,14 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 
 def mixed_precision_mode(requested: str) -> str:
-    """``auto`` → ``bf16`` on a CUDA GPU that supports it, else ``no``; other values pass through."""
+    """``auto`` → ``bf16`` on a CUDA GPU with native bf16 (not emulated), ``fp16`` on older GPUs (T4, V100),
+    ``no`` on the CPU; other values pass through."""
     if requested not in ("auto", "no", "bf16", "fp16"):
         raise CaptionerError(f"mixed_precision must be auto, no, bf16 or fp16, got {requested!r}.")
     if requested == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        if not torch.cuda.is_available():
+            return "no"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     return requested
 
 

@@ -247,3 +247,14 @@ def test_bf16_mixed_precision_path(pairs, tmp_path):
         assert mixed_precision_mode("auto") == "no"
     with pytest.raises(CaptionerError, match="mixed_precision"):
         mixed_precision_mode("fp8")
+
+
+def test_mixed_precision_auto_is_fp16_on_gpus_without_native_bf16(monkeypatch):
+    """A T4/V100 would get emulated bf16 from torch.cuda.is_bf16_supported() (emulation counts by default)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    native = {"value": False}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation
+                        or native["value"])
+    assert mixed_precision_mode("auto") == "fp16"
+    native["value"] = True
+    assert mixed_precision_mode("auto") == "bf16"
