@@ -71,7 +71,8 @@ class TrainConfig:
     warmup_ratio: float = field(default=0.1, metadata={"help": "warm-up share of all optimiser steps"})
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
-    mixed_precision: str = field(default="auto", metadata={"help": "auto (native bf16, else fp16; CPU: no) | no | bf16 | fp16"})
+    mixed_precision: str = field(default="auto",
+                                 metadata={"help": "auto (native bf16, else fp16; CPU: no) | no | bf16 | fp16"})
     seed: int = field(default=0, metadata={"help": "seed for initialisation, split and shuffling"})
     prompt: str | None = field(default=None, metadata={"help": "conditional prefix, e.g. 'a picture of'"})
     max_caption_tokens: int = field(default=40, metadata={"help": "captions are truncated to this many tokens"})
