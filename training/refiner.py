@@ -194,8 +194,8 @@ def make_examples(args: argparse.Namespace) -> tuple[list[dict], list[dict], dic
     chats = build_examples(evidence, args.template, args.template_dir, attributes, seed=args.seed)
     if not chats:
         raise RefinerError("No training examples: the data has no question whose answer the evidence supports.")
-    train = [c for c, ev in zip(chats, evidence) if not held_out(ev.image, args.eval_share)]
-    evaluation = [c for c, ev in zip(chats, evidence) if held_out(ev.image, args.eval_share)]
+    train = [c for c in chats if not held_out(c["image"], args.eval_share)]  # chats may be fewer than evidence
+    evaluation = [c for c in chats if held_out(c["image"], args.eval_share)]
     stats = {"questions": len(questions), "chats": len(chats), "train": len(train), "eval": len(evaluation),
              "by_source": {}, "top1_wrong": sum(not c["vqa_top1_correct"] for c in chats)}
     for chat in chats:

@@ -225,7 +225,7 @@ def build_examples(evidence: Sequence[Evidence], templates: Sequence[str], templ
             continue
         messages = build_messages(template, ev.caption, ev.question, ev.candidates, directory=template_dir)
         examples.append({"messages": messages, "reply": reply, "template": template, "source": ev.source,
-                         "question_id": ev.question_id, "vqa_top1_correct": bool(ev.candidates)
+                         "question_id": ev.question_id, "image": ev.image, "vqa_top1_correct": bool(ev.candidates)
                          and ev.candidates[0][0] == ev.truth})
     if dropped:
         logger.info("Left out %d of %d questions: no evidence supports their true answer.", dropped, len(evidence))
