@@ -19,6 +19,7 @@ from PIL import Image
 
 import llm.transformers_backend as backend
 import vqa_llm.loading as loading
+from fake_hub import fake_hub_cache
 from llm import LLMTimeoutError, TransformersChatLLM
 from tiny_models import build_tiny_chat_lm
 from vqa_llm.profiles import BASE, LARGE, REPO_ROOT, resolve_profile
@@ -65,16 +66,9 @@ def test_requirements_install_bitsandbytes_where_it_has_wheels():
     assert found[0].specifier.contains("0.50.2") and not found[0].specifier.contains("0.45.0")
 
 
-def _fake_hub_cache(root: Path, repos) -> dict[str, str]:
-    for repo in repos:
-        folder = root / ("models--" + repo.replace("/", "--"))
-        snapshot = folder / "snapshots" / "0123abcd"
-        snapshot.mkdir(parents=True)
-        (snapshot / "config.json").write_text("{}")
-        (snapshot / "model.safetensors").write_bytes(b"")
-        (folder / "refs").mkdir()
-        (folder / "refs" / "main").write_text("0123abcd")
-    return {"HF_HUB_CACHE": str(root), "HF_HUB_OFFLINE": "1"}
+def _fake_hub_env(root: Path, repos) -> dict[str, str]:
+    """Environment of an offline run whose Hub cache holds ``repos``."""
+    return {"HF_HUB_CACHE": str(fake_hub_cache(root, repos)), "HF_HUB_OFFLINE": "1"}
 
 
 def _no_probe(environ):
@@ -82,7 +76,7 @@ def _no_probe(environ):
 
 
 def test_auto_skips_large_without_bitsandbytes_and_says_why(tmp_path, no_bitsandbytes):
-    env = _fake_hub_cache(tmp_path / "hub", {LARGE.vqa_model, LARGE.captioner, LARGE.llm,
+    env = _fake_hub_env(tmp_path / "hub", {LARGE.vqa_model, LARGE.captioner, LARGE.llm,
                                              BASE.vqa_model, BASE.captioner, BASE.llm})
     profile, reason = resolve_profile("auto", {}, env, hub_probe=_no_probe, cuda_available=True)
     assert profile.name == "base"
@@ -90,7 +84,7 @@ def test_auto_skips_large_without_bitsandbytes_and_says_why(tmp_path, no_bitsand
 
 
 def test_auto_without_bitsandbytes_and_without_base_falls_back_to_bundled(tmp_path, no_bitsandbytes):
-    env = _fake_hub_cache(tmp_path / "hub", {LARGE.vqa_model, LARGE.captioner, LARGE.llm})
+    env = _fake_hub_env(tmp_path / "hub", {LARGE.vqa_model, LARGE.captioner, LARGE.llm})
     profile, reason = resolve_profile("auto", {}, env, hub_probe=_no_probe, cuda_available=True)
     assert profile.name == "bundled" and "bitsandbytes" in reason
 
@@ -99,7 +93,7 @@ def test_auto_keeps_large_when_bitsandbytes_is_there(tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k:
                         SimpleNamespace(name=name) if name == "bitsandbytes" else real(name, *a, **k))
-    env = _fake_hub_cache(tmp_path / "hub", {LARGE.vqa_model, LARGE.captioner, LARGE.llm})
+    env = _fake_hub_env(tmp_path / "hub", {LARGE.vqa_model, LARGE.captioner, LARGE.llm})
     profile, _ = resolve_profile("auto", {}, env, hub_probe=_no_probe, cuda_available=True)
     assert profile.name == "large"
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from fake_hub import fake_hub_cache
 from vqa_llm.errors import BadSettingError
 from vqa_llm.profiles import (
     BASE,
@@ -22,17 +23,6 @@ def _no_probe(environ):
     raise AssertionError("the Hub must not be probed here")
 
 
-def _fake_hub_cache(root: Path, repos) -> Path:
-    """A Hub cache folder in the huggingface_hub layout holding config.json + weights of ``repos``."""
-    for repo in repos:
-        folder = root / ("models--" + repo.replace("/", "--"))
-        snapshot = folder / "snapshots" / "0123abcd"
-        snapshot.mkdir(parents=True)
-        (snapshot / "config.json").write_text("{}")
-        (snapshot / "model.safetensors").write_bytes(b"")
-        (folder / "refs").mkdir()
-        (folder / "refs" / "main").write_text("0123abcd")
-    return root
 
 
 @pytest.fixture
@@ -60,7 +50,7 @@ def test_bundled_paths_are_absolute_under_the_repo_root():
 
 
 def test_auto_uses_the_hub_profile_when_its_models_are_cached(tmp_path):
-    cache = _fake_hub_cache(tmp_path / "hub", [BASE.vqa_model, BASE.captioner, BASE.llm])
+    cache = fake_hub_cache(tmp_path / "hub", [BASE.vqa_model, BASE.captioner, BASE.llm])
     env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     profile, reason = resolve_profile(None, None, env, hub_probe=_no_probe, cuda_available=False)
     assert profile.name == "base" and "local Hugging Face cache" in reason
@@ -71,7 +61,7 @@ def test_auto_uses_the_hub_profile_when_its_models_are_cached(tmp_path):
 
 
 def test_auto_partially_cached_is_not_enough(tmp_path):
-    cache = _fake_hub_cache(tmp_path / "hub", [BASE.vqa_model, BASE.captioner])
+    cache = fake_hub_cache(tmp_path / "hub", [BASE.vqa_model, BASE.captioner])
     env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     profile, reason = resolve_profile("auto", {}, env, hub_probe=_no_probe, cuda_available=False)
     assert profile.name == "bundled" and BASE.llm in reason and BASE.vqa_model not in reason
