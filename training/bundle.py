@@ -37,7 +37,7 @@ from vle.errors import VLEError
 from vle.finetune import TrainingConfig, answer_vocabulary, pretrain_vision_tower, train_vqa
 from vle.processing_vle import VLEProcessor
 from vle.processor_training import write_processor_files
-from vle.vqa_data import EASY_VQA_SHAPES, VQADataError, VQAExample, load_easy_vqa
+from vle.vqa_data import EASY_VQA_COLORS, EASY_VQA_SHAPES, VQADataError, VQAExample, load_easy_vqa
 from vqa_llm.errors import BadSettingError, VQALLMError
 from vqa_llm.evaluation.store import check_output_folder
 from vqa_llm.paths import REPO_ROOT, portable_path
@@ -64,7 +64,6 @@ BUILDS = {"vle": VLE_DIR_NAME, "weak": WEAK_VLE_DIR_NAME, "blip": BLIP_DIR_NAME,
 DEFAULT_BUILD_DIR = REPO_ROOT / "build_cache" / "bundle" / "models"
 EXIT_USER_ERROR = 2
 SEED = 0
-COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 _NEGATION = re.compile(r"\b(not|no)\b")
 
 
@@ -89,7 +88,7 @@ def image_attributes(examples: Sequence[VQAExample]) -> dict[str, dict[str, str]
             words = set(re.findall(r"[a-z]+", example.question))
             for shape in EASY_VQA_SHAPES & words:
                 attributes["shape"] = shape
-            for color in set(COLORS) & words:
+            for color in set(EASY_VQA_COLORS) & words:
                 attributes["color"] = color
     return dict(found)
 
@@ -149,7 +148,7 @@ def build_vle(out_dir: Path, work_dir: Path, vision_epochs: int = 15, vqa_epochs
     # Stage 1: the vision tower alone learns shape and colour.
     train_attr, test_attr = image_attributes(train), image_attributes(test)
     train_paths, test_paths = sorted(train_attr), sorted(test_attr)
-    shapes, colors = sorted(EASY_VQA_SHAPES), list(COLORS)
+    shapes, colors = sorted(EASY_VQA_SHAPES), list(EASY_VQA_COLORS)
     vision_log = pretrain_vision_tower(
         model.vle.vision_model.vision_model,
         _pixels(processor, train_paths),
@@ -232,7 +231,8 @@ def evaluate_vle(model_dir: Path, limit: int | None = None, batch_size: int = 25
 def caption_is_correct(caption: str, attributes: dict[str, str]) -> bool:
     """A caption is correct when it names the image's colour and shape (and no other colour or shape)."""
     words = set(re.findall(r"[a-z]+", caption.lower()))
-    return (words & set(COLORS)) == {attributes["color"]} and (words & EASY_VQA_SHAPES) == {attributes["shape"]}
+    return ((words & set(EASY_VQA_COLORS)) == {attributes["color"]}
+            and (words & EASY_VQA_SHAPES) == {attributes["shape"]})
 
 
 def evaluate_blip(model_dir: Path, limit: int | None = None, batch_size: int = 64) -> dict[str, Any]:

@@ -25,11 +25,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prompts import build_messages, template_kind
-from vle.vqa_data import EASY_VQA_SHAPES, VQAExample
+from vle.vqa_data import EASY_VQA_COLORS, EASY_VQA_SHAPES, VQAExample
 
 logger = logging.getLogger(__name__)
 
-EASY_VQA_COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 _NEGATED = re.compile(r"\b(?:not|no)\b")
 
 

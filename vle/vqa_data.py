@@ -43,6 +43,8 @@ COCO_IMAGE_NAME_PATTERN = "COCO_{data_subtype}_{image_id:012d}.jpg"
 
 # easy-VQA's shape answers; its other non yes/no answers are colours.
 EASY_VQA_SHAPES = frozenset({"circle", "rectangle", "triangle"})
+#: the colours of easy-VQA's shapes (this order is the bundled models' colour-label order)
+EASY_VQA_COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 
 _YES_NO = frozenset({"yes", "no"})
 _IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
