@@ -22,8 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from transformers import AutoConfig, AutoModel, CLIPVisionModel, PreTrainedModel
+from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.models.deberta_v2.modeling_deberta_v2 import DisentangledSelfAttention, LegacyDebertaV2OnlyMLMHead
+from transformers.models.deberta_v2.modeling_deberta_v2 import (
+    DisentangledSelfAttention,
+    LegacyDebertaV2LMPredictionHead,
+    LegacyDebertaV2OnlyMLMHead,
+)
 from transformers.utils import ModelOutput, logging
 
 from .configuration_vle import VLEConfig
@@ -31,6 +36,14 @@ from .configuration_vle import VLEConfig
 logger = logging.get_logger(__name__)
 
 IMAGE_TOKEN_TYPE = 1
+
+#: where each pretraining head lives in a checkpoint; hfl/vle-base holds them all, so each head class ignores
+#: the others' weights when it loads from such a checkpoint (they are not missing parts of that class)
+PRETRAINING_HEAD_KEYS = {"itm": r"^itm_score\.", "pbc": r"^pbc_classifier\.", "mlm": r"^mlm_score\."}
+
+
+def _sibling_heads(own: str) -> list[str]:
+    return [r"position_ids", *(pattern for name, pattern in PRETRAINING_HEAD_KEYS.items() if name != own)]
 
 
 @dataclass
@@ -244,6 +257,11 @@ class VLEPreTrainedModel(PreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [r"position_ids"]
     _no_split_modules = ["VLEFusionLayer", "CLIPEncoderLayer", "DebertaV2Layer"]
 
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, LegacyDebertaV2LMPredictionHead):  # a bare parameter: left as torch.empty otherwise
+            init.zeros_(module.bias)
+
     @classmethod
     def from_vision_text_pretrained(
         cls,
@@ -287,6 +305,8 @@ class VLEPreTrainedModel(PreTrainedModel):
 
 class VLEModel(VLEPreTrainedModel):
     """The VLE encoder: text and image encoders, projections, token types, co-attention layers and poolers."""
+
+    _keys_to_ignore_on_load_unexpected = _sibling_heads("")  # a pretraining checkpoint's heads
 
     def __init__(
         self,
@@ -593,6 +613,7 @@ class VLEForITM(_VLELabelledHeadModel):
     """Image-text matching head: linear on the pooled vector -> 2 logits (index 1 = the text matches the image)."""
 
     labels_name = "itm_labels"
+    _keys_to_ignore_on_load_unexpected = _sibling_heads("itm")
 
     def __init__(self, config: VLEConfig, vision_model=None, text_model=None):
         super().__init__(config, vision_model, text_model)
@@ -613,6 +634,7 @@ class VLEForPBC(_VLELabelledHeadModel):
     """
 
     labels_name = "pbc_labels"
+    _keys_to_ignore_on_load_unexpected = _sibling_heads("pbc")
 
     def __init__(self, config: VLEConfig, vision_model=None, text_model=None):
         super().__init__(config, vision_model, text_model)
@@ -634,6 +656,7 @@ class VLEForMLM(_VLELabelledHeadModel):
     """
 
     labels_name = "mlm_labels"
+    _keys_to_ignore_on_load_unexpected = _sibling_heads("mlm")
     _keys_to_ignore_on_load_missing = [
         r"mlm_score.1.predictions.decoder.weight",
         r"mlm_score.1.predictions.decoder.bias",
@@ -662,6 +685,77 @@ class VLEForMLM(_VLELabelledHeadModel):
 
     def _loss(self, logits: torch.Tensor, labels) -> torch.Tensor:
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
+
+@dataclass
+class VLEForPreTrainingOutput(ModelOutput):
+    """Output of [`VLEForPreTraining`]: the summed ``loss`` of the labels given, and each head's logits
+    (``itm_logits`` ``[batch, 2]``, ``pbc_logits`` ``[batch, patches, 2]``, ``mlm_logits`` ``[batch, text_len,
+    vocab]``)."""
+
+    loss: torch.FloatTensor | None = None
+    itm_logits: torch.FloatTensor | None = None
+    pbc_logits: torch.FloatTensor | None = None
+    mlm_logits: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+
+
+class VLEForPreTraining(_VLEHeadModel):
+    """The ITM, PBC and MLM heads on one backbone, under the names of [`VLEForITM`], [`VLEForPBC`] and
+    [`VLEForMLM`]: it trains and saves a pretraining checkpoint in the layout of hfl/vle-base, from which each of
+    those classes (and [`VLEModel`]) loads.
+
+    One forward fuses the inputs once and runs all three heads; the loss sums the heads whose labels are given
+    (``itm_labels``, ``pbc_labels``, ``mlm_labels``; ``-100`` ignored).
+    """
+
+    _keys_to_ignore_on_load_missing = VLEForMLM._keys_to_ignore_on_load_missing
+    _tied_weights_keys = VLEForMLM._tied_weights_keys
+
+    def __init__(self, config: VLEConfig, vision_model=None, text_model=None):
+        super().__init__(config, vision_model, text_model)
+        self.itm_score = ITMHead(config.hidden_size * 2)
+        self.pbc_classifier = _classifier_mlp(config.hidden_size, 2)
+        self.mlm_score = nn.Sequential(
+            nn.Linear(config.hidden_size, config.text_config.hidden_size),
+            LegacyDebertaV2OnlyMLMHead(config.text_config),
+        )
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.mlm_score[1].predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.mlm_score[1].predictions.decoder = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        itm_labels: torch.LongTensor | None = None,
+        pbc_labels: torch.LongTensor | None = None,
+        mlm_labels: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+        image_embeds: torch.FloatTensor | None = None,
+    ) -> VLEForPreTrainingOutput | tuple:
+        fused = self._fuse(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+                           token_type_ids=token_type_ids, image_embeds=image_embeds)
+        itm_logits = self.itm_score(fused.pooler_output)
+        pbc_logits = self.pbc_classifier(fused.image_embeds[:, 1:, :])
+        mlm_logits = self.mlm_score(fused.text_embeds)
+        losses = []
+        for logits, labels in ((itm_logits, itm_labels), (pbc_logits, pbc_labels), (mlm_logits, mlm_labels)):
+            if labels is not None and (labels != -100).any():  # a batch without known labels adds no loss
+                losses.append(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).long(),
+                                              ignore_index=-100))
+        loss = sum(losses) if losses else None
+        if return_dict is False:
+            return tuple(x for x in (loss, itm_logits, pbc_logits, mlm_logits) if x is not None)
+        return VLEForPreTrainingOutput(loss=loss, itm_logits=itm_logits, pbc_logits=pbc_logits, mlm_logits=mlm_logits,
+                                       pooler_output=fused.pooler_output)
 
 
 class _VLEForVCR(_VLEHeadModel):
@@ -735,6 +829,8 @@ __all__ = [
     "VLEForITM",
     "VLEForPBC",
     "VLEForMLM",
+    "VLEForPreTraining",
+    "VLEForPreTrainingOutput",
     "VLEForVCRQ2A",
     "VLEForVCRQA2R",
     "interpolate_position_embedding",

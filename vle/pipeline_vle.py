@@ -171,7 +171,8 @@ def top_answers(
 
 
 class VLEForITMPipeline(_VLEPipeline):
-    """Image-text matching: ``pipe(image=..., text=...)`` -> ``{"score": P(match), "match": bool}``.
+    """Image-text matching: ``pipe(image=..., text=...)`` -> ``{"score": P(match), "match": bool, "logit": the
+    match log-odds}`` (``logit`` ranks texts where ``score`` has rounded to 1.0).
 
     Several texts for one image (``text=[...]``) run as one batch and return a list.
     """
@@ -186,8 +187,10 @@ class VLEForITMPipeline(_VLEPipeline):
         return {"model_inputs": model_inputs, "batched": batched}
 
     def postprocess(self, model_outputs: dict[str, Any]) -> Any:
-        match = torch.softmax(model_outputs["logits"].float(), dim=-1)[:, 1].tolist()
-        results = [{"score": p, "match": p > 0.5} for p in match]
+        logits = model_outputs["logits"].float()
+        match = torch.softmax(logits, dim=-1)[:, 1].tolist()
+        odds = (logits[:, 1] - logits[:, 0]).tolist()
+        results = [{"score": p, "match": p > 0.5, "logit": z} for p, z in zip(match, odds)]
         return results if model_outputs["batched"] else results[0]
 
 
