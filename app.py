@@ -5,13 +5,14 @@
 
 The Ask tab shows, side by side, BLIP's caption, VLE's top-k answers with scores and the LLM's answer
 streaming token by token, a mark when the LLM changed VLE's top-1 answer, the exact prompt, the raw reply
-and per-stage timings. Two more tabs run VLE's pretraining heads (image-text matching, patch relevance) when
-the profile has that checkpoint. This file is UI only: the models come from :mod:`vqa_llm` (the pipeline, and
-the VLE tasks of :mod:`vqa_llm.tasks`).
+and per-stage timings. Three more tabs run VLE's pretraining heads (image-text matching, zero-shot
+classification through matching, patch relevance) when the profile has that checkpoint (every profile does:
+``bundled`` carries its own, ``assets/models/vle-easyvqa-pretrain``). This file is UI only: the models come
+from :mod:`vqa_llm` (the pipeline, and the VLE tasks of :mod:`vqa_llm.tasks`).
 
-Named API endpoints (``gradio_client``): ``/answer``, ``/caption``, ``/itm``, ``/pbc``. All four exist on every
-profile; without a VLE pretraining checkpoint (e.g. ``bundled``) ``/itm`` and ``/pbc`` answer with an error
-message saying so.
+Named API endpoints (``gradio_client``): ``/answer``, ``/caption``, ``/itm``, ``/classify``, ``/pbc``. All exist
+on every profile; without a VLE pretraining checkpoint (``--vle-pretrained none``) ``/itm``, ``/classify`` and
+``/pbc`` answer with an error message saying so.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ DEFAULT_MAX_QUEUE = 20
 MAX_TOP_K = 20
 MAX_FEWSHOT_RUNS = 5
 MAX_ITM_TEXTS = 16
+MAX_CLASSIFY_LABELS = 50
 MAX_TEXT_CHARS = 300
 #: environment variable naming the VLE pretraining checkpoint (ITM + PBC heads)
 PRETRAINED_ENV_VAR = ENV_VARS["vle_pretrained"]
@@ -324,20 +326,37 @@ class DemoHandlers:
         if image is None:
             raise gr.Error("No image was given: upload an image first.")
 
+    @staticmethod
+    def _lines(texts: str, what: str, limit: int) -> list[str]:
+        """The non-empty lines of ``texts``, trimmed, duplicates merged; gr.Error when none, too many or one too
+        long."""
+        lines = list(dict.fromkeys(line.strip() for line in (texts or "").splitlines() if line.strip()))
+        if not lines:
+            raise gr.Error(f"Type one or more {what}, one per line.")
+        if len(lines) > limit:
+            raise gr.Error(f"{len(lines)} {what} given; the limit is {limit}. Remove some lines.")
+        too_long = [line for line in lines if len(line) > MAX_TEXT_CHARS]
+        if too_long:
+            raise gr.Error(f"A line is {len(too_long[0])} characters long; the limit is {MAX_TEXT_CHARS}. "
+                           "Shorten it.")
+        return lines
+
     def itm(self, image: Any, texts: str) -> dict[str, float]:
         """UI + API ``/itm``: probability that each text (one per line) matches the image."""
         with user_errors():
             self._require_tasks(image)
-            lines = list(dict.fromkeys(line.strip() for line in (texts or "").splitlines() if line.strip()))
-            if not lines:
-                raise gr.Error("Type one or more texts, one per line.")
-            if len(lines) > MAX_ITM_TEXTS:
-                raise gr.Error(f"{len(lines)} texts given; the limit is {MAX_ITM_TEXTS}. Remove some lines.")
-            too_long = [line for line in lines if len(line) > MAX_TEXT_CHARS]
-            if too_long:
-                raise gr.Error(f"A text is {len(too_long[0])} characters long; the limit is {MAX_TEXT_CHARS}. "
-                               "Shorten it.")
+            lines = self._lines(texts, "texts", MAX_ITM_TEXTS)
             return dict(zip(lines, self.tasks.match(image, lines)))
+
+    def classify(self, image: Any, labels: str) -> dict[str, float]:
+        """UI + API ``/classify``: zero-shot classification, the labels (one per line) ranked by image-text
+        matching with probabilities that sum to 1."""
+        with user_errors():
+            self._require_tasks(image)
+            lines = self._lines(labels, "labels", MAX_CLASSIFY_LABELS)
+            if len(lines) < 2:
+                raise gr.Error("Give at least two labels, one per line, to choose between.")
+            return dict(self.tasks.classify(image, lines))
 
     def pbc(self, image: Any, text: str, alpha: float = 0.5) -> tuple[Image.Image, dict[str, Any]]:
         """UI + API ``/pbc``: heatmap of the image patches the text talks about, and the relevance grid."""
@@ -417,7 +436,7 @@ def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: V
                 with gr.Column():
                     itm_texts = gr.Textbox(label="Texts, one per line", lines=5, elem_id="itm-texts",
                                            placeholder="a red circle\na blue square")
-                    itm_button = gr.Button("Match", variant="primary")
+                    itm_button = gr.Button("Match", variant="primary", elem_id="itm-button")
                     itm_scores = gr.Label(label="Match probability", elem_id="itm-scores")
             itm_button.click(handlers.itm, [itm_image, itm_texts], itm_scores, api_name="itm", **heavy)
 
@@ -427,11 +446,22 @@ def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: V
                 with gr.Column():
                     pbc_text = gr.Textbox(label="Text", placeholder="the red circle", elem_id="pbc-text")
                     alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Darken irrelevant patches by")
-                    pbc_button = gr.Button("Show relevance", variant="primary")
+                    pbc_button = gr.Button("Show relevance", variant="primary", elem_id="pbc-button")
                     heatmap = gr.Image(type="pil", format="png", label="Relevance heatmap", interactive=False,
                                        elem_id="pbc-heatmap")
-                    grid = gr.JSON(label="Per-patch relevance")
+                    grid = gr.JSON(label="Per-patch relevance", elem_id="pbc-grid")
             pbc_button.click(handlers.pbc, [pbc_image, pbc_text, alpha], [heatmap, grid], api_name="pbc", **heavy)
+
+        with gr.Tab("Zero-shot classification", id="classify", visible=tasks.available):
+            with gr.Row():
+                cls_image = image_input(label="Image", height=300, elem_id="classify-image")
+                with gr.Column():
+                    cls_labels = gr.Textbox(label=f"Labels, one per line (up to {MAX_CLASSIFY_LABELS})", lines=8,
+                                            max_lines=12, value="\n".join(tasks.default_labels),
+                                            elem_id="classify-labels")
+                    cls_button = gr.Button("Classify", variant="primary", elem_id="classify-button")
+                    cls_ranked = gr.Label(label="Ranked labels (probability)", elem_id="classify-ranked")
+            cls_button.click(handlers.classify, [cls_image, cls_labels], cls_ranked, api_name="classify", **heavy)
 
         if not tasks.available:
             gr.Markdown(f"*{_md_plain(tasks.note or no_tasks_note(profile))}*", elem_id="tasks-note")

@@ -1,10 +1,12 @@
-"""Take the README screenshot of the Ask tab with real output (bundled profile by default, offline).
+"""Take a README screenshot with real output (bundled profile by default, offline).
 
-    .venv/bin/python scripts/screenshot.py [--out assets/screenshots/ask_tab.png] [-- app flags...]
+    .venv/bin/python scripts/screenshot.py [--tab ask|pbc] [--out PNG] [-- app flags...]
 
 Starts ``app.py`` in-process on a free port, opens it in Debian's chromium (Playwright, never
-``playwright install``), uploads the first example image, asks its question, waits for the streamed LLM answer
-to finish and saves a full-page screenshot.
+``playwright install``), uploads the first example image and saves a full-page screenshot: ``ask`` (default,
+``assets/screenshots/ask_tab.png``) asks the example's question and waits for the streamed LLM answer to
+finish; ``pbc`` (``assets/screenshots/pbc_tab.png``) shows the patch relevance of the text "a <colour> <shape>"
+naming what the image shows.
 """
 
 from __future__ import annotations
@@ -36,11 +38,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def show_relevance(page, image: str) -> None:
+    """The patch-relevance tab with ``image`` and the caption of what it shows."""
+    from training.shape_scenes import read_scene
+
+    page.get_by_role("tab", name="Patch relevance").click()
+    page.locator("#pbc-image input[type=file]").set_input_files(image)
+    expect(page.locator("#pbc-image img").first).to_be_visible(timeout=60_000)
+    page.locator("#pbc-text input, #pbc-text textarea").first.fill(read_scene(image).caption)
+    page.locator("#pbc-button").click()
+    expect(page.locator("#pbc-heatmap img").first).to_be_visible(timeout=60_000)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(REPO / "assets" / "screenshots" / "ask_tab.png"))
+    parser.add_argument("--tab", choices=["ask", "pbc"], default="ask", help="the tab to show (default: ask)")
+    parser.add_argument("--out", help="PNG to write (default: assets/screenshots/<tab>_tab.png)")
     parser.add_argument("app_args", nargs="*", help="flags for app.py (after --)")
     args = parser.parse_args()
+    args.out = args.out or str(REPO / "assets" / "screenshots" / f"{args.tab}_tab.png")
     app_argv = args.app_args or ["--profile", "bundled"]
     app_args = app.build_parser().parse_args(app_argv + ["--port", str(free_port())])
     demo = app.create_app(app_args)
@@ -50,10 +66,14 @@ def main() -> int:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
-        page.set_input_files("input[type=file]", str(REPO / "assets" / "examples" / example["image"]))
-        page.get_by_label("Question").fill(example["question"])
-        page.locator("#ask-button").click()
-        expect(page.locator("#verdict")).to_contain_text(re.compile(r"kept|changed|failed"), timeout=180_000)
+        image = str(REPO / "assets" / "examples" / example["image"])
+        if args.tab == "pbc":
+            show_relevance(page, image)
+        else:
+            page.set_input_files("input[type=file]", image)
+            page.get_by_label("Question").fill(example["question"])
+            page.locator("#ask-button").click()
+            expect(page.locator("#verdict")).to_contain_text(re.compile(r"kept|changed|failed"), timeout=180_000)
         page.wait_for_timeout(500)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=args.out, full_page=True)

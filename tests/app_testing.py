@@ -2,7 +2,8 @@
 
 :func:`demo_model_argv` returns ``app.py`` flags that run the demo offline: the bundled easy-VQA VLE and BLIP
 when ``assets/models/`` holds them, tiny random ones otherwise; always a tiny chat LLM (the bundled SmolLM2
-would make every test wait for it) and a tiny VLE pretraining checkpoint for the matching/relevance tabs.
+would make every test wait for it); for the matching, classification and relevance tabs the bundled VLE
+pretraining checkpoint when present, else a tiny random one.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import torch
 from tiny_models import build_tiny_blip, build_tiny_chat_lm
 from tiny_vle import IMAGE_SIZE, build_tiny_vle_vqa, tiny_vle_config
 from tiny_vle_processor import write_original_processor_files
-from vle import VLEForITM, VLEForPBC
+from vle import VLEForPreTraining
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_VQA = REPO_ROOT / "assets" / "models" / "vle-easyvqa"
 BUNDLED_CAPTIONER = REPO_ROOT / "assets" / "models" / "blip-easyvqa"
+BUNDLED_PRETRAIN = REPO_ROOT / "assets" / "models" / "vle-easyvqa-pretrain"
 
 
 def bundled_models_present() -> bool:
@@ -27,15 +29,17 @@ def bundled_models_present() -> bool:
     return (BUNDLED_VQA / "config.json").is_file() and (BUNDLED_CAPTIONER / "config.json").is_file()
 
 
+def bundled_pretrain_present() -> bool:
+    """Whether the bundled VLE pretraining checkpoint folder exists (with a config.json)."""
+    return (BUNDLED_PRETRAIN / "config.json").is_file()
+
+
 def build_tiny_vle_pretrained(directory: str | Path, seed: int = 0) -> str:
-    """Save a tiny random VLE checkpoint holding both the ITM and the PBC heads (like hfl/vle-base)."""
+    """Save a tiny random VLE checkpoint holding the ITM, PBC and MLM heads (like hfl/vle-base)."""
     directory = Path(directory)
     write_original_processor_files(directory, image_size=IMAGE_SIZE)
     torch.manual_seed(seed)
-    config = tiny_vle_config()
-    itm, pbc = VLEForITM(config), VLEForPBC(config)
-    pbc.vle = itm.vle
-    itm.save_pretrained(directory, state_dict={**itm.state_dict(), **pbc.state_dict()})
+    VLEForPreTraining(tiny_vle_config()).save_pretrained(directory)
     return str(directory)
 
 
@@ -43,7 +47,9 @@ def demo_model_argv(root: str | Path) -> list[str]:
     """``app.py`` model flags for an offline test run (see the module docstring); models are built under ``root``."""
     root = Path(root)
     argv = ["--profile", "bundled", "--llm", build_tiny_chat_lm(root / "chat", max_position_embeddings=2048),
-            "--vle-pretrained", build_tiny_vle_pretrained(root / "vle-pretrained"), "--device", "cpu"]
+            "--device", "cpu"]
+    if not bundled_pretrain_present():
+        argv += ["--vle-pretrained", build_tiny_vle_pretrained(root / "vle-pretrained")]
     if not bundled_models_present():
         argv += ["--vqa-model", build_tiny_vle_vqa(root / "vle-vqa"), "--captioner", build_tiny_blip(root / "blip")]
     return argv

@@ -1,10 +1,12 @@
 """The Gradio app served on a free local port, called through ``gradio_client`` like any API user would.
 
 The server runs the bundled easy-VQA VLE and BLIP when ``assets/models/`` holds them (tiny random models
-otherwise), a tiny chat LLM and a tiny VLE pretraining checkpoint. Covers every named endpoint and its fields,
-streaming of ``/answer``, user errors (no image, empty/overlong question, unreadable image, upload too large)
-shown as clear messages, the queue limits, and — calling the event functions directly — LLM failures, the
-"changed" mark, HTML escaping, the hidden matching/relevance tabs and the command-line helpers.
+otherwise), a tiny chat LLM and the bundled VLE pretraining checkpoint (a tiny random one when absent). Covers
+every named endpoint and its fields, streaming of ``/answer``, user errors (no image, empty/overlong question or
+texts, empty or too long label lists, unreadable image, upload too large) shown as clear messages with the server
+still answering after them, the queue limits, and — calling the event functions directly — LLM failures, the
+"changed" mark, HTML escaping, the matching/classification/relevance tabs shown or hidden and the command-line
+helpers.
 """
 
 import json
@@ -20,9 +22,11 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app
-from app_testing import bundled_models_present, demo_model_argv, free_port
+from app_testing import BUNDLED_PRETRAIN, bundled_models_present, bundled_pretrain_present, demo_model_argv, free_port
 from llm import ChatLLM, LLMConnectionError
+from training.shape_scenes import read_scene
 from vqa_llm import VQALLMPipeline, overrides_from_args, resolve_profile
+from vqa_llm.sources import model_source
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 QUESTION = "what is the color of the shape?"
@@ -78,7 +82,8 @@ def image_path():
 # ------------------------------------------------------------------------------------------ API
 def test_api_lists_the_named_endpoints(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/answer", "/caption", "/itm", "/pbc"} <= set(endpoints)
+    assert {"/answer", "/caption", "/itm", "/classify", "/pbc"} <= set(endpoints)
+    assert [p["parameter_name"] for p in endpoints["/classify"]["parameters"]] == ["image", "labels"]
     params = [p["parameter_name"] for p in endpoints["/answer"]["parameters"]]
     assert params[:5] == ["image", "question", "top_k", "use_llm", "template"]
 
@@ -138,6 +143,39 @@ def test_pbc_returns_a_heatmap_of_the_input_size(client, image_path):
     assert grid["max"] == pytest.approx(max(max(r) for r in grid["relevance"]), abs=1e-3)
 
 
+def _colour_shape_labels():
+    return [f"a {c} {s}" for s in ("circle", "rectangle", "triangle")
+            for c in ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")]
+
+
+def test_classify_ranks_the_labels(client, image_path):
+    labels = _colour_shape_labels()
+    out = client.predict(handle_file(image_path), "\n".join(labels), api_name="/classify")
+    ranked = [c["label"] for c in out["confidences"]]
+    probs = [c["confidence"] for c in out["confidences"]]
+    assert sorted(ranked) == sorted(labels) and out["label"] == ranked[0]
+    assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_bundled_checkpoint_names_what_easy_vqa_test_images_show(client):
+    """On the bundled profile the three endpoints know the shape: checked against the pixels of test images."""
+    assert bundled_pretrain_present(), "the bundled VLE pretraining checkpoint is missing from assets/models"
+    labels = "\n".join(_colour_shape_labels())
+    for path in sorted(easy_vqa.get_test_image_paths().values())[:12]:
+        scene = read_scene(path)
+        assert client.predict(handle_file(path), labels, api_name="/classify")["label"] == scene.caption
+        # another colour and another shape: clearly no match (a colour-only mismatch is the model's weak spot,
+        # measured in its model card)
+        other = next(f"a {c} {s}" for c, s in (("red", "circle"), ("blue", "triangle"), ("green", "rectangle"))
+                     if c != scene.color and s != scene.shape)
+        out = client.predict(handle_file(path), f"{scene.caption}\n{other}", api_name="/itm")
+        scores = {c["label"]: c["confidence"] for c in out["confidences"]}
+        assert scores[scene.caption] > 0.5 > scores[other]
+        _, grid = client.predict(handle_file(path), scene.caption, 0.5, api_name="/pbc")
+        relevance = [v for row in grid["relevance"] for v in row]
+        assert max(relevance) > 0.5 and min(relevance) < 0.5  # the shape's patches stand out from the rest
+
+
 # ------------------------------------------------------------------------------------ user errors
 @pytest.mark.parametrize("question, message", [
     ("", "The question is empty"),
@@ -157,7 +195,8 @@ def test_bad_settings_give_a_clear_message(client, image_path):
 def test_missing_image_gives_a_clear_message(client):
     with pytest.raises(AppError, match="No image was given"):
         client.predict(None, QUESTION, 3, True, "short", api_name="/answer")
-    for endpoint, extra in (("/caption", ()), ("/itm", ("a cat",)), ("/pbc", ("a cat", 0.5))):
+    for endpoint, extra in (("/caption", ()), ("/itm", ("a cat",)), ("/pbc", ("a cat", 0.5)),
+                            ("/classify", ("a cat\na dog",))):
         with pytest.raises(AppError, match="No image was given"):
             client.predict(None, *extra, api_name=endpoint)
 
@@ -178,8 +217,26 @@ def test_itm_and_pbc_text_errors(client, image_path):
         client.predict(handle_file(image_path), " \n ", api_name="/itm")
     with pytest.raises(AppError, match=f"the limit is {app.MAX_ITM_TEXTS}"):
         client.predict(handle_file(image_path), "\n".join(f"text {i}" for i in range(40)), api_name="/itm")
+    with pytest.raises(AppError, match=f"the limit is {app.MAX_TEXT_CHARS}"):
+        client.predict(handle_file(image_path), "a red circle\n" + "long " * 100, api_name="/itm")
     with pytest.raises(AppError, match="Type a text"):
         client.predict(handle_file(image_path), "  ", 0.5, api_name="/pbc")
+    with pytest.raises(AppError, match=f"the limit is {app.MAX_TEXT_CHARS}"):
+        client.predict(handle_file(image_path), "long " * 100, 0.5, api_name="/pbc")
+
+
+@pytest.mark.parametrize("labels, message", [
+    ("", "Type one or more labels"),
+    (" \n\n ", "Type one or more labels"),
+    ("a red circle\n a red circle ", "at least two labels"),
+    ("\n".join(f"label {i}" for i in range(app.MAX_CLASSIFY_LABELS + 1)), f"the limit is {app.MAX_CLASSIFY_LABELS}"),
+    ("a red circle\n" + "long " * 100, f"the limit is {app.MAX_TEXT_CHARS}"),
+])
+def test_classify_label_errors_and_the_server_stays_up(client, image_path, labels, message):
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(image_path), labels, api_name="/classify")
+    out = client.predict(handle_file(image_path), "a red circle\na blue circle", api_name="/classify")
+    assert {c["label"] for c in out["confidences"]} == {"a red circle", "a blue circle"}
 
 
 def test_uploads_over_the_size_limit_are_refused(server, tmp_path):
@@ -264,17 +321,31 @@ def test_tasks_report_why_they_are_missing(reference, image_path):
         handlers.itm(image_path, "a cat")
     with pytest.raises(gr.Error, match="no pretraining checkpoint"):
         handlers.pbc(image_path, "a cat")
+    with pytest.raises(gr.Error, match="no pretraining checkpoint"):
+        handlers.classify(image_path, "a cat\na dog")
 
 
 def test_tabs_hidden_and_note_shown_without_pretraining_checkpoint(reference):
     profile, reason = resolve_profile("bundled", {"vqa_model": "x", "captioner": "y"})
     demo = app.build_demo(reference, profile, reason, tasks=None, examples=[])
     tabs = {b.label: b.visible for b in demo.blocks.values() if isinstance(b, gr.Tab)}
-    assert tabs == {"Ask": True, "Image-text matching": False, "Patch relevance": False}
+    assert tabs == {"Ask": True, "Image-text matching": False, "Patch relevance": False,
+                    "Zero-shot classification": False}
     texts = " ".join(str(b.value) for b in demo.blocks.values() if isinstance(b, gr.Markdown))
     assert "pretraining checkpoint" in texts and "easy-VQA" in texts and reason.split(";")[0] in texts
     checkbox = next(b for b in demo.blocks.values() if isinstance(b, gr.Checkbox))
     assert checkbox.value is False and checkbox.interactive is False  # no LLM loaded: the switch is off
+
+
+def test_bundled_profile_shows_every_tab_with_its_default_labels(server):
+    demo, _, _ = server
+    tabs = {b.label: b.visible for b in demo.blocks.values() if isinstance(b, gr.Tab)}
+    assert tabs == {"Ask": True, "Image-text matching": True, "Patch relevance": True,
+                    "Zero-shot classification": True}
+    labels = next(b.value for b in demo.blocks.values() if getattr(b, "elem_id", None) == "classify-labels")
+    if bundled_pretrain_present():
+        assert sorted(labels.splitlines()) == sorted(_colour_shape_labels())
+    assert not any(getattr(b, "elem_id", None) == "tasks-note" for b in demo.blocks.values())
 
 
 def test_examples_are_offered_when_given(reference, image_path):
@@ -297,8 +368,8 @@ def test_banner_names_models_and_their_origin_without_machine_paths(server, mode
     demo, _, args = server
     banner = next(b.value for b in demo.blocks.values() if getattr(b, "elem_id", None) == "banner")
     assert "vqa: `" in banner and "captioner: `" in banner and "llm: `chat (local folder)`" in banner
-    assert "VLE pretraining: `vle-pretrained (local folder)`" in banner
-    for path in (str(app.REPO_ROOT), args.llm, args.vle_pretrained, "site-packages", "/tmp"):
+    assert f"VLE pretraining: `{model_source(args.vle_pretrained or str(BUNDLED_PRETRAIN))}`" in banner
+    for path in (str(app.REPO_ROOT), args.llm, args.vle_pretrained or str(BUNDLED_PRETRAIN), "site-packages", "/tmp"):
         assert path not in banner
 
 

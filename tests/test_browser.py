@@ -6,6 +6,9 @@
    when ``SAVE_SCREENSHOT=1``, else to a temporary folder.
 2. A fake LLM whose reply holds ``<script>`` and HTML: its first chunk is visible while the reply is still
    streaming (the LLM is held until the test has seen it), the text is shown literally, and no script runs.
+3. The VLE tabs of the bundled profile (its pretraining checkpoint): image-text matching, patch relevance (the
+   heatmap image and the grid appear) and zero-shot classification (the ranked labels appear, the right one
+   first, checked against the image's pixels).
 """
 
 import os
@@ -21,6 +24,7 @@ from playwright.sync_api import expect, sync_playwright
 import app
 from app_testing import REPO_ROOT, demo_model_argv, free_port
 from llm import ChatLLM
+from training.shape_scenes import read_scene
 from vqa_llm import VQALLMPipeline, overrides_from_args, resolve_profile
 
 pytestmark = pytest.mark.browser
@@ -176,3 +180,44 @@ def test_llm_html_is_streamed_as_text_and_never_executed(page, held_app):
     assert page.locator("b", has_text="bold").count() == 0
     assert page.locator("img[src='x']").count() == 0
     assert "</b><script>" in page.locator("#verdict").inner_text()  # the parsed answer, as literal text
+
+
+def open_tab_and_upload(page, url: str, tab: str, elem_id: str, image: str) -> None:
+    page.goto(url)
+    page.get_by_role("tab", name=tab).click()
+    page.locator(f"#{elem_id} input[type=file]").set_input_files(image)
+    expect(page.locator(f"#{elem_id} img").first).to_be_visible(timeout=WAIT_MS)  # upload finished
+
+
+def test_matching_tab_scores_each_text(page, app_url):
+    image, _ = example_image_and_question()
+    truth = read_scene(image).caption
+    open_tab_and_upload(page, app_url, "Image-text matching", "itm-image", image)
+    textbox(page, "itm-texts").fill(f"{truth}\na purple elephant")
+    page.locator("#itm-button").click()
+    scores = page.locator("#itm-scores")
+    expect(scores).to_contain_text(truth, timeout=WAIT_MS)
+    expect(scores).to_contain_text("a purple elephant")
+
+
+def test_patch_relevance_tab_shows_the_heatmap_and_the_grid(page, app_url):
+    image, _ = example_image_and_question()
+    open_tab_and_upload(page, app_url, "Patch relevance", "pbc-image", image)
+    textbox(page, "pbc-text").fill(read_scene(image).caption)
+    page.locator("#pbc-button").click()
+    heatmap = page.locator("#pbc-heatmap img").first
+    expect(heatmap).to_be_visible(timeout=WAIT_MS)
+    assert page.evaluate("(img) => img.naturalWidth", heatmap.element_handle()) > 0
+    expect(page.locator("#pbc-grid")).to_contain_text("relevance")
+
+
+def test_classification_tab_ranks_the_default_labels_right_one_first(page, app_url):
+    image, _ = example_image_and_question()
+    open_tab_and_upload(page, app_url, "Zero-shot classification", "classify-image", image)
+    labels = textbox(page, "classify-labels").input_value().splitlines()
+    assert len(labels) == 24 and "a red circle" in labels  # the bundled checkpoint's default labels
+    page.locator("#classify-button").click()
+    truth = read_scene(image).caption
+    expect(page.locator("#classify-ranked")).to_contain_text(truth, timeout=WAIT_MS)
+    top = page.locator("#classify-ranked .output-class, #classify-ranked h2").first
+    expect(top).to_have_text(truth)

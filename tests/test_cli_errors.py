@@ -230,6 +230,7 @@ def test_app_hint_names_the_share_flag(capsys, tmp_path):
     assert "start the app with --share" in out and "share=True" not in out
 
 
-def test_app_docs_say_itm_and_pbc_exist_on_every_profile():
+def test_app_docs_say_itm_classify_and_pbc_exist_on_every_profile():
     doc = " ".join(app.__doc__.split())
-    assert "All four exist on every profile" in doc and "``/itm`` and ``/pbc`` answer with an error" in doc
+    assert "``/itm``, ``/classify``, ``/pbc``. All exist on every profile" in doc
+    assert "``/itm``, ``/classify`` and ``/pbc`` answer with an error" in doc

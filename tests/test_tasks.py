@@ -20,8 +20,9 @@ from vle import VLEForVQA
 from vle.processing_vle import VLEProcessor
 from vqa_llm import BadSettingError, VQALLMPipeline, resolve_profile
 from vqa_llm.paths import REPO_ROOT
+from vqa_llm.profiles import BUNDLED_PRETRAIN_DIR
 from vqa_llm.sources import model_source, public_text
-from vqa_llm.tasks import TASKS, VLETasks, load_tasks
+from vqa_llm.tasks import GENERIC_LABELS, LABELS_FILE, TASKS, VLETasks, default_labels, load_tasks
 from vqa_llm.zerogpu import gpu_stage, on_zero_gpu
 
 
@@ -43,7 +44,8 @@ def bundled_with(checkpoint, environ=None):
 def test_the_profile_names_the_pretraining_checkpoint():
     assert resolve_profile("base", environ={})[0].vle_pretrained == "hfl/vle-base"
     assert resolve_profile("large", environ={})[0].vle_pretrained == "hfl/vle-large"
-    assert resolve_profile("bundled", environ={})[0].vle_pretrained is None
+    assert resolve_profile("bundled", environ={})[0].vle_pretrained == str(BUNDLED_PRETRAIN_DIR)
+    assert resolve_profile("bundled", {"vle_pretrained": "none"}, {})[0].vle_pretrained is None
     assert resolve_profile("bundled", {"vle_pretrained": "/models/vle"}, {})[0].vle_pretrained == "/models/vle"
     assert resolve_profile("base", {"vle_pretrained": "none"}, {})[0].vle_pretrained is None
     env = {"VQA_LLM_VLE_PRETRAINED": "/x"}
@@ -53,7 +55,7 @@ def test_the_profile_names_the_pretraining_checkpoint():
 
 
 def test_no_checkpoint_gives_a_note_and_no_tasks(image_path):
-    tasks = load_tasks(resolve_profile("bundled", environ={})[0])
+    tasks = load_tasks(resolve_profile("bundled", {"vle_pretrained": "none"}, environ={})[0])
     assert not tasks.available and tasks.source is None and "'bundled' profile has none" in tasks.note
     with pytest.raises(BadSettingError, match="has none"):
         tasks.match(image_path, ["a circle"])
@@ -78,6 +80,24 @@ def test_tasks_load_every_head_on_one_backbone_and_run(checkpoint, image_path):
     heatmap, relevance = tasks.relevance(image_path, "the shape", 0.3)
     assert isinstance(heatmap, Image.Image) and heatmap.size == Image.open(image_path).size
     assert isinstance(relevance, np.ndarray) and relevance.ndim == 2
+
+
+def test_classify_ranks_labels_by_match_with_probabilities_summing_to_one(checkpoint, image_path):
+    tasks = load_tasks(bundled_with(checkpoint))
+    labels = ["a red circle", "a blue square", "a green triangle"]
+    ranked = tasks.classify(image_path, labels)
+    assert sorted(label for label, _ in ranked) == sorted(labels)
+    probs = [p for _, p in ranked]
+    assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=1e-6)
+    match = dict(zip(labels, tasks.match(image_path, labels)))  # same order as P(match)
+    assert [label for label, _ in ranked] == sorted(labels, key=lambda label: -match[label])
+
+
+def test_default_labels_come_from_the_checkpoint_folder(checkpoint, tmp_path):
+    assert load_tasks(bundled_with(checkpoint)).default_labels == list(GENERIC_LABELS)  # the folder lists none
+    assert default_labels("hfl/vle-base") == list(GENERIC_LABELS)
+    (tmp_path / LABELS_FILE).write_text("a cat\n\n a dog \n")
+    assert default_labels(str(tmp_path)) == ["a cat", "a dog"]
 
 
 # ------------------------------------------------------------------------------------ names and origins

@@ -1,14 +1,20 @@
-"""The VLE tasks the app offers beside question answering: image-text matching and patch relevance.
+"""The VLE tasks the app offers beside question answering: image-text matching (and zero-shot classification
+through it) and patch relevance.
 
     >>> tasks = load_tasks(profile)             # profile.vle_pretrained: Hub id or folder ($VQA_LLM_VLE_PRETRAINED)
     >>> tasks.match("photo.jpg", ["a red circle", "a blue square"])     # [P(match), ...]
     >>> heatmap, relevance = tasks.relevance("photo.jpg", "the red circle")
+    >>> tasks.classify("photo.jpg", ["a red circle", "a blue circle"])  # [("a red circle", 0.97), ...]
 
 Every task is a head of one VLE pretraining checkpoint (hfl/vle-base has them all), loaded through the checks
 of :mod:`vqa_llm.loading`; the heads share one backbone in memory. A task is one :class:`TaskSpec` in
 :data:`TASKS` plus a method of :class:`VLETasks` that calls its pipeline, so a new head (a further tab of the
 app) is one entry and one method. Loading never raises: without a checkpoint, or when it cannot be loaded,
 :class:`VLETasks` is empty and ``note`` says why (the app hides the tabs and shows the note).
+
+The labels zero-shot classification offers first come from the checkpoint folder's :data:`LABELS_FILE` (one
+label a line; the bundled easy-VQA checkpoint lists its 24 "a <colour> <shape>" texts), else
+:data:`GENERIC_LABELS`.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from vle import VLEForITM, VLEForPBC, VLEPreTrainedModel
@@ -29,12 +37,17 @@ from vle.processing_vle import VLEProcessor
 from .errors import BadSettingError, ModelUnavailableError
 from .loading import _Step, check_model_dir, describe_load_failure, resolve_device, resolve_dtype
 from .profiles import Profile
-from .sources import model_source, public_text
+from .sources import looks_local, model_source, public_text
 from .zerogpu import gpu_stage
 
 logger = logging.getLogger(__name__)
 
 WHAT = "VLE pretraining checkpoint"
+#: file in a pretraining checkpoint folder listing the default zero-shot labels, one a line
+LABELS_FILE = "zero_shot_labels.txt"
+#: default zero-shot labels of a checkpoint that lists none (photos: the Hub checkpoints)
+GENERIC_LABELS = ("a photo of a cat", "a photo of a dog", "a photo of a bird", "a photo of a car",
+                  "a photo of a person", "a photo of food", "a photo of a building", "a photo of a landscape")
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,8 @@ class VLETasks:
     pipelines: dict[str, Any] = field(default_factory=dict)
     model_id: str | None = None
     note: str = ""
+    #: the labels zero-shot classification offers first (see the module docstring)
+    default_labels: list[str] = field(default_factory=lambda: list(GENERIC_LABELS))
 
     @property
     def available(self) -> bool:
@@ -87,6 +102,14 @@ class VLETasks:
         """Probability that each of ``texts`` describes ``image`` (one batch)."""
         return [float(out["score"]) for out in self._run("itm", image=image, text=list(texts))]
 
+    def classify(self, image: ImageSource, labels: Sequence[str]) -> list[tuple[str, float]]:
+        """Zero-shot classification through ITM: ``labels`` ranked best first, with probabilities that sum to 1
+        (a softmax over the labels' match log-odds)."""
+        outputs = self._run("itm", image=image, text=list(labels))
+        logits = torch.tensor([float(out["logit"]) for out in outputs])
+        probs = torch.softmax(logits, dim=0).tolist()
+        return sorted(zip(labels, probs), key=lambda pair: -pair[1])
+
     def relevance(self, image: ImageSource, text: str, alpha: float = 0.5) -> tuple[Image.Image, np.ndarray]:
         """A heatmap of ``image`` (patches the text is not about darkened by up to ``alpha``) and the
         ``[rows, cols]`` per-patch relevance of ``text``."""
@@ -94,10 +117,21 @@ class VLETasks:
         return out["heatmap"], out["relevance"]
 
 
+def default_labels(id_or_path: str) -> list[str]:
+    """The checkpoint folder's :data:`LABELS_FILE` labels, else :data:`GENERIC_LABELS`."""
+    path = Path(id_or_path).expanduser() / LABELS_FILE
+    if looks_local(id_or_path) and path.is_file():
+        labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if labels:
+            return labels
+    return list(GENERIC_LABELS)
+
+
 def no_tasks_note(profile: Profile) -> str:
     """Why the task tabs are hidden for a profile without a pretraining checkpoint."""
-    return (f"Image-text matching and patch relevance need a VLE pretraining checkpoint (hfl/vle-base); the "
-            f"'{profile.name}' profile has none. Start with --profile base, or --vle-pretrained DIR.")
+    return (f"Image-text matching, zero-shot classification and patch relevance need a VLE pretraining checkpoint "
+            f"(hfl/vle-base); the '{profile.name}' profile has none. Start with --profile base or bundled, or "
+            "--vle-pretrained DIR.")
 
 
 def load_heads(id_or_path: str, device: str,
@@ -137,4 +171,4 @@ def load_tasks(profile: Profile) -> VLETasks:
             f"({public_text(str(exc))}). Check the path or the network, or pass --vle-pretrained none."))
     pipelines = {name: TASKS[name].pipeline_class(model=head, device=device, vle_processor=processor)
                  for name, head in heads.items()}
-    return VLETasks(pipelines, model_id=model_id)
+    return VLETasks(pipelines, model_id=model_id, default_labels=default_labels(model_id))
