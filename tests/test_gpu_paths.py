@@ -139,7 +139,7 @@ def recorded_loaders(monkeypatch):
     monkeypatch.setattr(loading.VLEForVQA, "from_pretrained", loaders.vle)
     monkeypatch.setattr(loading.VLEProcessor, "from_pretrained", loaders.processor)
     monkeypatch.setattr(loading.BlipCaptioner, "from_pretrained", loaders.blip)
-    monkeypatch.setattr(loading.TransformersChatLLM, "from_pretrained", loaders.llm)
+    monkeypatch.setattr(TransformersChatLLM, "from_pretrained", loaders.llm)
     return loaders
 
 

@@ -37,8 +37,12 @@ def _tokens() -> list[str]:
 
 
 def write_tiny_gguf(path: str | Path, seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 4,
-                    kv_heads: int = 2, ffn: int = 64, context: int = 2048) -> Path:
-    """Write the tiny model to ``path`` (a ``.gguf`` file) and return it; ``seed`` fixes the weights."""
+                    kv_heads: int = 2, ffn: int = 64, context: int = 2048, scale: float = 0.2,
+                    quantized: bool = True) -> Path:
+    """Write the tiny model to ``path`` (a ``.gguf`` file) and return it; ``seed`` fixes the weights, ``scale`` is
+    their standard deviation (a larger one makes the logits peaky, so that greedy decoding does not hinge on
+    rounding differences between runtimes); ``quantized=False`` stores every matrix in F32 instead of Q4_1/Q8_0
+    (two runtimes then differ by float rounding only, not by how each multiplies quantised weights)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tokens = _tokens()
@@ -70,8 +74,11 @@ def write_tiny_gguf(path: str | Path, seed: int = 0, hidden: int = 32, layers: i
     writer.add_chat_template(CHATML)
 
     def matrix(name: str, rows: int, cols: int, kind: GGMLQuantizationType = GGMLQuantizationType.Q4_1) -> None:
-        weights = rng.normal(0.0, 0.2, size=(rows, cols)).astype(np.float32)
-        writer.add_tensor(name, quantize(weights, kind), raw_dtype=kind)
+        weights = rng.normal(0.0, scale, size=(rows, cols)).astype(np.float32)
+        if quantized:
+            writer.add_tensor(name, quantize(weights, kind), raw_dtype=kind)
+        else:
+            writer.add_tensor(name, weights)
 
     def norm(name: str) -> None:
         writer.add_tensor(name, (1.0 + rng.normal(0.0, 0.05, size=hidden)).astype(np.float32))

@@ -266,6 +266,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     models = profile.model_ids()
     if profile.vqa_precision == "int8":  # int8 answers differ slightly: a resumed run must not mix the two
         models["vqa_precision"] = profile.vqa_precision
+    from .loading import chosen_llm_runtime
+
+    if use_llm and chosen_llm_runtime(profile) == "llama.cpp":  # likewise for llama.cpp's replies
+        models["llm_runtime"] = "llama.cpp"
     layout = OutputLayout(Path(args.out))
     records = current_records(layout)  # every record file, read once for both uses
     previous = _check_output(layout, settings, models, args.resume, set(records) - {e.question_id for e in sample})

@@ -21,7 +21,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from captioner import BlipCaptioner, CaptionerError
-from llm import ChatLLM, LLMError, OpenAIChatLLM, TransformersChatLLM, smollm2_gguf
+from llm import ChatLLM, LLMError, OpenAIChatLLM, smollm2_gguf
+from llm.runtime import choose_runtime, load_local_llm
 from vle import VLEError, VLEForVQA, quantize_int8
 from vle.processing_vle import VLEProcessor
 
@@ -226,8 +227,9 @@ def load_captioner(id_or_path: str, device: str, local_files_only: bool = False,
 
 
 def load_chat_llm(profile: Profile, device: str, dtype: torch.dtype | str | None = None) -> ChatLLM:
-    """The profile's LLM: an OpenAI-compatible endpoint, or a local transformers model (GGUF included) on
-    ``device`` (dtype, and 4-bit compute dtype, as :func:`resolve_dtype` says)."""
+    """The profile's LLM: an OpenAI-compatible endpoint, or a local model on ``device`` run by the profile's
+    ``llm_runtime`` (transformers, or llama.cpp for a GGUF file on the CPU: :mod:`llm.runtime`); dtype, and
+    4-bit compute dtype, as :func:`resolve_dtype` says."""
     if profile.openai_base_url:
         model = profile.openai_model or profile.llm
         if not model:
@@ -244,8 +246,8 @@ def load_chat_llm(profile: Profile, device: str, dtype: torch.dtype | str | None
         if llm_id.lower() in (BUNDLED_LLM, "bundled"):
             llm_id, gguf_file = smollm2_gguf()
         with _Step("LLM", f"{llm_id}" + (f" ({gguf_file})" if gguf_file else "")):
-            return TransformersChatLLM.from_pretrained(
-                llm_id, gguf_file=gguf_file, device=device, quantization=profile.quantization,
+            return load_local_llm(
+                llm_id, gguf_file, profile.llm_runtime, device=device, quantization=profile.quantization,
                 dtype=resolve_dtype(dtype, device),
                 trust_remote_code=profile.trust_remote_code, local_files_only=profile.local_files_only,
                 adapter=profile.llm_adapter,
@@ -255,6 +257,21 @@ def load_chat_llm(profile: Profile, device: str, dtype: torch.dtype | str | None
     except Exception as exc:  # e.g. a refused pickle: the backend only wraps the errors it expects
         raise ModelUnavailableError(f"{describe_load_failure('LLM', llm_id, exc)} Or answer without the LLM: "
                                     "--no-llm.") from exc
+
+
+def chosen_llm_runtime(profile: Profile) -> str | None:
+    """The runtime :func:`load_chat_llm` picks for the profile's local LLM (``None``: no local LLM); a failed
+    llama.cpp load under ``auto`` still falls back to transformers at load time."""
+    if not profile.use_llm or profile.openai_base_url or not profile.llm:
+        return None
+    llm_id, gguf_file = profile.llm, profile.llm_gguf_file
+    try:
+        if llm_id.lower() in (BUNDLED_LLM, "bundled"):
+            llm_id, gguf_file = smollm2_gguf()
+        return choose_runtime(profile.llm_runtime, llm_id, gguf_file, resolve_device(profile.device),
+                              profile.quantization)[0]
+    except LLMError:
+        return None
 
 
 def load_components(profile: Profile, use_llm: bool = True, use_captioner: bool = True,

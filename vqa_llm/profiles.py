@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from llm import LLMError, smollm2_gguf
+from llm.runtime import RUNTIMES, normalise_runtime
 
 from .errors import BadSettingError
 from .hub_access import hub_offline, hub_reachable, is_cached
@@ -52,6 +53,7 @@ ENV_VARS: dict[str, str] = {
     "llm_gguf_file": "VQA_LLM_GGUF_FILE",
     "llm_adapter": "VQA_LLM_LLM_ADAPTER",
     "quantization": "VQA_LLM_QUANTIZATION",
+    "llm_runtime": "VQA_LLM_LLM_RUNTIME",
     "openai_base_url": "VQA_LLM_OPENAI_BASE_URL",
     "openai_model": "VQA_LLM_OPENAI_MODEL",
     "device": "VQA_LLM_DEVICE",
@@ -69,7 +71,9 @@ class Profile:
     ``OPENAI_API_KEY``); ``llm_adapter`` a LoRA adapter folder loaded on top of a local ``llm``. ``device``
     ``None`` means CUDA when available, else CPU. ``local_files_only``
     forbids downloads (set under ``HF_HUB_OFFLINE=1``). ``vqa_precision`` ``"int8"`` quantises the VLE
-    model's Linear layers (CPU fast mode, see :mod:`vle.quantization`); ``"fp32"`` is exact.
+    model's Linear layers (CPU fast mode, see :mod:`vle.quantization`); ``"fp32"`` is exact. ``llm_runtime``
+    runs a local LLM with ``transformers``, ``llama.cpp`` or ``auto`` (llama.cpp for a local GGUF file on the CPU
+    when it is installed, see :mod:`llm.runtime`).
     """
 
     name: str
@@ -90,6 +94,7 @@ class Profile:
     #: VLE pretraining checkpoint for the matching, classification and patch-relevance tasks (None: not available)
     vle_pretrained: str | None = None
     vqa_precision: str = "auto"
+    llm_runtime: str = "auto"
 
     @property
     def llm_id(self) -> str | None:
@@ -205,6 +210,13 @@ def _clean_value(field_name: str, value: Any, source: str) -> Any:
             raise BadSettingError(f"Unknown VQA precision {value!r} from {source}: use auto (half precision on "
                                   "CUDA), fp32 (exact) or int8 (faster on CPU).")
         return str(value).lower()
+    if field_name == "llm_runtime":
+        if value in (None, ""):
+            return None
+        try:
+            return normalise_runtime(str(value))
+        except LLMError as exc:
+            raise BadSettingError(f"{exc} (from {source})") from None
     if field_name == "device" and value in ("", "auto"):
         return None
     if field_name == "vle_pretrained" and isinstance(value, str) and value.lower() == "none":
@@ -284,6 +296,9 @@ def add_profile_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                        "($VQA_LLM_LLM_ADAPTER; the bundled profile uses its easy-VQA refiner)")
     group.add_argument("--quantization", choices=(*QUANTIZATIONS, "none"),
                        help="load the LLM in 4 or 8 bit on CUDA ($VQA_LLM_QUANTIZATION)")
+    group.add_argument("--llm-runtime", choices=RUNTIMES, type=str.lower,
+                       help="run a local LLM with transformers or llama.cpp; auto (default): llama.cpp for a local "
+                       "GGUF file on the CPU when installed, else transformers ($VQA_LLM_LLM_RUNTIME)")
     group.add_argument("--openai-base-url", help="use an OpenAI-compatible endpoint for the LLM "
                        "($VQA_LLM_OPENAI_BASE_URL; key from $OPENAI_API_KEY)")
     group.add_argument("--openai-model", help="model name sent to that endpoint ($VQA_LLM_OPENAI_MODEL)")
@@ -310,6 +325,8 @@ def overrides_from_args(ns: argparse.Namespace) -> dict[str, Any]:
         "openai_model": ns.openai_model,
         "device": ns.device,
     }
+    if getattr(ns, "llm_runtime", None):
+        overrides["llm_runtime"] = ns.llm_runtime
     if getattr(ns, "vqa_precision", None):
         overrides["vqa_precision"] = ns.vqa_precision
     if ns.no_llm:
