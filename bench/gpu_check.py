@@ -105,8 +105,8 @@ def _build_on(device: torch.device):
 def save_vle(folder: Path, profile: str, smoke: bool, device: torch.device) -> None:
     """A random VLEForVQA of the profile's sizes and its processor, saved like a checkpoint (fp32)."""
     from bench.random_models import CORPUS
+    from training.processor_files import write_processor_files
     from vle import VLEConfig, VLEForVQA
-    from vle.processor_training import write_processor_files
 
     config = vle_config(profile, smoke)
     write_processor_files(folder, CORPUS * 20, image_size=config["vision_config"]["image_size"], vocab_size=120)

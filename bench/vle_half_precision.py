@@ -35,7 +35,7 @@ def top1(model, batches: list[dict], device: str) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vle.finetune import VQATrainingSet, collate
+    from training.vqa_finetune import VQATrainingSet, collate
     from vle.vqa_data import load_easy_vqa
     from vqa_llm.loading import load_vqa_model
     from vqa_llm.profiles import BUNDLED_VQA_DIR

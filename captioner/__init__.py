@@ -1,4 +1,4 @@
-"""BLIP image captioning (batched), plus training and fine-tuning of BLIP captioners (``captioner.finetune``).
+"""BLIP image captioning (batched). Training and fine-tuning BLIP captioners: ``training.captioner_finetune``.
 
 >>> from captioner import BlipCaptioner
 >>> captioner = BlipCaptioner.from_pretrained("Salesforce/blip-image-captioning-base")

@@ -42,7 +42,7 @@ def test_bundled_vle_loads_offline_and_scores_on_a_fixed_test_sample():
     # evaluate_vle reads the first N questions; a seeded sample of the whole split is fairer, so shuffle ids.
     test = load_easy_vqa("test")
     chosen = set(e.question_id for e in _sample(test, sample_size))
-    from vle.finetune import VQATrainingSet, evaluate
+    from training.vqa_finetune import VQATrainingSet, evaluate
 
     scores = evaluate(model.eval(), VQATrainingSet([e for e in test if e.question_id in chosen], processor,
                                                    {k: int(v) for k, v in model.config.label2id.items()}))

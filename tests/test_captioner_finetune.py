@@ -10,8 +10,10 @@ from accelerate.state import AcceleratorState
 from PIL import Image, ImageDraw
 
 from captioner import BlipCaptioner, CaptionerError
-from captioner.data import CaptionPair, read_pairs_jsonl
-from captioner.finetune import (
+from tiny_models import single_thread
+from training.blip_scratch import new_blip
+from training.caption_data import CaptionPair, read_pairs_jsonl
+from training.captioner_finetune import (
     ScratchConfig,
     exact_match,
     latest_checkpoint,
@@ -20,9 +22,7 @@ from captioner.finetune import (
     split_pairs,
     train_captioner,
 )
-from captioner.scratch import new_blip
-from captioner.vision_pretrain import pretrain_vision
-from tiny_models import single_thread
+from training.vision_pretrain import pretrain_vision
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 170, 30)}
 SHAPES = ("circle", "square")

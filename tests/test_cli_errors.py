@@ -52,21 +52,24 @@ USER_ERRORS = [
     ("vqa_llm.example_bank", ["build", "--dataset", "easy-vqa", "--limit", "2", "--profile", "bundled", "--out",
                               UNDER_A_FILE], "lies under the file"),
     ("vqa_llm.example_bank", ["info", "{tmp}/no-bank"], "does not exist"),
-    ("vle.finetune", ["--init", "{tmp}/vle", "--train-questions", "{tmp}/q.json", "--train-annotations",
-                      "{tmp}/a.json", "--train-images", "{tmp}", "--out", "{tmp}/out"], "questions file not found"),
-    ("vle.finetune", ["--init", "{tmp}/vle", "--train", "easy-vqa", "--out", UNDER_A_FILE], "lies under the file"),
-    ("vle.finetune", ["--train", "easy-vqa", "--out", "{tmp}/out"], "Pass --init"),
-    ("vle.finetune", ["--init", "{tmp}/no-such-model", "--train", "easy-vqa", "--eval-limit", "1", "--out",
-                      "{tmp}/out", "--train-questions", "{tmp}/q.json"], "go together"),
-    ("captioner.finetune", ["--pairs", "{pairs}", "--out", UNDER_A_FILE, "--epochs", "1"], "lies under the file"),
-    ("captioner.finetune", ["--pairs", "{tmp}/nope.jsonl", "--out", "{tmp}/out"], "does not exist"),
+    ("training.vqa_finetune", ["--init", "{tmp}/vle", "--train-questions", "{tmp}/q.json", "--train-annotations",
+                               "{tmp}/a.json", "--train-images", "{tmp}", "--out", "{tmp}/out"],
+     "questions file not found"),
+    ("training.vqa_finetune", ["--init", "{tmp}/vle", "--train", "easy-vqa", "--out", UNDER_A_FILE],
+     "lies under the file"),
+    ("training.vqa_finetune", ["--train", "easy-vqa", "--out", "{tmp}/out"], "Pass --init"),
+    ("training.vqa_finetune", ["--init", "{tmp}/no-such-model", "--train", "easy-vqa", "--eval-limit", "1", "--out",
+                               "{tmp}/out", "--train-questions", "{tmp}/q.json"], "go together"),
+    ("training.captioner_finetune", ["--pairs", "{pairs}", "--out", UNDER_A_FILE, "--epochs", "1"],
+     "lies under the file"),
+    ("training.captioner_finetune", ["--pairs", "{tmp}/nope.jsonl", "--out", "{tmp}/out"], "does not exist"),
     ("training.bundle", ["build", "--out", str(REPO_ROOT / "assets" / "models"), "--only", "blip"],
      "already hold(s) a model: pass --overwrite"),
     ("training.bundle", ["build", "--out", UNDER_A_FILE], "lies under the file"),
     ("training.bundle", ["evaluate", "--models", "{tmp}/none"], "No model folder at"),
 ]
-MODULES = {"vqa_llm.cli", "vqa_llm.evaluate", "vqa_llm.example_bank", "vle.finetune", "captioner.finetune",
-           "training.bundle"}
+MODULES = {"vqa_llm.cli", "vqa_llm.evaluate", "vqa_llm.example_bank", "training.vqa_finetune",
+           "training.captioner_finetune", "training.bundle"}
 
 
 def _fill(argv: list[str], tmp_path: Path, pairs: str) -> list[str]:
@@ -105,11 +108,11 @@ def _python_m(args: list[str], timeout: int = 240) -> subprocess.CompletedProces
 
 @pytest.mark.slow
 @pytest.mark.parametrize("module, argv", [
-    ("vle.finetune", ["--init", "x", "--train-questions", "q.json", "--train-annotations", "a.json",
-                      "--train-images", ".", "--out", "{tmp}/out"]),
-    ("captioner.finetune", ["--pairs", "{pairs}", "--out", UNDER_A_FILE]),
+    ("training.vqa_finetune", ["--init", "x", "--train-questions", "q.json", "--train-annotations", "a.json",
+                               "--train-images", ".", "--out", "{tmp}/out"]),
+    ("training.captioner_finetune", ["--pairs", "{pairs}", "--out", UNDER_A_FILE]),
     ("training.bundle", ["build", "--out", UNDER_A_FILE]),
-], ids=["vle.finetune", "captioner.finetune", "training.bundle"])
+], ids=["training.vqa_finetune", "training.captioner_finetune", "training.bundle"])
 def test_python_m_prints_only_the_error_line(module, argv, tmp_path, pairs_file):
     """As a user runs them: nothing but the one line (no import-time warnings before it), exit status 2."""
     done = _python_m([sys.executable, "-m", module, *_fill(argv, tmp_path, pairs_file)])
@@ -124,8 +127,9 @@ def test_under_accelerate_launch_the_error_line_comes_without_a_traceback(tmp_pa
     with --quiet (and its settings given) the user sees the CLI's one line."""
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--num_processes", "1",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    done = _python_m([*launch, "-m", "vle.finetune", "--init", "x", "--train-questions", str(tmp_path / "q.json"),
-                      "--train-annotations", "a.json", "--train-images", ".", "--out", str(tmp_path / "out")])
+    done = _python_m([*launch, "-m", "training.vqa_finetune", "--init", "x", "--train-questions",
+                      str(tmp_path / "q.json"), "--train-annotations", "a.json", "--train-images", ".", "--out",
+                      str(tmp_path / "out")])
     assert done.returncode != 0
     assert "Traceback" not in done.stderr and "CalledProcessError" not in done.stderr
     lines = done.stderr.strip().splitlines()
@@ -133,7 +137,7 @@ def test_under_accelerate_launch_the_error_line_comes_without_a_traceback(tmp_pa
 
 
 def test_vle_finetune_does_not_start_over_a_run_without_resume(tmp_path, capsys):
-    from vle.finetune import main
+    from training.vqa_finetune import main
 
     (tmp_path / "out" / "checkpoint-epoch1").mkdir(parents=True)
     (tmp_path / "out" / "checkpoint-epoch1" / "done.json").write_text("{}")
@@ -185,8 +189,8 @@ def _help(module: str, capsys, sub: tuple[str, ...] = ()) -> str:
 
 
 @pytest.mark.parametrize("module, sub", [
-    ("vqa_llm.cli", ("ask",)), ("vqa_llm.evaluate", ()), ("vqa_llm.example_bank", ("build",)), ("vle.finetune", ()),
-    ("captioner.finetune", ()), ("training.bundle", ("build",)),
+    ("vqa_llm.cli", ("ask",)), ("vqa_llm.evaluate", ()), ("vqa_llm.example_bank", ("build",)),
+    ("training.vqa_finetune", ()), ("training.captioner_finetune", ()), ("training.bundle", ("build",)),
 ])
 def test_help_names_the_command_and_each_default_once(module, sub, capsys):
     text = _help(module, capsys, sub)
@@ -196,7 +200,7 @@ def test_help_names_the_command_and_each_default_once(module, sub, capsys):
 
 
 def test_captioner_help_says_how_relative_image_paths_are_read(capsys):
-    text = _help("captioner.finetune", capsys)
+    text = _help("training.captioner_finetune", capsys)
     assert "relative image paths are resolved against the folder of the pairs file" in text
     assert "a relative image path is relative to the JSONL file's folder" in text
 

@@ -300,7 +300,7 @@ def test_half_precision_vle_agrees_with_fp32_on_the_bundled_model(dtype, questio
     here (fp16 is slow there, hence fewer questions); docs/gpu.md has the figure on the whole test split."""
     from torch.utils.data import DataLoader
 
-    from vle.finetune import VQATrainingSet, collate
+    from training.vqa_finetune import VQATrainingSet, collate
     from vle.vqa_data import load_easy_vqa
     from vqa_llm.profiles import BUNDLED_VQA_DIR
 
@@ -365,7 +365,7 @@ def _label2id(model):
 
 
 def test_image_cache_is_bounded_and_changes_nothing(colour_set):
-    from vle.finetune import VQATrainingSet
+    from training.vqa_finetune import VQATrainingSet
 
     one_image = 3 * 32 * 32 * 4
     bounded = VQATrainingSet(colour_set.examples, colour_set.processor, _label2id(colour_set.model),
@@ -380,7 +380,7 @@ def test_image_cache_is_bounded_and_changes_nothing(colour_set):
 
 
 def test_frozen_vision_cache_is_bounded_and_exact(colour_set):
-    from vle.finetune import FrozenVisionCache, VQATrainingSet, collate
+    from training.vqa_finetune import FrozenVisionCache, VQATrainingSet, collate
 
     model = colour_set.model
     dataset = VQATrainingSet(colour_set.examples[::2], colour_set.processor, _label2id(model))  # 9 images
@@ -400,7 +400,7 @@ def test_frozen_vision_cache_is_bounded_and_exact(colour_set):
 
 
 def test_data_workers_default_to_several_on_cuda_and_none_on_cpu(monkeypatch):
-    from vle.finetune import data_workers
+    from training.vqa_finetune import data_workers
 
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     cuda = SimpleNamespace(device=torch.device("cuda", 0), num_processes=2)
@@ -411,7 +411,7 @@ def test_data_workers_default_to_several_on_cuda_and_none_on_cpu(monkeypatch):
 
 
 def test_training_preprocesses_in_dataloader_workers(colour_set, tmp_path, monkeypatch):
-    import vle.finetune as finetune
+    import training.vqa_finetune as finetune
     from vle import VLEForVQA
 
     seen: list[int] = []
@@ -430,7 +430,7 @@ def test_training_preprocesses_in_dataloader_workers(colour_set, tmp_path, monke
 
 
 def test_mixed_precision_auto_is_fp16_on_gpus_without_native_bf16(monkeypatch, tmp_path, colour_set):
-    import vle.finetune as finetune
+    import training.vqa_finetune as finetune
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
@@ -451,7 +451,7 @@ EVAL_WORKER = """
 import json, sys
 from accelerate import Accelerator
 from vle import VLEForVQA, VLEProcessor
-from vle.finetune import VQATrainingSet, evaluate
+from training.vqa_finetune import VQATrainingSet, evaluate
 from vle.vqa_data import VQAExample
 
 model_dir, data, out = sys.argv[1:]
@@ -479,7 +479,7 @@ def test_evaluation_is_sharded_across_processes(colour_set, tmp_path):
     import subprocess
     import sys
 
-    from vle.finetune import VQATrainingSet, evaluate
+    from training.vqa_finetune import VQATrainingSet, evaluate
 
     (tmp_path / "worker.py").write_text(EVAL_WORKER)
     (tmp_path / "data.json").write_text(json.dumps([dataclasses.asdict(e) for e in colour_set.examples]))

@@ -66,7 +66,8 @@ def _child_env(endpoint: str, hf_home: Path) -> dict[str, str]:
 # Runs each entry point's main() after the heavy imports, timing only the call: {"name", "rc", "s", "err", "out"}.
 _RUNNER = r"""
 import contextlib, importlib, io, json, sys, time
-import torch, transformers, accelerate, vqa_llm.pipeline, vqa_llm.loading, vle.finetune, captioner.finetune
+import torch, transformers, accelerate, vqa_llm.pipeline, vqa_llm.loading
+import training.vqa_finetune, training.captioner_finetune
 for name, module, argv in json.loads(sys.argv[1]):
     err, out = io.StringIO(), io.StringIO()
     started = time.monotonic()
@@ -99,9 +100,11 @@ def test_every_entry_point_fails_fast_on_uncached_hub_models(silent_hub, tmp_pat
                                           "--out", out, "-q"]),
         ("example_bank", "vqa_llm.example_bank", ["build", "--dataset", "easy-vqa", "--limit", "2", "--profile",
                                                   "base", "--out", out, "-q"]),
-        ("vle.finetune", "vle.finetune", ["--init", "hfl/vle-base-for-vqa", "--train", "easy-vqa", "--out", out]),
-        ("captioner.finetune", "captioner.finetune", ["--pairs", str(tmp_path / "pairs.jsonl"), "--out", out,
-                                                      "--model", "Salesforce/blip-image-captioning-base"]),
+        ("training.vqa_finetune", "training.vqa_finetune", ["--init", "hfl/vle-base-for-vqa", "--train", "easy-vqa",
+                                                            "--out", out]),
+        ("training.captioner_finetune", "training.captioner_finetune", ["--pairs", str(tmp_path / "pairs.jsonl"),
+                                                                        "--out", out, "--model",
+                                                                        "Salesforce/blip-image-captioning-base"]),
     ]
     (tmp_path / "pairs.jsonl").write_text(json.dumps({"image": IMAGE, "caption": "a shape"}) + "\n")
     # old behaviour: each call sits minutes in retries, so the child runs into this timeout

@@ -10,10 +10,10 @@ from accelerate.state import AcceleratorState
 from PIL import Image
 from safetensors.torch import load_file
 
-from captioner.finetune import TrainConfig, main, warmup_steps
 from tiny_models import build_tiny_blip, single_thread
 from tiny_vle import build_tiny_vle_vqa
-from vle.finetune import TrainingConfig, train_vqa
+from training.captioner_finetune import TrainConfig, main, warmup_steps
+from training.vqa_finetune import TrainingConfig, train_vqa
 from vle.modeling_vle import VLEForVQA
 from vle.processing_vle import VLEProcessor
 from vle.vqa_data import VQAExample

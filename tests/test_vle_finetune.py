@@ -1,4 +1,5 @@
-"""VQA fine-tuning (vle.finetune): loss goes down, checkpoints resume, the vision pre-training stage learns."""
+"""VQA fine-tuning (training.vqa_finetune): loss goes down, checkpoints resume, the vision pre-training stage
+(training.vision_pretrain) learns."""
 
 import json
 
@@ -8,8 +9,9 @@ import torch
 from PIL import Image
 
 from tiny_vle import build_tiny_vle_vqa
+from training.vision_pretrain import pretrain_vision_tower
+from training.vqa_finetune import TrainingConfig, answer_vocabulary, latest_checkpoint, main, train_vqa
 from vle import VLEForVQA, VLEProcessor
-from vle.finetune import TrainingConfig, answer_vocabulary, latest_checkpoint, main, pretrain_vision_tower, train_vqa
 from vle.vqa_data import VQAExample
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}

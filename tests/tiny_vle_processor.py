@@ -1,7 +1,7 @@
 """A tiny VLE processor written in the ORIGINAL hfl/vle-* file layout, for tests (no downloads).
 
 :func:`write_original_processor_files` trains a ~150-piece sentencepiece model on a few sentences (those the
-VQA/ITM/PBC/VCR tests use, VCR's person names included) with :func:`vle.processor_training.write_processor_files`,
+VQA/ITM/PBC/VCR tests use, VCR's person names included) with :func:`training.processor_files.write_processor_files`,
 which writes ``spm.model``, ``added_tokens.json``, ``special_tokens_map.json``, ``tokenizer_config.json`` and a
 CLIP ``preprocessor_config.json`` naming ``VLEProcessor``.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vle.processor_training import write_processor_files
+from training.processor_files import write_processor_files
 
 CORPUS = [
     "What is the color of the floor?",

@@ -10,7 +10,7 @@ What it makes (under ``assets/models/``, each with a model card):
 * ``vle-easyvqa-weak``: the same recipe stopped early in its VQA stage (raw top-1 between 85% and 93%): the
   weaker VQA model of research comparisons and of the refiner's training evidence.
 * ``blip-easyvqa``: a small BLIP captioner trained on the same images with captions such as "a blue rectangle"
-  (see ``captioner.finetune``).
+  (see :mod:`training.captioner_finetune`).
 * ``vle-easyvqa-pretrain``: a VLE pretraining checkpoint (ITM, PBC and MLM heads, the layout of hfl/vle-base) trained
   on the same images from the bundled VLE's backbone (see :mod:`training.pretrain`): the app's matching,
   patch-relevance and classification tabs on the ``bundled`` profile.
@@ -37,13 +37,15 @@ from transformers import CLIPVisionConfig, DebertaV2Config
 from captioner.errors import CaptionerError
 from vle import VLEConfig, VLEForVQA
 from vle.errors import VLEError
-from vle.finetune import TrainingConfig, answer_vocabulary, pretrain_vision_tower, train_vqa
 from vle.processing_vle import VLEProcessor
-from vle.processor_training import write_processor_files
 from vle.vqa_data import EASY_VQA_COLORS, EASY_VQA_SHAPES, VQADataError, VQAExample, load_easy_vqa
 from vqa_llm.errors import BadSettingError, VQALLMError
 from vqa_llm.evaluation.store import check_output_folder
 from vqa_llm.paths import REPO_ROOT, portable_path
+
+from .processor_files import write_processor_files
+from .vision_pretrain import pretrain_vision_tower
+from .vqa_finetune import TrainingConfig, answer_vocabulary, train_vqa
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +186,7 @@ def build_vle(out_dir: Path, work_dir: Path, vision_epochs: int = 15, vqa_epochs
 
 def build_blip(out_dir: Path, epochs: int = 20, vision_epochs: int = 15) -> dict[str, Any]:
     """Train the bundled BLIP captioner on easy-VQA train images ("a blue rectangle"), evaluated on test images."""
-    from captioner.finetune import train_captioner
+    from .captioner_finetune import train_captioner
 
     started = time.time()
     pairs = {}
@@ -234,7 +236,7 @@ def build_pretrain(out_dir: Path, start: Path, epochs: int) -> dict[str, Any]:
 
 def evaluate_vle(model_dir: Path, limit: int | None = None, batch_size: int = 256) -> dict[str, Any]:
     """Top-1 accuracy of the bundled VLE on the easy-VQA test split (all 9,673 questions unless ``limit``)."""
-    from vle.finetune import VQATrainingSet, evaluate
+    from .vqa_finetune import VQATrainingSet, evaluate
 
     model = VLEForVQA.from_pretrained(model_dir).eval()
     processor = VLEProcessor.from_pretrained(model_dir)

@@ -31,10 +31,10 @@ import torch
 from tqdm.auto import tqdm
 
 from vle import VLEForPreTraining
-from vle.finetune import linear_schedule
 from vle.processing_vle import VLEProcessor
 from vqa_llm.tasks import LABELS_FILE
 
+from .common import linear_schedule
 from .pretrain_texts import NEGATIVE_KINDS, TEMPLATES, caption, mask_words, mismatch, zero_shot_labels
 from .shape_scenes import patch_labels, read_scene
 

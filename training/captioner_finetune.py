@@ -1,11 +1,11 @@
-"""Training and fine-tuning BLIP captioners: ``python -m captioner.finetune --pairs pairs.jsonl --out DIR``.
+"""Training and fine-tuning BLIP captioners: ``python -m training.captioner_finetune --pairs pairs.jsonl --out DIR``.
 
 Each JSONL line is ``{"image": path, "caption": str}`` (optionally ``"label": str`` for vision
 pre-training). Without ``--model`` a NEW small BLIP is built from scratch (WordPiece vocabulary trained
-on the captions, see :mod:`captioner.scratch`); with ``--model ID_OR_PATH`` that checkpoint is fine-tuned.
+on the captions, see :mod:`training.blip_scratch`); with ``--model ID_OR_PATH`` that checkpoint is fine-tuned.
 
 Training: AdamW, linear warm-up + decay, gradient accumulation, gradient clipping, bf16 mixed precision
-on CUDA and multi-GPU through accelerate (``accelerate launch -m captioner.finetune ...``), an
+on CUDA and multi-GPU through accelerate (``accelerate launch -m training.captioner_finetune ...``), an
 evaluation per epoch (loss + exact match of greedy captions on a held-out set), a checkpoint per epoch
 (``DIR/checkpoints/epoch-NNN``, continue with ``--resume``), tqdm progress, seeded shuffling. The final
 model and processor are saved to ``DIR`` (loadable with :meth:`captioner.BlipCaptioner.from_pretrained`).
@@ -37,14 +37,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import BlipForConditionalGeneration, BlipProcessor, HfArgumentParser
 
-from .blip import BlipCaptioner
-from .data import CaptionCollator, CaptionPair, ListDataset, as_pairs, load_image, read_pairs_jsonl
-from .errors import CaptionerError
-from .scratch import new_blip
+from captioner import BlipCaptioner, CaptionerError
 
-# transformers.optimization (the schedule; also behind .vision_pretrain) is imported where it is used: it pulls
-# in peft and bitsandbytes, whose import-time warnings would otherwise precede the one-line error of a mistyped
-# command.
+from . import common
+from .blip_scratch import new_blip
+from .caption_data import CaptionCollator, CaptionPair, ListDataset, as_pairs, load_image, read_pairs_jsonl
+from .common import linear_schedule, weights_fingerprint
+from .vision_pretrain import pretrain_vision
 
 logger = logging.getLogger(__name__)
 EXIT_USER_ERROR = 2
@@ -92,7 +91,7 @@ class TrainConfig:
 
 @dataclass
 class ScratchConfig:
-    """Sizes of a NEW small BLIP built when no model is given (see :func:`captioner.scratch.new_blip`)."""
+    """Sizes of a NEW small BLIP built when no model is given (see :func:`training.blip_scratch.new_blip`)."""
 
     vocab_size: int = field(default=1000, metadata={"help": "WordPiece vocabulary size (upper bound)"})
     image_size: int = field(default=64, metadata={"help": "input image size in pixels"})
@@ -297,8 +296,6 @@ def _start(
     state = {"epoch": 0, "global_step": 0, "history": [], "vision_history": []}
     model, processor = _load_model(model, processor, pairs, scratch, config.seed, local_files_only)
     if config.vision_epochs > 0:
-        from .vision_pretrain import pretrain_vision
-
         labels = [p.label for p in pairs]
         if any(label is None for label in labels):
             raise CaptionerError(
@@ -332,7 +329,7 @@ def _optimizer(model, config: TrainConfig, batches_per_epoch: int):
         lr=config.lr,
     )
     total = math.ceil(batches_per_epoch / config.grad_accum) * config.epochs
-    return optimizer, _linear_schedule(optimizer, warmup_steps(config, total), total)
+    return optimizer, linear_schedule(optimizer, warmup_steps(config, total), total)
 
 
 def warmup_steps(config: TrainConfig, total_steps: int) -> int:
@@ -344,21 +341,6 @@ def warmup_steps(config: TrainConfig, total_steps: int) -> int:
     if wanted > allowed:
         logger.info("Warm-up shortened from %d to %d of the run's %d optimiser steps.", wanted, allowed, total_steps)
     return max(0, min(wanted, allowed))
-
-
-def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int):
-    """transformers' linear warm-up + decay schedule (imported here, see the note at the imports)."""
-    from transformers import get_linear_schedule_with_warmup
-
-    return get_linear_schedule_with_warmup(optimizer, warmup, total)
-
-
-def weights_fingerprint(model: torch.nn.Module) -> torch.Tensor:
-    """Per parameter the float64 sum and sum of squares: equal before and after training only when (in
-    practice) no weight changed."""
-    with torch.no_grad():
-        return torch.stack([torch.stack([p.double().sum(), p.double().square().sum()])
-                            for p in model.parameters()]).cpu()
 
 
 def _train_epoch(
@@ -406,7 +388,7 @@ def train_captioner(
     """Train (``model=None``: a new small BLIP) or fine-tune a BLIP captioner on ``pairs``; save it to ``out_dir``.
 
     ``pairs`` are ``(image, caption)`` or ``(image, caption, label)`` tuples (PIL images or paths) or
-    :class:`~captioner.data.CaptionPair`. ``eval_pairs`` default to ``config.eval_fraction`` of ``pairs``.
+    :class:`~training.caption_data.CaptionPair`. ``eval_pairs`` default to ``config.eval_fraction`` of ``pairs``.
     ``overrides`` set :class:`TrainConfig` fields (``epochs=2, lr=5e-4, ...``). With ``resume=True``
     training continues from the newest checkpoint in ``out_dir`` (starting fresh when there is none).
     ``local_files_only`` loads a Hub ``model`` from the local cache only. A run that changed no weight logs a
@@ -414,7 +396,7 @@ def train_captioner(
     """
     unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
     if unknown:
-        raise CaptionerError(f"Unknown training option(s) {unknown}; see captioner.finetune.TrainConfig.")
+        raise CaptionerError(f"Unknown training option(s) {unknown}; see training.captioner_finetune.TrainConfig.")
     config = replace(config or TrainConfig(), **overrides)
     out_dir = check_output_dir(out_dir)
     pairs = as_pairs(pairs)
@@ -495,17 +477,7 @@ def train_captioner(
 def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     """``path`` as a Path; CaptionerError when it cannot be an output folder (a file is in its place or above
     it, or the nearest existing folder is not writable). Nothing is created."""
-    path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise CaptionerError(f"{flag} {path} is a file, not a folder: choose a folder path.")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise CaptionerError(f"{flag} {path} lies under the file {existing}: choose a folder path.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise CaptionerError(f"{flag} {path}: no permission to write in {existing}; choose another folder.")
-    return path
+    return common.check_output_dir(path, flag, CaptionerError)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -518,9 +490,10 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> HfArgumentParser:
-    """The ``python -m captioner.finetune`` argument parser (one flag per dataclass field)."""
+    """The ``python -m training.captioner_finetune`` argument parser (one flag per dataclass field)."""
     return HfArgumentParser(
-        (RunArgs, TrainConfig, ScratchConfig), prog="python -m captioner.finetune", formatter_class=_HelpFormatter,
+        (RunArgs, TrainConfig, ScratchConfig), prog="python -m training.captioner_finetune",
+        formatter_class=_HelpFormatter,
         description="Train a new small BLIP captioner, or fine-tune one (--model), on (image, caption) pairs.",
         epilog='Pairs file: one JSON object per line, {"image": path, "caption": text[, "label": text]}; relative '
                "image paths are resolved against the folder of the pairs file, not the current folder.",
@@ -529,7 +502,6 @@ def build_parser() -> HfArgumentParser:
 
 def _check_hub(model: str | None) -> bool:
     """Fail within seconds when --model is a Hub id and the Hub does not answer; True: load from the cache."""
-    # CLI only: this training code moves to training/, which may use vqa_llm (the runtime packages may not)
     from vqa_llm.errors import ModelUnavailableError
     from vqa_llm.hub_access import check_hub
 

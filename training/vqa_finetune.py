@@ -9,14 +9,14 @@ VQAv2-format files.
 Examples::
 
     # fine-tune a published checkpoint on VQAv2-format files
-    accelerate launch -m vle.finetune --init hfl/vle-base-for-vqa --train-questions q.json \\
+    accelerate launch -m training.vqa_finetune --init hfl/vle-base-for-vqa --train-questions q.json \\
         --train-annotations a.json --train-images train2014/ --out runs/vqa --epochs 10
     # start from pretrained encoders (new fusion layers)
-    python -m vle.finetune --vision-model openai/clip-vit-base-patch16 --text-model microsoft/deberta-v3-base \\
-        --image-size 384 --train easy-vqa --out runs/easy
+    python -m training.vqa_finetune --vision-model openai/clip-vit-base-patch16 \\
+        --text-model microsoft/deberta-v3-base --image-size 384 --train easy-vqa --out runs/easy
 
-``pretrain_vision_tower`` is the "encoders first" stage used for the bundled easy-VQA model: the CLIP tower
-alone learns per-image labels (e.g. shape and colour) before VQA training.
+:func:`training.vision_pretrain.pretrain_vision_tower` is the "encoders first" stage used for the bundled
+easy-VQA model: the CLIP tower alone learns per-image labels (e.g. shape and colour) before VQA training.
 """
 
 from __future__ import annotations
@@ -36,19 +36,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from .errors import VLEError
-
-# transformers.optimization (the schedule) is imported where it is used: it pulls in peft and bitsandbytes,
-# whose import-time warnings would otherwise precede the one-line error of a mistyped command.
-from .modeling_vle import VLEForVQA
-from .vqa_data import (
+from vle.errors import VLEError
+from vle.modeling_vle import VLEForVQA
+from vle.vqa_data import (
     VQADataError,
     VQAExample,
     build_answer_vocab,
@@ -57,6 +53,9 @@ from .vqa_data import (
     load_vqav2,
     vqa_target_scores,
 )
+
+from . import common
+from .common import linear_schedule, weights_fingerprint
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-epoch(\d+)$")
@@ -68,13 +67,6 @@ OTHER_PROCESSES_EXIT_DELAY_S = 2.0
 
 class FinetuneError(VLEError):
     """A fine-tuning option, path or starting model is unusable; the message says what to do."""
-
-
-def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
-    """transformers' linear warm-up + decay schedule (imported here, see the note at the imports)."""
-    from transformers import get_linear_schedule_with_warmup
-
-    return get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
 
 
 @dataclass
@@ -412,83 +404,11 @@ def train_vqa(
     return log
 
 
-def weights_fingerprint(model: nn.Module) -> torch.Tensor:
-    """Per parameter the float64 sum and sum of squares: equal before and after training only when (in
-    practice) no weight changed."""
-    with torch.no_grad():
-        return torch.stack([torch.stack([p.double().sum(), p.double().square().sum()])
-                            for p in model.parameters()]).cpu()
-
-
 def answer_vocabulary(
     examples: Sequence[VQAExample], min_count: int = 1, max_size: int | None = None
 ) -> dict[int, str]:
     """``id2label`` for a VQA head, from the training answers."""
     return dict(enumerate(build_answer_vocab(examples, min_count=min_count, max_size=max_size)))
-
-
-def pretrain_vision_tower(
-    vision_model: nn.Module,
-    pixel_values: torch.Tensor,
-    labels: dict[str, torch.Tensor],
-    eval_pixel_values: torch.Tensor | None = None,
-    eval_labels: dict[str, torch.Tensor] | None = None,
-    epochs: int = 15,
-    batch_size: int = 64,
-    learning_rate: float = 1e-3,
-    max_shift: int = 8,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Train a CLIP vision tower alone to classify per-image labels (one linear head per label set; -100 = unknown).
-
-    Heads read the ``post_layernorm`` CLS output (CLIP's pooled output). Augmentation: random horizontal flip
-    and a random roll of up to ``max_shift`` pixels. Returns per-epoch loss and, with eval data, accuracy per
-    label set. The heads are discarded; the tower keeps what it learned.
-    """
-    set_seed(seed)
-    hidden = vision_model.config.hidden_size
-    heads = nn.ModuleDict({name: nn.Linear(hidden, int(y.max()) + 1) for name, y in labels.items()})
-    params = list(vision_model.parameters()) + list(heads.parameters())
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
-    steps = epochs * math.ceil(len(pixel_values) / batch_size)
-    scheduler = linear_schedule(optimizer, min(100, steps // 10), steps)
-    generator = torch.Generator().manual_seed(seed)
-    history = []
-    for epoch in range(epochs):
-        vision_model.train()
-        order = torch.randperm(len(pixel_values), generator=generator)
-        total = 0.0
-        for start in tqdm(range(0, len(order), batch_size), desc=f"vision {epoch + 1}/{epochs}", leave=False):
-            idx = order[start : start + batch_size]
-            x = pixel_values[idx]
-            flip = torch.rand(len(idx), generator=generator) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            if max_shift:
-                dx, dy = (torch.randint(-max_shift, max_shift + 1, (2,), generator=generator)).tolist()
-                x = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
-            pooled = vision_model(pixel_values=x).pooler_output
-            loss = sum(F.cross_entropy(head(pooled), labels[name][idx]) for name, head in heads.items())
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(idx)
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": total / len(order)}
-        if eval_pixel_values is not None and eval_labels is not None:
-            vision_model.eval()
-            with torch.no_grad():
-                pooled = torch.cat([vision_model(pixel_values=eval_pixel_values[i : i + 256]).pooler_output
-                                    for i in range(0, len(eval_pixel_values), 256)])
-            record["accuracy"] = {}
-            for name, head in heads.items():
-                known = eval_labels[name] != -100
-                correct = head(pooled).argmax(-1) == eval_labels[name]
-                record["accuracy"][name] = correct[known].float().mean().item()
-        logger.info("vision pre-training %s", record)
-        history.append(record)
-    vision_model.eval()
-    return {"epochs": history}
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -503,7 +423,7 @@ def _load_split(kind: str | None, questions: str | None, annotations: str | None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vle.finetune", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.vqa_finetune", description=__doc__.split("\n\n")[0])
     start = parser.add_argument_group("starting point (one of)")
     start.add_argument("--init", help="VLE checkpoint (Hub id or folder) to fine-tune; its processor is used too")
     start.add_argument("--vision-model", help="CLIP model for a new VLE (with --text-model)")
@@ -547,22 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
 def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     """``path`` as a Path; FinetuneError when it cannot be an output folder (a file is in its place or above
     it, or the nearest existing folder is not writable). Nothing is created."""
-    path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise FinetuneError(f"{flag} {path} is a file, not a folder: choose a folder path.")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise FinetuneError(f"{flag} {path} lies under the file {existing}: choose a folder path.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise FinetuneError(f"{flag} {path}: no permission to write in {existing}; choose another folder.")
-    return path
+    return common.check_output_dir(path, flag, FinetuneError)
 
 
 def _check_hub(ids: Sequence[str | None]) -> bool:
     """Fail within seconds when Hub models are named and the Hub does not answer; True: load from the cache."""
-    # CLI only: this training code moves to training/, which may use vqa_llm (the runtime packages may not)
     from vqa_llm.errors import ModelUnavailableError
     from vqa_llm.hub_access import check_hub
 
@@ -575,7 +484,7 @@ def _check_hub(ids: Sequence[str | None]) -> bool:
 def _starting_model(args: argparse.Namespace, id2label: dict[int, str], local: bool = False):
     """(model, processor) from --init, or a new VLE from --vision-model/--text-model (``local``: from the Hub
     cache only); FinetuneError if unusable."""
-    from .processing_vle import VLEProcessor
+    from vle.processing_vle import VLEProcessor
 
     label2id = {v: k for k, v in id2label.items()}
     try:

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .errors import CaptionerError
+from captioner.errors import CaptionerError
 
 ImageLike = Image.Image | str | Path
 
