@@ -4,6 +4,7 @@ evidence from the bundled VLE and BLIP on a few easy-VQA training questions; its
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -187,3 +188,69 @@ def test_short_targets_cite_the_evidence_and_skip_unsupported_answers():
     wrong = Evidence(2, "i.png", "is there a red shape?", ["yes"] * 10, "yes/no", "a blue circle",
                      [("no", 0.7), ("yes", 0.3)], "weak")
     assert target_reply(wrong, "short", attributes, rng) is None
+
+
+def test_evidence_cache_tells_checkpoints_of_one_size_and_time_apart(tmp_path):
+    # two checkpoints of one architecture: equal sizes, and a fresh clone gives them equal modification times
+    from training.refiner_data import evidence_key
+    from vle.vqa_data import VQAExample
+
+    first, second = tmp_path / "bundled", tmp_path / "weak"
+    for folder, byte in ((first, b"\x01"), (second, b"\x02")):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(byte * 64)
+        os.utime(folder / "model.safetensors", (1_700_000_000, 1_700_000_000))
+    questions = [VQAExample(1, "1", "img.png", "what shape?", ["circle"] * 10, "other", "shape")]
+    assert evidence_key(questions, str(first), "blip", 5) != evidence_key(questions, str(second), "blip", 5)
+    assert evidence_key(questions, str(first), "blip", 5) == evidence_key(questions, str(first), "blip", 5)
+
+
+def _evidence(qid: int, caption: str, top: str = "yes", score: float = 0.999) -> Evidence:
+    return Evidence(qid, f"{qid}.png", "is there a red shape?", ["yes"] * 10, "yes/no", caption,
+                    [(top, score), ("no" if top == "yes" else "yes", round(1 - score, 4))], "vle")
+
+
+def test_caption_noise_names_one_wrong_colour_or_shape_and_is_reproducible():
+    from training.refiner_data import add_caption_noise, caption_attributes
+
+    evidence = [_evidence(i, "a red circle") for i in range(200)] + [_evidence(999, "a picture")]
+    noisy = add_caption_noise(evidence, 1.0, seed=3)
+    assert noisy == add_caption_noise(evidence, 1.0, seed=3)
+    assert noisy[-1].caption == "a picture"  # nothing to swap: left as it is
+    kinds = set()
+    for before, after in zip(evidence[:-1], noisy[:-1]):
+        color, shape = caption_attributes(after.caption)
+        assert color is not None and shape is not None
+        assert (color != "red") != (shape != "circle")  # exactly one of the two is now wrong
+        kinds.add("color" if color != "red" else "shape")
+        assert after.candidates == before.candidates and after.question == before.question
+    assert kinds == {"color", "shape"}
+    some = add_caption_noise(evidence, 0.1, seed=3)
+    assert 5 <= sum(a.caption != b.caption for a, b in zip(evidence, some)) <= 40
+    assert add_caption_noise(evidence, 0.0) == evidence
+    unsure = [_evidence(i, "a red circle", score=0.98) for i in range(50)]  # shown as 0.98 in the prompt
+    assert add_caption_noise(unsure, 1.0, seed=3) == unsure  # only captions beside a sure candidate change
+
+
+def test_noisy_caption_with_a_right_top_candidate_teaches_to_trust_the_candidate():
+    attributes = {"color": "red", "shape": "circle"}
+    ev = _evidence(1, "a blue circle", top="yes")  # caption wrong, VQA right
+    reply = target_reply(ev, "short", attributes, random.Random(0))
+    assert reply.startswith("Answer: yes\n") and "more reliable" in reply
+
+
+def test_selection_keeps_every_disagreement_of_caption_and_top_candidate_and_a_share_of_agreements():
+    from training.refiner_data import build_examples, select_chats
+
+    attributes = {f"{i}.png": {"color": "red", "shape": "circle"} for i in range(100)}
+    evidence = ([_evidence(i, "a red circle") for i in range(70)]  # all evidence right
+                + [_evidence(i, "a red circle", top="no", score=0.9) for i in range(70, 80)]  # VQA wrong
+                + [_evidence(i, "a blue circle") for i in range(80, 90)]  # caption wrong about the colour asked
+                + [_evidence(i, "a red square") for i in range(90, 100)])  # caption wrong, but not about red
+    chats = build_examples(evidence, ["short"], None, attributes)
+    hard = {c["question_id"] for c in chats if c["conflict"]}
+    assert hard == set(range(70, 90))
+    chosen = select_chats(chats, 0.5, seed=0)
+    assert {c["question_id"] for c in chosen} >= hard and len(chosen) == 40
+    assert [c["question_id"] for c in chosen] == sorted(c["question_id"] for c in chosen)  # original order
+    assert select_chats(chats, None) == chats and len(select_chats(chats, 1.0)) == 100

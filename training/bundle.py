@@ -61,7 +61,9 @@ BLIP_DIR_NAME = "blip-easyvqa"
 REFINER_DIR_NAME = "smollm2-easyvqa-refiner"
 #: the refiner's training recipe (``python -m training.refiner``): easy-VQA train questions, evidence from the
 #: bundled VLE for a third of them and the weak VLE for two thirds (so that wrong candidates are common enough to
-#: learn from), captions from the bundled BLIP, short and long replies in turn
+#: learn from), captions from the bundled BLIP, short and long replies in turn. (``--caption-noise`` and
+#: ``--easy-share``, which put many more caption/candidate disagreements into the data, made it worse: it learned
+#: to flip yes/no answers; see docs/results.md#llm-refiner.)
 REFINER_ARGS = ("--llm", "smollm2", "--limit", "1600", "--seed", "0", "--template", "short", "long",
                 "--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--lora-r", "8", "--lora-alpha", "16")
 PRETRAIN_DIR_NAME = "vle-easyvqa-pretrain"

@@ -46,7 +46,7 @@ from vqa_llm.evaluation.errors import EvaluationError
 from vqa_llm.evaluation.store import check_output_folder
 from vqa_llm.paths import REPO_ROOT, portable_path
 
-from .refiner_data import build_examples, collect_evidence
+from .refiner_data import add_caption_noise, build_examples, collect_evidence, select_chats
 
 logger = logging.getLogger("training.refiner")
 
@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_arguments(data, split="train")
     data.add_argument("--eval-share", type=float, default=0.05,
                       help="share of the training *images* held out for the evaluation each epoch")
+    data.add_argument("--caption-noise", type=float, default=0.0,
+                      help="share of captions next to a sure top candidate given a wrong colour or shape word "
+                           "(easy-VQA), as a captioner errs on images it was not trained on")
+    data.add_argument("--easy-share", type=float, default=None,
+                      help="keep every chat whose caption and top candidate disagree, and chats where they agree "
+                           "as this share of the result (default: keep all chats)")
     prompt = parser.add_argument_group("prompts")
     prompt.add_argument("--template", nargs="+", default=["short", "long"],
                         help="templates to train on, dealt in turn over the questions")
@@ -138,6 +144,10 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise RefinerError(f"{name} must be positive, got {value}.")
     if not 0 < args.eval_share < 1:
         raise RefinerError(f"--eval-share must be between 0 and 1, got {args.eval_share}.")
+    if not 0 <= args.caption_noise < 1:
+        raise RefinerError(f"--caption-noise must be at least 0 and below 1, got {args.caption_noise}.")
+    if args.easy_share is not None and not 0 <= args.easy_share <= 1:
+        raise RefinerError(f"--easy-share must be between 0 and 1, got {args.easy_share}.")
     for model_dir in (*args.vqa_model, args.captioner):
         if (model_dir.startswith((".", "/")) or "assets" in model_dir) and not Path(model_dir).is_dir():
             raise RefinerError(f"No model folder at {model_dir}: check the path (the bundle build makes "
@@ -191,13 +201,18 @@ def make_examples(args: argparse.Namespace) -> tuple[list[dict], list[dict], dic
     if not evidence:
         raise RefinerError("No training examples: none of the questions can be used (see the log).")
     evidence.sort(key=lambda ev: str(ev.question_id))
-    chats = build_examples(evidence, args.template, args.template_dir, attributes, seed=args.seed)
+    noisy = add_caption_noise(evidence, args.caption_noise, seed=args.seed)
+    changed = sum(a.caption != b.caption for a, b in zip(evidence, noisy))
+    all_chats = build_examples(noisy, args.template, args.template_dir, attributes, seed=args.seed)
+    chats = select_chats(all_chats, args.easy_share, seed=args.seed)
     if not chats:
         raise RefinerError("No training examples: the data has no question whose answer the evidence supports.")
     train = [c for c in chats if not held_out(c["image"], args.eval_share)]  # chats may be fewer than evidence
     evaluation = [c for c in chats if held_out(c["image"], args.eval_share)]
-    stats = {"questions": len(questions), "chats": len(chats), "train": len(train), "eval": len(evaluation),
-             "by_source": {}, "top1_wrong": sum(not c["vqa_top1_correct"] for c in chats)}
+    stats = {"questions": len(questions), "noisy_captions": changed, "supported": len(all_chats),
+             "chats": len(chats), "train": len(train), "eval": len(evaluation), "by_source": {},
+             "top1_wrong": sum(not c["vqa_top1_correct"] for c in chats),
+             "conflicts": sum(c["conflict"] for c in chats)}
     for chat in chats:
         stats["by_source"][chat["source"]] = stats["by_source"].get(chat["source"], 0) + 1
     if not train:

@@ -10,6 +10,15 @@ Targets follow the template's reply kind: ``short`` → ``Answer: <true answer>`
 sentence citing the evidence used>``; ``long`` → one sentence that answers the question and contains the
 answer. On easy-VQA (whose images hold one shape of one colour) the sentences are written from the image's
 true colour and shape and say what the evidence shows; on other data they are generic but true.
+
+What the refiner must learn is when to trust which evidence. On easy-VQA the caption alone decides every
+question ("a green circle" answers "is there not a black shape?"), so where the caption and the top candidate
+disagree, the data teaches: keep a top candidate the VQA model is sure of (shown as 1.00), else follow the
+caption. Two choices put enough of those disagreements into a short training run:
+:func:`add_caption_noise` swaps a colour or shape word in a share of the captions next to a sure top candidate
+(the bundled BLIP names almost every *training* image right, because it was trained on them, but errs on a
+few percent of new ones), and :func:`select_chats` keeps every chat whose caption and top candidate disagree
+and only a share of those where they agree (the common, easy case).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from vle.vqa_data import EASY_VQA_COLORS, EASY_VQA_SHAPES, VQAExample
 logger = logging.getLogger(__name__)
 
 _NEGATED = re.compile(r"\b(?:not|no)\b")
+SURE_SCORE = 0.995  # the prompt shows scores with two decimals: from here on a candidate reads "1.00"
 
 
 @dataclass
@@ -53,10 +63,21 @@ class Evidence:
 
 # ------------------------------------------------------------------------------------------- evidence
 def _weights_signature(model_dir: str) -> str:
-    """Names, sizes and modification times of a model folder's weight files (the evidence cache key)."""
+    """The content hashes of a model folder's weight files (the evidence cache key); a Hub id stands for itself.
+
+    Contents, not sizes and times: two checkpoints of one architecture have equal sizes, and a fresh clone gives
+    every file the same modification time.
+    """
     folder = Path(model_dir)
     files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) if folder.is_dir() else []
-    return ";".join(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files) or str(model_dir)
+    parts = []
+    for file in files:
+        digest = hashlib.sha256()
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        parts.append(f"{file.name}:{digest.hexdigest()}")
+    return ";".join(parts) or str(model_dir)
 
 
 def evidence_key(examples: Sequence[VQAExample], vqa_model: str, captioner: str, top_k: int) -> str:
@@ -130,6 +151,36 @@ def caption_attributes(caption: str) -> tuple[str | None, str | None]:
     return (next(iter(colors)) if len(colors) == 1 else None, next(iter(shapes)) if len(shapes) == 1 else None)
 
 
+def add_caption_noise(evidence: Sequence[Evidence], share: float, seed: int = 0) -> list[Evidence]:
+    """A copy of ``evidence`` where about ``share`` of the captions next to a sure top candidate (score at
+    least :data:`SURE_SCORE`) name a wrong colour or a wrong shape.
+
+    Only captions that name exactly one easy-VQA colour and shape change; which ones, and how, depends on
+    ``seed`` and the question id alone (so the noise is the same whatever the order or the cache).
+    """
+    noisy = []
+    for ev in evidence:
+        rng = random.Random(f"{seed}:{ev.question_id}")
+        color, shape = caption_attributes(ev.caption)
+        sure = bool(ev.candidates) and ev.candidates[0][1] >= SURE_SCORE
+        if share <= 0 or not sure or color is None or shape is None or rng.random() >= share:
+            noisy.append(ev)
+            continue
+        if rng.random() < 0.5:
+            old, new = color, rng.choice([c for c in EASY_VQA_COLORS if c != color])
+        else:
+            old, new = shape, rng.choice([s for s in sorted(EASY_VQA_SHAPES) if s != shape])
+        caption = re.sub(rf"\b{old}\b", new, ev.caption, count=1)
+        noisy.append(Evidence(**{**asdict(ev), "caption": caption, "candidates": list(ev.candidates)}))
+    return noisy
+
+
+def caption_answer(ev: Evidence) -> str | None:
+    """What the caption answers to the question on easy-VQA (``None``: it names no single colour and shape)."""
+    color, shape = caption_attributes(ev.caption)
+    return answer_from_attributes(ev.question, ev.question_type, color, shape) if color and shape else None
+
+
 # ---------------------------------------------------------------------------------------- targets
 def _quoted(caption: str) -> str:
     return f'"{caption.strip().rstrip(".")}"' if caption.strip() else "(no caption)"
@@ -139,18 +190,18 @@ def _article(word: str) -> str:
     return ("an " if word[:1] in "aeiou" else "a ") + word
 
 
-def explanation(ev: Evidence, answer: str, caption_answer: str | None) -> str:
+def explanation(ev: Evidence, answer: str, from_caption: str | None) -> str:
     """One true sentence saying which evidence supports ``answer`` (the caption, the top candidate, both)."""
     top = ev.candidates[0][0] if ev.candidates else None
     caption = _quoted(ev.caption)
-    if caption_answer == answer and top == answer:
+    if from_caption == answer and top == answer:
         return f"The caption {caption} and the top candidate agree."
-    if caption_answer == answer:
+    if from_caption == answer:
         if top:
             return f"The caption {caption} contradicts the top candidate \"{top}\"."
         return f"The caption {caption} says so."
     if top == answer:
-        if caption_answer is not None:
+        if from_caption is not None:
             return f"The top candidate \"{top}\" is more reliable here than the caption {caption}."
         return f"\"{top}\" is the top candidate of the VQA model."
     return f"\"{answer}\" is among the VQA model's candidates."
@@ -191,12 +242,10 @@ def target_reply(ev: Evidence, kind: str, attributes: dict[str, str] | None, rng
     because no evidence supports the true answer, so learning it would teach the model to guess)."""
     answer = ev.truth
     color, shape = (attributes or {}).get("color"), (attributes or {}).get("shape")
-    cap_color, cap_shape = caption_attributes(ev.caption)
-    caption_answer = (answer_from_attributes(ev.question, ev.question_type, cap_color, cap_shape)
-                      if cap_color and cap_shape else None)
+    from_caption = caption_answer(ev)
     top = ev.candidates[0][0] if ev.candidates else None
     if color and shape:  # easy-VQA: yes and no are always among the candidates; only the caption or the top-1 count
-        supported = caption_answer == answer or top == answer
+        supported = from_caption == answer or top == answer
     else:
         supported = (any(c == answer for c, _ in ev.candidates)
                      or re.search(rf"\b{re.escape(answer)}\b", ev.caption.lower()))
@@ -204,7 +253,7 @@ def target_reply(ev: Evidence, kind: str, attributes: dict[str, str] | None, rng
         return None
     if kind == "long":
         return easy_vqa_sentence(ev, answer, color, shape, rng) if color and shape else generic_sentence(ev, answer)
-    return f"Answer: {answer}\nExplanation: {explanation(ev, answer, caption_answer)}"
+    return f"Answer: {answer}\nExplanation: {explanation(ev, answer, from_caption)}"
 
 
 def build_examples(evidence: Sequence[Evidence], templates: Sequence[str], template_dir: str | Path | None,
@@ -223,9 +272,24 @@ def build_examples(evidence: Sequence[Evidence], templates: Sequence[str], templ
             dropped += 1
             continue
         messages = build_messages(template, ev.caption, ev.question, ev.candidates, directory=template_dir)
+        top = ev.candidates[0][0] if ev.candidates else None
+        from_caption = caption_answer(ev)
         examples.append({"messages": messages, "reply": reply, "template": template, "source": ev.source,
-                         "question_id": ev.question_id, "image": ev.image, "vqa_top1_correct": bool(ev.candidates)
-                         and ev.candidates[0][0] == ev.truth})
+                         "question_id": ev.question_id, "image": ev.image, "vqa_top1_correct": top == ev.truth,
+                         "conflict": from_caption is not None and from_caption != top})
     if dropped:
         logger.info("Left out %d of %d questions: no evidence supports their true answer.", dropped, len(evidence))
     return examples
+
+
+def select_chats(chats: Sequence[dict], easy_share: float | None, seed: int = 0) -> list[dict]:
+    """Every chat whose caption and top candidate disagree, plus chats where they agree so that those make up
+    ``easy_share`` of the result (``None``: keep all chats), in the original order."""
+    if easy_share is None:
+        return list(chats)
+    hard = [i for i, c in enumerate(chats) if c["conflict"]]
+    easy = [i for i, c in enumerate(chats) if not c["conflict"]]
+    wanted = len(easy) if easy_share >= 1 else round(len(hard) * easy_share / (1 - easy_share))
+    random.Random(seed).shuffle(easy)
+    keep = set(hard) | set(easy[:wanted])
+    return [c for i, c in enumerate(chats) if i in keep]
