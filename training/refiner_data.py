@@ -18,7 +18,9 @@ caption. Two choices put enough of those disagreements into a short training run
 :func:`add_caption_noise` swaps a colour or shape word in a share of the captions next to a sure top candidate
 (the bundled BLIP names almost every *training* image right, because it was trained on them, but errs on a
 few percent of new ones), and :func:`select_chats` keeps every chat whose caption and top candidate disagree
-and only a share of those where they agree (the common, easy case).
+and only a share of those where they agree (the common, easy case). Measured with SmolLM2-135M and one epoch,
+both made the refiner worse (it learned to flip yes/no answers; docs/results.md#llm-refiner), so the bundle
+build does not use them.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from llm.gguf_cache import file_sha256
 from prompts import build_messages, template_kind
 from vle.vqa_data import EASY_VQA_COLORS, EASY_VQA_SHAPES, VQAExample
 
@@ -70,14 +73,7 @@ def _weights_signature(model_dir: str) -> str:
     """
     folder = Path(model_dir)
     files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) if folder.is_dir() else []
-    parts = []
-    for file in files:
-        digest = hashlib.sha256()
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-        parts.append(f"{file.name}:{digest.hexdigest()}")
-    return ";".join(parts) or str(model_dir)
+    return ";".join(f"{file.name}:{file_sha256(file)}" for file in files) or str(model_dir)
 
 
 def evidence_key(examples: Sequence[VQAExample], vqa_model: str, captioner: str, top_k: int) -> str:
