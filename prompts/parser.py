@@ -176,7 +176,9 @@ def _split_label(reply: str) -> tuple[str | None, str]:
     cut = min(x for x in (stop.start() if stop else len(rest), line_end if line_end >= 0 else len(rest)))
     answer = rest[:cut]
     expl_m = _EXPLANATION_LABEL.search(reply)
-    if expl_m:
+    if expl_m and expl_m.start() < m.start():  # explanation first, then the answer line
+        explanation = reply[expl_m.end() : m.start()] + " " + rest[cut:]
+    elif expl_m:
         explanation = reply[expl_m.end() :]
     else:
         explanation = reply[: m.start()] + " " + rest[cut:]

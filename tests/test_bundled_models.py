@@ -118,7 +118,7 @@ def test_bundled_refiner_is_a_small_documented_adapter():
 
 def test_bundled_refiner_keeps_the_format_on_real_test_images():
     """The bundled profile (VLE + BLIP + SmolLM2 with the refiner) on a few test questions of each kind: short
-    replies are "Answer: ...\nExplanation: ...", long replies one sentence holding the answer; none falls back."""
+    replies are "Explanation: ...\nAnswer: ...", long replies one sentence holding the answer; none falls back."""
     import re
 
     from vqa_llm.pipeline import VQALLMPipeline
@@ -133,7 +133,9 @@ def test_bundled_refiner_keeps_the_format_on_real_test_images():
     images, questions = [e.image_path for e in chosen], [e.question for e in chosen]
     for result in pipe.run_batch(images, questions, template="short", max_new_tokens=48):
         assert result.error is None and not result.llm_fallback, result.llm_reply
-        assert re.fullmatch(r"Answer: [^\n]+\nExplanation: [^\n]+[.!?]", result.llm_reply.strip()), result.llm_reply
+        # the refiner works the answer out in its explanation first, then gives the answer line
+        assert re.fullmatch(r"Explanation: [^\n]+[.!?]\nAnswer: [^\n]+", result.llm_reply.strip()), result.llm_reply
+        assert result.llm_reply.strip().endswith(f"Answer: {result.llm_answer}"), result.llm_reply
     for result in pipe.run_batch(images, questions, template="long", max_new_tokens=48):
         reply = result.llm_reply.strip()
         assert result.error is None and not result.llm_fallback, reply

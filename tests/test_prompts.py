@@ -179,6 +179,13 @@ def test_parser_returns_the_candidate_spelling_and_explanation():
     assert parsed.explanation == "It looks dark."
 
 
+def test_parser_reads_an_explanation_written_before_the_answer_line():
+    reply = 'Explanation: The caption "a red circle" names red and circle; square is not one of them.\nAnswer: no'
+    parsed = parse_answer(reply, [("yes", 0.6), ("no", 0.4)])
+    assert parsed.answer == "no" and not parsed.fallback
+    assert parsed.explanation == 'The caption "a red circle" names red and circle; square is not one of them.'
+
+
 @pytest.mark.parametrize(
     "reply", ["", "   \n ", None, "Answer:", "I really cannot tell anything at all from this description."]
 )

@@ -72,13 +72,16 @@ def test_finetuning_end_to_end_resume_and_the_adapter(chat_lm, tmp_path, one_thr
     assert log["steps"] == 4 and log["data"]["train"] > 0 and log["data"]["eval"] > 0
     assert any("eval_loss" in entry for entry in log["log_history"])  # evaluated at the end of the epoch
     assert str(REPO) not in json.dumps(log)  # paths inside the repository are written relative to it
+    assert (full / "README.md").read_text().startswith("# VQA answer refiner")  # the stub card, no machine paths
     # evidence is cached on disk and reused
     assert len(list(cache.glob("evidence-*.jsonl"))) == 1
 
     # interrupted after step 2, then resumed: the same adapter as the uninterrupted run
     assert refiner_main(_argv(chat_lm, split, cache, "--max-steps", "4"), callbacks=[_StopAfterSave(2)]) == 130
     assert not (split / "adapter_model.safetensors").exists()
+    (split / "README.md").write_text("# a maintained card\n")
     assert refiner_main(_argv(chat_lm, split, cache, "--max-steps", "4", "--resume")) == 0
+    assert (split / "README.md").read_text() == "# a maintained card\n"  # kept, not rewritten by peft
     a, b = load_file(full / "adapter_model.safetensors"), load_file(split / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)
     assert any(k.endswith("lora_B.weight") and a[k].abs().sum() > 0 for k in a)  # B starts at zero: it trained
@@ -181,9 +184,16 @@ def test_short_targets_cite_the_evidence_and_skip_unsupported_answers():
     ev = Evidence(1, "i.png", "is there a red shape?", ["yes"] * 10, "yes/no", "a red circle",
                   [("no", 0.7), ("yes", 0.3)], "weak")
     reply = target_reply(ev, "short", attributes, rng)
-    assert reply.startswith("Answer: yes\nExplanation: ") and "contradicts" in reply and "a red circle" in reply
+    assert reply == ('Explanation: The caption "a red circle" names red and circle, so "a red shape" is true.\n'
+                     'Answer: yes')
     parsed = parse_answer(reply, ev.candidates)
-    assert parsed.answer == "yes" and not parsed.fallback
+    assert parsed.answer == "yes" and not parsed.fallback and "Answer" not in parsed.explanation
+    # a negated question: the sentence says so, and the answer follows from it
+    negated = Evidence(3, "i.png", "is there not a triangle?", ["yes"] * 10, "yes/no", "a red circle",
+                       [("no", 0.9), ("yes", 0.1)], "weak")
+    reply = target_reply(negated, "short", attributes, rng)
+    assert reply.startswith('Explanation: The caption "a red circle" names red and circle, so "no triangle" is true.')
+    assert parse_answer(reply, negated.candidates).answer == "yes"
     # neither the caption nor the top candidate supports the truth: left out (no guessing taught)
     wrong = Evidence(2, "i.png", "is there a red shape?", ["yes"] * 10, "yes/no", "a blue circle",
                      [("no", 0.7), ("yes", 0.3)], "weak")
@@ -236,7 +246,9 @@ def test_noisy_caption_with_a_right_top_candidate_teaches_to_trust_the_candidate
     attributes = {"color": "red", "shape": "circle"}
     ev = _evidence(1, "a blue circle", top="yes")  # caption wrong, VQA right
     reply = target_reply(ev, "short", attributes, random.Random(0))
-    assert reply.startswith("Answer: yes\n") and "more reliable" in reply
+    assert reply == 'Explanation: The VQA model is sure of "yes" (1.00).\nAnswer: yes'
+    unsure = _evidence(1, "a blue circle", top="yes", score=0.9)  # not sure: no step-by-step sentence leads there
+    assert target_reply(unsure, "short", attributes, random.Random(0)).startswith("Answer: yes\nExplanation: ")
 
 
 def test_selection_keeps_every_disagreement_of_caption_and_top_candidate_and_a_share_of_agreements():
@@ -254,3 +266,62 @@ def test_selection_keeps_every_disagreement_of_caption_and_top_candidate_and_a_s
     assert {c["question_id"] for c in chosen} >= hard and len(chosen) == 40
     assert [c["question_id"] for c in chosen] == sorted(c["question_id"] for c in chosen)  # original order
     assert select_chats(chats, None) == chats and len(select_chats(chats, 1.0)) == 100
+
+
+def test_per_confidence_selection_balances_disagreements_within_sure_and_unsure_candidates():
+    from training.refiner_data import build_examples, select_chats
+
+    attributes = {f"{i}.png": {"color": "red", "shape": "circle"} for i in range(200)}
+    evidence = ([_evidence(i, "a red circle") for i in range(100)]  # sure, all evidence agrees
+                + [_evidence(i, "a blue circle") for i in range(100, 110)]  # sure, caption wrong
+                + [_evidence(i, "a red circle", score=0.8) for i in range(110, 170)]  # unsure, agrees
+                + [_evidence(i, "a red circle", top="no", score=0.8) for i in range(170, 200)])  # unsure, top wrong
+    chats = build_examples(evidence, ["short"], None, attributes)
+    chosen = select_chats(chats, 0.5, seed=0, per_confidence=True)
+    for sure, conflicts in ((True, 10), (False, 30)):
+        group = [c for c in chosen if c["top1_sure"] == sure]
+        assert sum(c["conflict"] for c in group) == conflicts and len(group) == 2 * conflicts
+    # without it, the share counts over all chats: the sure agreements outnumber the sure disagreements
+    pooled = select_chats(chats, 0.5, seed=0)
+    assert len(pooled) == 80 and sum(c["conflict"] for c in pooled) == 40
+
+
+def test_reply_weights_put_the_answer_weight_on_the_first_reply_line_only():
+    from training.refiner import IGNORE_INDEX, reply_weights
+
+    newline = 9
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 5, 6, newline, 7, 8, newline, 3],
+                           [IGNORE_INDEX] * 6 + [5, 6, 3]])  # second row: a one-line (long) reply
+    weights = reply_weights(labels, newline, 4.0)
+    assert weights.tolist() == [[0, 0, 4, 4, 4, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 4, 4, 4]]
+    assert torch.equal(reply_weights(labels, newline, 1.0), (labels != IGNORE_INDEX).float())
+
+
+def test_reply_loss_on_kept_logits_equals_the_models_own_loss_on_left_padded_batches(chat_lm, tmp_path):
+    from transformers import DataCollatorForSeq2Seq, TrainingArguments
+
+    from training.refiner import IGNORE_INDEX, ReplyLossTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(chat_lm)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(chat_lm).eval()
+    chats = [{"messages": [{"role": "user", "content": "is there a red shape?" * (i + 1)}],
+              "reply": f"Answer: {'yes' if i else 'no'}\nExplanation: The caption says so{'!' * i}."} for i in range(3)]
+    batch = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)(
+        [tokenize_example(tokenizer, c) for c in chats])
+    assert (batch["attention_mask"][:, 0] == 0).any()  # really left-padded
+    newline = tokenizer("\n", add_special_tokens=False).input_ids[-1]
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    with torch.no_grad():
+        expected = model(**batch).loss  # the model's own loss: every logit, mean over reply tokens
+        plain = ReplyLossTrainer(model=model, args=args, newline_id=newline).compute_loss(model, dict(batch))
+        weighted = ReplyLossTrainer(model=model, args=args, newline_id=newline,
+                                    answer_weight=5.0).compute_loss(model, dict(batch))
+    assert torch.allclose(plain, expected, atol=1e-5)
+    assert not torch.allclose(weighted, expected, atol=1e-3)  # the answer line counts more
+
+
+def test_bf16_is_used_where_asked_and_fp32_where_asked():
+    from training.refiner import use_bf16
+
+    assert use_bf16("bf16") and not use_bf16("fp32")

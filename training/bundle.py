@@ -60,12 +60,19 @@ BLIP_DIR_NAME = "blip-easyvqa"
 #: ``--only`` choice -> the model folder it builds
 REFINER_DIR_NAME = "smollm2-easyvqa-refiner"
 #: the refiner's training recipe (``python -m training.refiner``): easy-VQA train questions, evidence from the
-#: bundled VLE for a third of them and the weak VLE for two thirds (so that wrong candidates are common enough to
-#: learn from), captions from the bundled BLIP, short and long replies in turn. (``--caption-noise`` and
-#: ``--easy-share``, which put many more caption/candidate disagreements into the data, made it worse: it learned
-#: to flip yes/no answers; see docs/results.md#llm-refiner.)
-REFINER_ARGS = ("--llm", "smollm2", "--limit", "1600", "--seed", "0", "--template", "short", "long",
-                "--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--lora-r", "8", "--lora-alpha", "16")
+#: bundled VLE for a fifth of them and the weak VLE for the rest, captions from the bundled BLIP (right on nearly
+#: every training image), four in five captions beside a sure (1.00) top candidate given a wrong colour or shape,
+#: then, apart for sure and unsure top candidates, every caption/top-candidate disagreement and as many agreements.
+#: So neither the shown score nor copying or flipping the top candidate predicts a disagreement's answer; only the
+#: rule "keep a sure top candidate, else follow the caption" does. The answer line weighs 5x the explanation in the
+#: loss; short replies work the answer out in the explanation before the answer line
+#: (:func:`training.refiner_data.reasoning`). (Earlier recipes taught copying the top candidate, or flipping yes/no:
+#: docs/results.md#llm-refiner.)
+REFINER_ARGS = ("--llm", "smollm2", "--limit", "6000", "--seed", "0", "--template", "short", "long",
+                "--caption-noise", "0.8", "--easy-share", "0.5", "--per-confidence", "--answer-weight", "5",
+                "--epochs", "1", "--batch-size", "8", "--lr", "1.5e-3", "--lora-r", "16", "--lora-alpha", "32")
+#: how the refiner's questions are dealt among the VQA models: one to the bundled VLE, four to the weak one
+REFINER_EVIDENCE = (VLE_DIR_NAME, WEAK_VLE_DIR_NAME, WEAK_VLE_DIR_NAME, WEAK_VLE_DIR_NAME, WEAK_VLE_DIR_NAME)
 PRETRAIN_DIR_NAME = "vle-easyvqa-pretrain"
 BUILDS = {"vle": VLE_DIR_NAME, "weak": WEAK_VLE_DIR_NAME, "blip": BLIP_DIR_NAME, "refiner": REFINER_DIR_NAME,
           "pretrain": PRETRAIN_DIR_NAME}
@@ -215,8 +222,7 @@ def build_refiner(out_dir: Path, work_dir: Path, models: Path) -> dict[str, Any]
     from .refiner import main as refiner_main
 
     started = time.time()
-    weak = str(models / WEAK_VLE_DIR_NAME)
-    argv = [*REFINER_ARGS, "--vqa-model", str(models / VLE_DIR_NAME), weak, weak,
+    argv = [*REFINER_ARGS, "--vqa-model", *(str(models / name) for name in REFINER_EVIDENCE),
             "--captioner", str(models / BLIP_DIR_NAME), "--out", str(out_dir), "--overwrite",
             "--checkpoints", str(work_dir / "checkpoints"), "--cache", str(work_dir / "evidence")]
     if refiner_main(argv) != 0:

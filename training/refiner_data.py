@@ -6,21 +6,22 @@ caption and the VQA model's top-k ``(answer, score)`` candidates for each questi
 later runs reuse it. Several VQA models may give evidence (e.g. the bundled VLE and a weaker one), so the
 refiner sees candidates that are right and wrong the way real ones are.
 
-Targets follow the template's reply kind: ``short`` → ``Answer: <true answer>`` + ``Explanation: <one
-sentence citing the evidence used>``; ``long`` → one sentence that answers the question and contains the
-answer. On easy-VQA (whose images hold one shape of one colour) the sentences are written from the image's
-true colour and shape and say what the evidence shows; on other data they are generic but true.
+Targets follow the template's reply kind: ``short`` → on easy-VQA ``Explanation: <one sentence working the answer
+out from the evidence>`` + ``Answer: <true answer>`` (:func:`reasoning`), elsewhere ``Answer:`` first and an
+explanation citing the evidence used; ``long`` → one sentence that answers the question and contains the answer.
+On easy-VQA (whose images hold one shape of one colour) the sentences are written from the image's true colour and
+shape and say what the evidence shows; on other data they are generic but true.
 
 What the refiner must learn is when to trust which evidence. On easy-VQA the caption alone decides every
 question ("a green circle" answers "is there not a black shape?"), so where the caption and the top candidate
 disagree, the data teaches: keep a top candidate the VQA model is sure of (shown as 1.00), else follow the
-caption. Two choices put enough of those disagreements into a short training run:
-:func:`add_caption_noise` swaps a colour or shape word in a share of the captions next to a sure top candidate
-(the bundled BLIP names almost every *training* image right, because it was trained on them, but errs on a
-few percent of new ones), and :func:`select_chats` keeps every chat whose caption and top candidate disagree
-and only a share of those where they agree (the common, easy case). Measured with SmolLM2-135M and one epoch,
-both made the refiner worse (it learned to flip yes/no answers; docs/results.md#llm-refiner), so the bundle
-build does not use them.
+caption. :func:`add_caption_noise` swaps a colour or shape word in a share of the captions next to a sure top
+candidate (the bundled BLIP names almost every *training* image right, because it was trained on them, but errs
+on a few percent of new ones), and :func:`select_chats` keeps every chat whose caption and top candidate disagree
+and a share of those where they agree, for sure and unsure candidates apart if asked. Balanced so (the bundle
+recipe), neither the score nor copying or flipping the top candidate predicts a disagreement's answer; with
+fewer disagreements SmolLM2-135M learned to copy the top candidate, with unbalanced ones to flip yes/no answers
+(docs/results.md#llm-refiner).
 """
 
 from __future__ import annotations
@@ -203,6 +204,33 @@ def explanation(ev: Evidence, answer: str, from_caption: str | None) -> str:
     return f"\"{answer}\" is among the VQA model's candidates."
 
 
+def reasoning(ev: Evidence, answer: str) -> str | None:
+    """One true sentence that works ``answer`` out from the evidence step by step, for a reply that gives it
+    *before* the answer line (easy-VQA; ``None`` where the steps do not lead to ``answer``).
+
+    A sure top candidate (shown as 1.00) is taken as it is. Otherwise the sentence restates what the caption
+    names, then quotes the question's claim, negation included, and judges it ('names green and circle, so "no
+    gray shape" is true'): a small LLM decides on adjacent words, inside the weighted first line, and the answer
+    line only maps true/false to yes/no.
+    """
+    top, score = ev.candidates[0] if ev.candidates else (None, 0.0)
+    if top == answer and score >= SURE_SCORE:
+        return f"The VQA model is sure of \"{top}\" (1.00)."
+    color, shape = caption_attributes(ev.caption)
+    if color is None or shape is None or caption_answer(ev) != answer:
+        return None
+    caption = _quoted(ev.caption)
+    if ev.question_type == "color":
+        return f"The caption {caption} names the colour {color}."
+    if ev.question_type == "shape":
+        return f"The caption {caption} names the shape {shape}."
+    asked = named_attribute(ev.question)
+    thing = f"{asked} shape" if asked in EASY_VQA_COLORS else asked
+    claim = f"no {thing}" if _NEGATED.search(ev.question.lower()) else _article(thing)
+    verdict = "true" if answer == "yes" else "false"
+    return f"The caption {caption} names {color} and {shape}, so \"{claim}\" is {verdict}."
+
+
 def easy_vqa_sentence(ev: Evidence, answer: str, color: str, shape: str, rng: random.Random) -> str:
     """A fluent sentence answering an easy-VQA question about an image of one ``color`` ``shape``."""
     if ev.question_type == "shape":
@@ -249,6 +277,9 @@ def target_reply(ev: Evidence, kind: str, attributes: dict[str, str] | None, rng
         return None
     if kind == "long":
         return easy_vqa_sentence(ev, answer, color, shape, rng) if color and shape else generic_sentence(ev, answer)
+    steps = reasoning(ev, answer) if color and shape else None
+    if steps is not None:  # the explanation first: the answer then follows from the sentence just written
+        return f"Explanation: {steps}\nAnswer: {answer}"
     return f"Answer: {answer}\nExplanation: {explanation(ev, answer, from_caption)}"
 
 
@@ -272,20 +303,32 @@ def build_examples(evidence: Sequence[Evidence], templates: Sequence[str], templ
         from_caption = caption_answer(ev)
         examples.append({"messages": messages, "reply": reply, "template": template, "source": ev.source,
                          "question_id": ev.question_id, "image": ev.image, "vqa_top1_correct": top == ev.truth,
-                         "conflict": from_caption is not None and from_caption != top})
+                         "conflict": from_caption is not None and from_caption != top,
+                         "top1_sure": bool(ev.candidates) and ev.candidates[0][1] >= SURE_SCORE})
     if dropped:
         logger.info("Left out %d of %d questions: no evidence supports their true answer.", dropped, len(evidence))
     return examples
 
 
-def select_chats(chats: Sequence[dict], easy_share: float | None, seed: int = 0) -> list[dict]:
+def select_chats(chats: Sequence[dict], easy_share: float | None, seed: int = 0,
+                 per_confidence: bool = False) -> list[dict]:
     """Every chat whose caption and top candidate disagree, plus chats where they agree so that those make up
-    ``easy_share`` of the result (``None``: keep all chats), in the original order."""
+    ``easy_share`` of the result (``None``: keep all chats), in the original order.
+
+    ``per_confidence`` applies the share to chats with a sure top candidate and to the others apart. With
+    ``easy_share`` 0.5 and caption noise beside sure candidates, neither the shown score nor copying or flipping the
+    top candidate then predicts a disagreement's answer; only reading the caption and the score together does.
+    """
     if easy_share is None:
         return list(chats)
-    hard = [i for i, c in enumerate(chats) if c["conflict"]]
-    easy = [i for i, c in enumerate(chats) if not c["conflict"]]
-    wanted = len(easy) if easy_share >= 1 else round(len(hard) * easy_share / (1 - easy_share))
-    random.Random(seed).shuffle(easy)
-    keep = set(hard) | set(easy[:wanted])
+    groups = ([[i for i, c in enumerate(chats) if c["top1_sure"] == sure] for sure in (True, False)]
+              if per_confidence else [list(range(len(chats)))])
+    rng = random.Random(seed)
+    keep: set[int] = set()
+    for group in groups:
+        hard = [i for i in group if chats[i]["conflict"]]
+        easy = [i for i in group if not chats[i]["conflict"]]
+        wanted = len(easy) if easy_share >= 1 else round(len(hard) * easy_share / (1 - easy_share))
+        rng.shuffle(easy)
+        keep |= set(hard) | set(easy[:wanted])
     return [c for i, c in enumerate(chats) if i in keep]
