@@ -20,7 +20,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from training.refiner_data import SURE_SCORE, caption_answer, collect_evidence  # noqa: E402
+from training.refiner_data import caption_answer, collect_evidence  # noqa: E402
 from vqa_llm.evaluation.data import load_dataset, sample_examples  # noqa: E402
 from vqa_llm.metrics import vqa_accuracy  # noqa: E402
 
@@ -40,9 +40,9 @@ def main() -> None:
             top = caption = rule = 0.0
             fixed = broken = 0
             for ev in evidence:
-                first, score = ev.candidates[0]
+                first = ev.candidates[0][0]
                 from_caption = caption_answer(ev)
-                chosen = first if score >= SURE_SCORE or from_caption is None else from_caption
+                chosen = first if ev.top_is_sure or from_caption is None else from_caption
                 raw, ruled = vqa_accuracy(first, ev.answers), vqa_accuracy(chosen, ev.answers)
                 top, rule = top + raw, rule + ruled
                 caption += vqa_accuracy(from_caption or "", ev.answers)

@@ -64,9 +64,9 @@ REFINER_DIR_NAME = "smollm2-easyvqa-refiner"
 #: every training image), four in five captions beside a sure (1.00) top candidate given a wrong colour or shape,
 #: then, apart for sure and unsure top candidates, every caption/top-candidate disagreement and as many agreements.
 #: So neither the shown score nor copying or flipping the top candidate predicts a disagreement's answer; only the
-#: rule "keep a sure top candidate, else follow the caption" does. The answer line weighs 5x the explanation in the
-#: loss; short replies work the answer out in the explanation before the answer line
-#: (:func:`training.refiner_data.reasoning`). (Earlier recipes taught copying the top candidate, or flipping yes/no:
+#: rule "keep a sure top candidate, else follow the caption" does. Short replies work the answer out in the
+#: explanation before the answer line (:func:`training.refiner_data.reasoning`); the reply's first line weighs 5x
+#: the rest in the loss. (Earlier recipes taught copying the top candidate, or flipping yes/no:
 #: docs/results.md#llm-refiner.)
 REFINER_ARGS = ("--llm", "smollm2", "--limit", "6000", "--seed", "0", "--template", "short", "long",
                 "--caption-noise", "0.8", "--easy-share", "0.5", "--per-confidence", "--answer-weight", "5",

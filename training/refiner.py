@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--warmup-ratio", type=float, default=0.03,
                        help="share of the steps spent warming up (never all of a short run)")
     train.add_argument("--answer-weight", type=float, default=1.0,
-                       help="loss weight of the reply's first line (the answer) against the rest (the explanation)")
+                       help="loss weight of the reply's first line (the answer, or the explanation where it comes "
+                            "first) against the rest")
     train.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                        help="auto: bf16 autocast on CUDA GPUs and CPUs with native bf16 (AMX/AVX512-BF16), else fp32")
     train.add_argument("--lora-r", type=int, default=8)
@@ -266,7 +267,8 @@ def reply_weights(labels: torch.Tensor, newline_id: int, answer_weight: float) -
     """Per-token loss weights: ``answer_weight`` on the reply's first line (up to its first newline), 1 on the rest
     of the reply, 0 on the prompt and padding (``labels`` == -100)."""
     reply = labels != IGNORE_INDEX
-    lines_before = torch.cumsum((labels == newline_id) & reply, dim=1) - ((labels == newline_id) & reply).long()
+    newlines = (labels == newline_id) & reply
+    lines_before = torch.cumsum(newlines, dim=1) - newlines.long()
     first_line = reply & (lines_before == 0)
     return reply.float() + (answer_weight - 1.0) * first_line.float()
 

@@ -60,6 +60,11 @@ class Evidence:
     source: str
 
     @property
+    def top_is_sure(self) -> bool:
+        """Whether the top candidate's score reads "1.00" in the prompt (at least :data:`SURE_SCORE`)."""
+        return bool(self.candidates) and self.candidates[0][1] >= SURE_SCORE
+
+    @property
     def truth(self) -> str:
         """The most frequent human answer (the first of the most frequent on ties)."""
         return Counter(self.answers).most_common(1)[0][0]
@@ -159,8 +164,7 @@ def add_caption_noise(evidence: Sequence[Evidence], share: float, seed: int = 0)
     for ev in evidence:
         rng = random.Random(f"{seed}:{ev.question_id}")
         color, shape = caption_attributes(ev.caption)
-        sure = bool(ev.candidates) and ev.candidates[0][1] >= SURE_SCORE
-        if share <= 0 or not sure or color is None or shape is None or rng.random() >= share:
+        if share <= 0 or not ev.top_is_sure or color is None or shape is None or rng.random() >= share:
             noisy.append(ev)
             continue
         if rng.random() < 0.5:
@@ -213,8 +217,8 @@ def reasoning(ev: Evidence, answer: str) -> str | None:
     gray shape" is true'): a small LLM decides on adjacent words, inside the weighted first line, and the answer
     line only maps true/false to yes/no.
     """
-    top, score = ev.candidates[0] if ev.candidates else (None, 0.0)
-    if top == answer and score >= SURE_SCORE:
+    top = ev.candidates[0][0] if ev.candidates else None
+    if top == answer and ev.top_is_sure:
         return f"The VQA model is sure of \"{top}\" (1.00)."
     color, shape = caption_attributes(ev.caption)
     if color is None or shape is None or caption_answer(ev) != answer:
@@ -304,7 +308,7 @@ def build_examples(evidence: Sequence[Evidence], templates: Sequence[str], templ
         examples.append({"messages": messages, "reply": reply, "template": template, "source": ev.source,
                          "question_id": ev.question_id, "image": ev.image, "vqa_top1_correct": top == ev.truth,
                          "conflict": from_caption is not None and from_caption != top,
-                         "top1_sure": bool(ev.candidates) and ev.candidates[0][1] >= SURE_SCORE})
+                         "top1_sure": ev.top_is_sure})
     if dropped:
         logger.info("Left out %d of %d questions: no evidence supports their true answer.", dropped, len(evidence))
     return examples
