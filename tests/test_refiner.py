@@ -184,15 +184,16 @@ def test_short_targets_cite_the_evidence_and_skip_unsupported_answers():
     ev = Evidence(1, "i.png", "is there a red shape?", ["yes"] * 10, "yes/no", "a red circle",
                   [("no", 0.7), ("yes", 0.3)], "weak")
     reply = target_reply(ev, "short", attributes, rng)
-    assert reply == ('Explanation: The caption "a red circle" names red and circle, so "a red shape" is true.\n'
-                     'Answer: yes')
+    assert reply == ('Explanation: The top candidate "no" scores 0.70, below 1.00; the caption "a red circle" names '
+                     'red and circle, so "a red shape" is true.\nAnswer: yes')
     parsed = parse_answer(reply, ev.candidates)
     assert parsed.answer == "yes" and not parsed.fallback and "Answer" not in parsed.explanation
     # a negated question: the sentence says so, and the answer follows from it
     negated = Evidence(3, "i.png", "is there not a triangle?", ["yes"] * 10, "yes/no", "a red circle",
                        [("no", 0.9), ("yes", 0.1)], "weak")
     reply = target_reply(negated, "short", attributes, rng)
-    assert reply.startswith('Explanation: The caption "a red circle" names red and circle, so "no triangle" is true.')
+    assert reply.startswith('Explanation: The top candidate "no" scores 0.90, below 1.00; the caption "a red circle" '
+                            'names red and circle, so "no triangle" is true.')
     assert parse_answer(reply, negated.candidates).answer == "yes"
     # neither the caption nor the top candidate supports the truth: left out (no guessing taught)
     wrong = Evidence(2, "i.png", "is there a red shape?", ["yes"] * 10, "yes/no", "a blue circle",
@@ -246,7 +247,7 @@ def test_noisy_caption_with_a_right_top_candidate_teaches_to_trust_the_candidate
     attributes = {"color": "red", "shape": "circle"}
     ev = _evidence(1, "a blue circle", top="yes")  # caption wrong, VQA right
     reply = target_reply(ev, "short", attributes, random.Random(0))
-    assert reply == 'Explanation: The VQA model is sure of "yes" (1.00).\nAnswer: yes'
+    assert reply == 'Explanation: The top candidate "yes" scores 1.00, so the VQA model is sure.\nAnswer: yes'
     unsure = _evidence(1, "a blue circle", top="yes", score=0.9)  # not sure: no step-by-step sentence leads there
     assert target_reply(unsure, "short", attributes, random.Random(0)).startswith("Answer: yes\nExplanation: ")
 

@@ -65,9 +65,9 @@ REFINER_DIR_NAME = "smollm2-easyvqa-refiner"
 #: then, apart for sure and unsure top candidates, every caption/top-candidate disagreement and as many agreements.
 #: So neither the shown score nor copying or flipping the top candidate predicts a disagreement's answer; only the
 #: rule "keep a sure top candidate, else follow the caption" does. Short replies work the answer out in the
-#: explanation before the answer line (:func:`training.refiner_data.reasoning`); the reply's first line weighs 5x
-#: the rest in the loss. (Earlier recipes taught copying the top candidate, or flipping yes/no:
-#: docs/results.md#llm-refiner.)
+#: explanation before the answer line, starting from the top candidate's score copied from the prompt
+#: (:func:`training.refiner_data.reasoning`); the reply's first line weighs 5x the rest in the loss. (Earlier
+#: recipes taught copying the top candidate, flipping yes/no, or following the caption: docs/results.md#llm-refiner.)
 REFINER_ARGS = ("--llm", "smollm2", "--limit", "6000", "--seed", "0", "--template", "short", "long",
                 "--caption-noise", "0.8", "--easy-share", "0.5", "--per-confidence", "--answer-weight", "5",
                 "--epochs", "1", "--batch-size", "8", "--lr", "1.5e-3", "--lora-r", "16", "--lora-alpha", "32")

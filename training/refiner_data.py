@@ -212,27 +212,32 @@ def reasoning(ev: Evidence, answer: str) -> str | None:
     """One true sentence that works ``answer`` out from the evidence step by step, for a reply that gives it
     *before* the answer line (easy-VQA; ``None`` where the steps do not lead to ``answer``).
 
-    A sure top candidate (shown as 1.00) is taken as it is. Otherwise the sentence restates what the caption
-    names, then quotes the question's claim, negation included, and judges it ('names green and circle, so "no
-    gray shape" is true'): a small LLM decides on adjacent words, inside the weighted first line, and the answer
-    line only maps true/false to yes/no.
+    The sentence first copies the top candidate's score as the prompt shows it, then decides right beside it: a
+    sure one ("1.00") is kept; below that, it restates what the caption names, quotes the question's claim,
+    negation included, and judges it ('names green and circle, so "no gray shape" is true'). A small LLM decides
+    well on adjacent words, inside the weighted first line; the answer line then only maps true/false to yes/no.
+    (Without the copied score, SmolLM2-135M followed the caption even beside a sure candidate: 6 of 1,863 sure
+    top candidates kept on the 2,000-question sample, docs/results.md#llm-refiner.)
     """
-    top = ev.candidates[0][0] if ev.candidates else None
-    if top == answer and ev.top_is_sure:
-        return f"The VQA model is sure of \"{top}\" (1.00)."
+    if not ev.candidates:
+        return None
+    top, score = ev.candidates[0]
+    shown = f'The top candidate "{top}" scores {score:.2f}'  # as prompts.render shows scores: two decimals
+    if ev.top_is_sure:
+        return f"{shown}, so the VQA model is sure." if top == answer else None
     color, shape = caption_attributes(ev.caption)
     if color is None or shape is None or caption_answer(ev) != answer:
         return None
-    caption = _quoted(ev.caption)
+    caption = f"{shown}, below 1.00; the caption {_quoted(ev.caption)}"
     if ev.question_type == "color":
-        return f"The caption {caption} names the colour {color}."
+        return f"{caption} names the colour {color}."
     if ev.question_type == "shape":
-        return f"The caption {caption} names the shape {shape}."
+        return f"{caption} names the shape {shape}."
     asked = named_attribute(ev.question)
     thing = f"{asked} shape" if asked in EASY_VQA_COLORS else asked
     claim = f"no {thing}" if _NEGATED.search(ev.question.lower()) else _article(thing)
     verdict = "true" if answer == "yes" else "false"
-    return f"The caption {caption} names {color} and {shape}, so \"{claim}\" is {verdict}."
+    return f"{caption} names {color} and {shape}, so \"{claim}\" is {verdict}."
 
 
 def easy_vqa_sentence(ev: Evidence, answer: str, color: str, shape: str, rng: random.Random) -> str:
