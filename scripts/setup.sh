@@ -21,28 +21,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
   echo "$want" > "$stamp"
 fi
-# The llama.cpp LLM runtime (llama-cpp-python; PyPI has only its source, so it is compiled here: ~5 min on 2 idle
-# cores, once). Portable flags (AVX2/FMA/F16C, no -march=native, no AVX-512/AMX): the build runs on other x86-64
-# CPUs and avoids a native build's crash seen on an AMX Xeon. Built once per version and flags: a failed build is
-# not retried until they change, and the app then runs its LLM with transformers (--llm-runtime auto).
-# VQA_LLM_SKIP_LLAMA_CPP=1 skips it. --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS.
-LLAMA_CPP="llama-cpp-python==0.3.36"
-LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF \
--DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF"
-llama_stamp=.venv/.llama-cpp-$(echo "$LLAMA_CPP $LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-16)
-if [ "${VQA_LLM_SKIP_LLAMA_CPP:-0}" != 1 ] && [ ! -e "$llama_stamp" ]; then
-  echo "Compiling $LLAMA_CPP (llama.cpp LLM runtime; once, several minutes; log: .venv/llama-cpp-build.log) ..."
-  started=$SECONDS
-  if CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" .venv/bin/python -m pip install \
-       --disable-pip-version-check --no-cache-dir "$LLAMA_CPP" >.venv/llama-cpp-build.log 2>&1 \
-     && .venv/bin/python -c "import llama_cpp" >>.venv/llama-cpp-build.log 2>&1; then
-    echo "ok $((SECONDS - started)) s" > "$llama_stamp"
-    echo "llama-cpp-python built in $((SECONDS - started)) s"
-  else
-    echo "failed $((SECONDS - started)) s" > "$llama_stamp"
-    echo "warning: could not build $LLAMA_CPP (see .venv/llama-cpp-build.log); the LLM runs with transformers." \
-         "Delete $llama_stamp to try again." >&2
-  fi
+# The llama.cpp LLM runtime, compiled once (scripts/llama_cpp.sh); VQA_LLM_LLAMA_CPP_BACKGROUND=1 (scripts/app.sh)
+# compiles it in the background so that the app starts meanwhile.
+if [ "${VQA_LLM_LLAMA_CPP_BACKGROUND:-0}" = 1 ]; then
+  bash scripts/llama_cpp.sh --background
+else
+  bash scripts/llama_cpp.sh
 fi
 if [ $DEV = 1 ] && ! command -v chromium >/dev/null 2>&1; then
   # Real-browser test: Debian's chromium, driven by playwright (never `playwright install`).
