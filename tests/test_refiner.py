@@ -248,6 +248,11 @@ def test_noisy_caption_with_a_right_top_candidate_teaches_to_trust_the_candidate
     ev = _evidence(1, "a blue circle", top="yes")  # caption wrong, VQA right
     reply = target_reply(ev, "short", attributes, random.Random(0))
     assert reply == 'Explanation: The top candidate "yes" scores 1.00, so the VQA model is sure.\nAnswer: yes'
+    # "sure" is what the prompt shows: 0.995 (a float just below it) reads 0.99, so it is not sure
+    assert _evidence(1, "a red circle", score=0.9951).top_is_sure
+    assert not _evidence(1, "a red circle", score=0.995).top_is_sure
+    shown = target_reply(_evidence(1, "a red circle", score=0.995), "short", attributes, random.Random(0))
+    assert shown.startswith('Explanation: The top candidate "yes" scores 0.99, below 1.00; the caption ')
     unsure = _evidence(1, "a blue circle", top="yes", score=0.9)  # not sure: no step-by-step sentence leads there
     assert target_reply(unsure, "short", attributes, random.Random(0)).startswith("Answer: yes\nExplanation: ")
 

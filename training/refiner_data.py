@@ -43,7 +43,7 @@ from vle.vqa_data import EASY_VQA_COLORS, EASY_VQA_SHAPES, VQAExample
 logger = logging.getLogger(__name__)
 
 _NEGATED = re.compile(r"\b(?:not|no)\b")
-SURE_SCORE = 0.995  # the prompt shows scores with two decimals: from here on a candidate reads "1.00"
+SURE_SHOWN = "1.00"  # how the prompt shows a sure top candidate's score (two decimals, as prompts.render writes)
 
 
 @dataclass
@@ -61,8 +61,8 @@ class Evidence:
 
     @property
     def top_is_sure(self) -> bool:
-        """Whether the top candidate's score reads "1.00" in the prompt (at least :data:`SURE_SCORE`)."""
-        return bool(self.candidates) and self.candidates[0][1] >= SURE_SCORE
+        """Whether the top candidate's score reads "1.00" in the prompt (:data:`SURE_SHOWN`; from about 0.995)."""
+        return bool(self.candidates) and f"{self.candidates[0][1]:.2f}" == SURE_SHOWN
 
     @property
     def truth(self) -> str:
@@ -154,8 +154,8 @@ def caption_attributes(caption: str) -> tuple[str | None, str | None]:
 
 
 def add_caption_noise(evidence: Sequence[Evidence], share: float, seed: int = 0) -> list[Evidence]:
-    """A copy of ``evidence`` where about ``share`` of the captions next to a sure top candidate (score at
-    least :data:`SURE_SCORE`) name a wrong colour or a wrong shape.
+    """A copy of ``evidence`` where about ``share`` of the captions next to a sure top candidate (score
+    shown as 1.00) name a wrong colour or a wrong shape.
 
     Only captions that name exactly one easy-VQA colour and shape change; which ones, and how, depends on
     ``seed`` and the question id alone (so the noise is the same whatever the order or the cache).
