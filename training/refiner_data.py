@@ -60,9 +60,14 @@ class Evidence:
     source: str
 
     @property
+    def top_score_shown(self) -> str | None:
+        """The top candidate's score as the prompt shows it (two decimals, as prompts.render writes it)."""
+        return f"{self.candidates[0][1]:.2f}" if self.candidates else None
+
+    @property
     def top_is_sure(self) -> bool:
         """Whether the top candidate's score reads "1.00" in the prompt (:data:`SURE_SHOWN`; from about 0.995)."""
-        return bool(self.candidates) and f"{self.candidates[0][1]:.2f}" == SURE_SHOWN
+        return self.top_score_shown == SURE_SHOWN
 
     @property
     def truth(self) -> str:
@@ -221,8 +226,8 @@ def reasoning(ev: Evidence, answer: str) -> str | None:
     """
     if not ev.candidates:
         return None
-    top, score = ev.candidates[0]
-    shown = f'The top candidate "{top}" scores {score:.2f}'  # as prompts.render shows scores: two decimals
+    top = ev.candidates[0][0]
+    shown = f'The top candidate "{top}" scores {ev.top_score_shown}'
     if ev.top_is_sure:
         return f"{shown}, so the VQA model is sure." if top == answer else None
     color, shape = caption_attributes(ev.caption)
