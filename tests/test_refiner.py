@@ -331,3 +331,28 @@ def test_bf16_is_used_where_asked_and_fp32_where_asked():
     from training.refiner import use_bf16
 
     assert use_bf16("bf16") and not use_bf16("fp32")
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch):
+    """One rule for every trainer: native bf16 GPUs get bf16, older ones fp16 (the refiner: fp32), the CPU bf16 only
+    where a trainer asks for it (the refiner) and the CPU computes it natively."""
+    from training.common import mixed_precision_mode
+    from training.refiner import use_bf16
+
+    gpu = {"present": False, "native": False}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu["present"])
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation
+                        or gpu["native"])
+    cpu_native = {"value": False}
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: cpu_native["value"], raising=False)
+    assert mixed_precision_mode("auto") == "no" and not use_bf16("auto")
+    cpu_native["value"] = True
+    assert mixed_precision_mode("auto") == "no" and mixed_precision_mode("auto", cpu_bf16=True) == "bf16"
+    assert use_bf16("auto")
+    gpu["present"] = True
+    assert mixed_precision_mode("auto") == "fp16" and not use_bf16("auto")
+    gpu["native"] = True
+    assert mixed_precision_mode("auto") == "bf16" and use_bf16("auto")
+    assert mixed_precision_mode("fp16") == "fp16"
+    with pytest.raises(ValueError, match="mixed precision"):
+        mixed_precision_mode("fp8")

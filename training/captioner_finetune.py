@@ -151,15 +151,11 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 
 def mixed_precision_mode(requested: str) -> str:
-    """``auto`` → ``bf16`` on a CUDA GPU with native bf16 (not emulated), ``fp16`` on older GPUs (T4, V100),
-    ``no`` on the CPU; other values pass through."""
-    if requested not in ("auto", "no", "bf16", "fp16"):
-        raise CaptionerError(f"mixed_precision must be auto, no, bf16 or fp16, got {requested!r}.")
-    if requested == "auto":
-        if not torch.cuda.is_available():
-            return "no"
-        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-    return requested
+    """:func:`training.common.mixed_precision_mode` (no bf16 on the CPU), a bad value as a CaptionerError."""
+    try:
+        return common.mixed_precision_mode(requested)
+    except ValueError as exc:
+        raise CaptionerError(f"mixed_precision: {exc}") from None
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:

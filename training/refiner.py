@@ -48,6 +48,7 @@ from vqa_llm.evaluation.errors import EvaluationError
 from vqa_llm.evaluation.store import check_output_folder
 from vqa_llm.paths import REPO_ROOT, portable_path
 
+from .common import mixed_precision_mode
 from .refiner_data import add_caption_noise, build_examples, collect_evidence, select_chats
 
 logger = logging.getLogger("training.refiner")
@@ -235,14 +236,9 @@ def make_examples(args: argparse.Namespace) -> tuple[list[dict], list[dict], dic
 
 # ------------------------------------------------------------------------------------------ training
 def use_bf16(precision: str) -> bool:
-    """Whether to train under bf16 autocast: asked for, or ``auto`` on hardware that computes bf16 natively (CUDA
-    from Ampere on; CPUs with AMX or AVX512-BF16, where it measured 1.25x faster than fp32 for SmolLM2-135M)."""
-    if precision != "auto":
-        return precision == "bf16"
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_capability()[0] >= 8
-    native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(native and native())
+    """Whether to train under bf16 autocast: asked for, or ``auto`` on hardware that computes bf16 natively, the
+    CPU included (:func:`training.common.mixed_precision_mode`; an older GPU trains in fp32, not fp16)."""
+    return mixed_precision_mode({"fp32": "no"}.get(precision, precision), cpu_bf16=True) == "bf16"
 
 
 def training_arguments(args: argparse.Namespace, steps_per_epoch: int):

@@ -55,7 +55,7 @@ from vle.vqa_data import (
 )
 
 from . import common
-from .common import linear_schedule, weights_fingerprint
+from .common import linear_schedule, mixed_precision_mode, weights_fingerprint
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-epoch(\d+)$")
@@ -83,7 +83,7 @@ class TrainingConfig:
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0
     seed: int = 0
-    mixed_precision: str = "auto"  # auto: bf16 on GPUs with native bf16, fp16 on older ones, none on CPU
+    mixed_precision: str = "auto"  # see training.common.mixed_precision_mode
     freeze_vision: bool = False
     image_cache_mb: float = 1024  # preprocessed images kept per data process (LRU); 0: none
     vision_cache_mb: float = 1024  # with freeze_vision: vision-tower outputs kept on the device (LRU); 0: none
@@ -300,11 +300,8 @@ def train_vqa(
     Returns the training log: per epoch the mean loss, the eval VQA score (overall and per question type) and
     the wall time. ``max_steps`` stops early (for smoke tests).
     """
-    mixed = config.mixed_precision
-    if mixed == "auto":
-        native_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-        mixed = ("bf16" if native_bf16 else "fp16") if torch.cuda.is_available() else "no"
-    accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.gradient_accumulation_steps)
+    accelerator = Accelerator(mixed_precision=mixed_precision_mode(config.mixed_precision),
+                              gradient_accumulation_steps=config.gradient_accumulation_steps)
     set_seed(config.seed)
     output_dir = Path(config.output_dir)
     if accelerator.is_main_process:
