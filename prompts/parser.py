@@ -129,19 +129,36 @@ def _leading_candidate(text: str, candidates: list[tuple[str, float]]) -> str | 
 
 _NEGATION = re.compile(r"\b(?:no|not|none|nothing|neither|nor|never)\b|n't\b", re.IGNORECASE)
 _YES_NO = ("yes", "no")
+_STATED_ANSWER = re.compile(r"\banswer\s+(?:is|would\s+be)\s*[:：]?\s+|\banswer\s*[:：]\s*", re.IGNORECASE)
+
+
+def _stated_answer(sentence: str, candidates: list[tuple[str, float]]) -> str | None:
+    """The candidate (or yes/no) a sentence states as its answer ("..., so the answer is yes."), the last such
+    statement winning; None when it states none."""
+    text = one_line(sentence)
+    for m in reversed(list(_STATED_ANSWER.finditer(text))):
+        stated = _leading_candidate(text[m.end():], [*candidates, *((w, 0.0) for w in _YES_NO)])
+        if stated is not None:
+            return stated
+    return None
 
 
 def answer_in_sentence(sentence: str, question: str, candidates: Sequence[tuple[str, float]]) -> str | None:
     """The short answer a free-form sentence gives, read against the VQA candidates.
 
-    The earliest candidate the sentence names that the question does not already name ("The red shape is a
-    triangle." answers "what is the red shape?" with "triangle", not "red"; yes and no always count); when it
-    names only such candidates, the earliest of those. When the VQA model reads the question as yes/no (its top
+    A sentence that states its answer ("..., so the answer is yes.") gives that candidate, or yes or no, whatever
+    it names before (a sentence that works the answer out quotes the evidence first). Otherwise: the earliest
+    candidate the sentence names that the question does not already name ("The red shape is a triangle." answers
+    "what is the red shape?" with "triangle", not "red"; yes and no always count); when it names only such
+    candidates, the earliest of those. When the VQA model reads the question as yes/no (its top
     candidate is yes or no) and the sentence says neither, a negation ("does not contain ...") means "no", else
     "yes".
     ``None`` when none of this applies.
     """
     cands = check_candidates(candidates)
+    stated = _stated_answer(sentence, cands)
+    if stated is not None:
+        return stated
     asked = one_line(question).lower()
     fresh = [c for c in cands if normalise(c[0]) in _YES_NO  # "is no red shape present?" still takes "no"
              or not _find_word(normalise(c[0]), asked)]

@@ -118,7 +118,8 @@ def test_bundled_refiner_is_a_small_documented_adapter():
 
 def test_bundled_refiner_keeps_the_format_on_real_test_images():
     """The bundled profile (VLE + BLIP + SmolLM2 with the refiner) on a few test questions of each kind: short
-    replies are "Explanation: ...\nAnswer: ...", long replies one sentence holding the answer; none falls back."""
+    replies are "Explanation: ...\nAnswer: ...", long replies one sentence that works the answer out and ends in it;
+    none falls back."""
     import re
 
     from vqa_llm.pipeline import VQALLMPipeline
@@ -141,6 +142,9 @@ def test_bundled_refiner_keeps_the_format_on_real_test_images():
         assert result.error is None and not result.llm_fallback, reply
         assert "\n" not in reply and len(reply.split()) >= 3 and reply[-1] in ".!?", reply
         assert re.search(rf"\b{re.escape(result.llm_short_answer or '#')}\b", reply.lower()), reply
+        # the same reasoning first, then the answer it states, which is what the parser reads back
+        assert reply.startswith('The top candidate "'), reply
+        assert reply.endswith(f"the answer is {result.llm_short_answer}."), reply
 
 
 def test_committed_example_bank_is_small_and_keyed_by_the_bundled_vle():

@@ -250,6 +250,11 @@ YES_NO = [("no", 0.97), ("yes", 0.02), ("black", 0.01)]
     # only candidates the question names: the earliest of them
     ("The shape is red.", "is the red shape a triangle?", [("red", 0.6), ("triangle", 0.4)], "red"),
     ("I cannot tell.", "what shape is it?", SHAPES, None),
+    # a sentence that states its answer gives it, whatever evidence it quotes first
+    ('The top candidate "no" scores 0.60; the caption "a black circle" names black, so the answer is yes.',
+     "is there a black shape?", YES_NO, "yes"),
+    ("The caption names a red circle, so the answer is circle.", "what shape is it?", SHAPES, "circle"),
+    ("The answer is not clear, but it is a circle.", "what shape is it?", SHAPES, "circle"),
 ])
 def test_answer_in_sentence(sentence, question, candidates, expected):
     from prompts.parser import answer_in_sentence

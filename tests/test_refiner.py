@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -160,14 +159,31 @@ NEGATED = ["is there not a red shape?", "does the image not contain a circle?", 
 
 @pytest.mark.parametrize("question", NEGATED + ["is there a red shape?", "does the image contain a circle?"])
 @pytest.mark.parametrize("color, shape", [("red", "circle"), ("blue", "triangle")])
-def test_long_targets_are_true_sentences_that_the_parser_reads_back(question, color, shape):
+def test_long_targets_work_the_answer_out_first_and_the_parser_reads_it_back(question, color, shape):
     truth = answer_from_attributes(question, "yes/no", color, shape)
     ev = Evidence(1, "img.png", question, [truth] * 10, "yes/no", f"a {color} {shape}",
                   [("yes", 0.6), ("no", 0.4), ("red", 0.0)], "vle")
-    sentence = target_reply(ev, "long", {"color": color, "shape": shape}, random.Random(0))
-    assert sentence.endswith(".") and "\n" not in sentence and len(sentence.split()) >= 3
-    assert sentence.lower().startswith(truth)
+    sentence = target_reply(ev, "long", {"color": color, "shape": shape})
+    assert sentence.endswith(f" the answer is {truth}.") and "\n" not in sentence
+    # the evidence comes first: the score as the prompt shows it, then the caption
+    assert sentence.startswith('The top candidate "yes" scores 0.60, below 1.00; the caption ')
     assert parse_answer(sentence, ev.candidates, "long", question=question).short_answer == truth
+
+
+def test_long_targets_keep_a_sure_top_candidate_and_read_colours_from_the_caption():
+    attributes = {"color": "red", "shape": "circle"}
+    sure = _evidence(1, "a blue circle", top="yes")  # caption wrong, VQA sure and right
+    sentence = target_reply(sure, "long", attributes)
+    assert sentence == 'The top candidate "yes" scores 1.00, so the VQA model is sure and the answer is yes.'
+    colour = Evidence(2, "i.png", "what color is the circle?", ["red"] * 10, "color", "a red circle",
+                      [("blue", 0.55), ("red", 0.4), ("circle", 0.05)], "weak")
+    sentence = target_reply(colour, "long", attributes)
+    assert sentence == ('The top candidate "blue" scores 0.55, below 1.00; the caption "a red circle" names the '
+                        'colour red, so the answer is red.')
+    assert parse_answer(sentence, colour.candidates, "long", question=colour.question).short_answer == "red"
+    # a sure but wrong top candidate: no sentence that works the truth out from the evidence, so none is taught
+    wrong = _evidence(3, "a red circle", top="no")
+    assert target_reply(wrong, "long", attributes) is None
 
 
 def test_negation_decides_the_yes_no_answer():
@@ -178,12 +194,11 @@ def test_negation_decides_the_yes_no_answer():
 
 
 def test_short_targets_cite_the_evidence_and_skip_unsupported_answers():
-    rng = random.Random(0)
     attributes = {"color": "red", "shape": "circle"}
     # the caption is right and the top candidate wrong: the target corrects it and says why
     ev = Evidence(1, "i.png", "is there a red shape?", ["yes"] * 10, "yes/no", "a red circle",
                   [("no", 0.7), ("yes", 0.3)], "weak")
-    reply = target_reply(ev, "short", attributes, rng)
+    reply = target_reply(ev, "short", attributes)
     assert reply == ('Explanation: The top candidate "no" scores 0.70, below 1.00; the caption "a red circle" names '
                      'red and circle, so "a red shape" is true.\nAnswer: yes')
     parsed = parse_answer(reply, ev.candidates)
@@ -191,14 +206,14 @@ def test_short_targets_cite_the_evidence_and_skip_unsupported_answers():
     # a negated question: the sentence says so, and the answer follows from it
     negated = Evidence(3, "i.png", "is there not a triangle?", ["yes"] * 10, "yes/no", "a red circle",
                        [("no", 0.9), ("yes", 0.1)], "weak")
-    reply = target_reply(negated, "short", attributes, rng)
+    reply = target_reply(negated, "short", attributes)
     assert reply.startswith('Explanation: The top candidate "no" scores 0.90, below 1.00; the caption "a red circle" '
                             'names red and circle, so "no triangle" is true.')
     assert parse_answer(reply, negated.candidates).answer == "yes"
     # neither the caption nor the top candidate supports the truth: left out (no guessing taught)
     wrong = Evidence(2, "i.png", "is there a red shape?", ["yes"] * 10, "yes/no", "a blue circle",
                      [("no", 0.7), ("yes", 0.3)], "weak")
-    assert target_reply(wrong, "short", attributes, rng) is None
+    assert target_reply(wrong, "short", attributes) is None
 
 
 def test_evidence_cache_tells_checkpoints_of_one_size_and_time_apart(tmp_path):
@@ -246,15 +261,15 @@ def test_caption_noise_names_one_wrong_colour_or_shape_and_is_reproducible():
 def test_noisy_caption_with_a_right_top_candidate_teaches_to_trust_the_candidate():
     attributes = {"color": "red", "shape": "circle"}
     ev = _evidence(1, "a blue circle", top="yes")  # caption wrong, VQA right
-    reply = target_reply(ev, "short", attributes, random.Random(0))
+    reply = target_reply(ev, "short", attributes)
     assert reply == 'Explanation: The top candidate "yes" scores 1.00, so the VQA model is sure.\nAnswer: yes'
     # "sure" is what the prompt shows: 0.995 (a float just below it) reads 0.99, so it is not sure
     assert _evidence(1, "a red circle", score=0.9951).top_is_sure
     assert not _evidence(1, "a red circle", score=0.995).top_is_sure
-    shown = target_reply(_evidence(1, "a red circle", score=0.995), "short", attributes, random.Random(0))
+    shown = target_reply(_evidence(1, "a red circle", score=0.995), "short", attributes)
     assert shown.startswith('Explanation: The top candidate "yes" scores 0.99, below 1.00; the caption ')
     unsure = _evidence(1, "a blue circle", top="yes", score=0.9)  # not sure: no step-by-step sentence leads there
-    assert target_reply(unsure, "short", attributes, random.Random(0)).startswith("Answer: yes\nExplanation: ")
+    assert target_reply(unsure, "short", attributes).startswith("Answer: yes\nExplanation: ")
 
 
 def test_selection_keeps_every_disagreement_of_caption_and_top_candidate_and_a_share_of_agreements():

@@ -216,7 +216,7 @@ def make_examples(args: argparse.Namespace) -> tuple[list[dict], list[dict], dic
     evidence.sort(key=lambda ev: str(ev.question_id))
     noisy = add_caption_noise(evidence, args.caption_noise, seed=args.seed)
     changed = sum(a.caption != b.caption for a, b in zip(evidence, noisy))
-    all_chats = build_examples(noisy, args.template, args.template_dir, attributes, seed=args.seed)
+    all_chats = build_examples(noisy, args.template, args.template_dir, attributes)
     chats = select_chats(all_chats, args.easy_share, seed=args.seed, per_confidence=args.per_confidence)
     if not chats:
         raise RefinerError("No training examples: the data has no question whose answer the evidence supports.")

@@ -6,11 +6,11 @@ caption and the VQA model's top-k ``(answer, score)`` candidates for each questi
 later runs reuse it. Several VQA models may give evidence (e.g. the bundled VLE and a weaker one), so the
 refiner sees candidates that are right and wrong the way real ones are.
 
-Targets follow the template's reply kind: ``short`` → on easy-VQA ``Explanation: <one sentence working the answer
-out from the evidence>`` + ``Answer: <true answer>`` (:func:`reasoning`), elsewhere ``Answer:`` first and an
-explanation citing the evidence used; ``long`` → one sentence that answers the question and contains the answer.
-On easy-VQA (whose images hold one shape of one colour) the sentences are written from the image's true colour and
-shape and say what the evidence shows; on other data they are generic but true.
+Targets follow the template's reply kind. On easy-VQA (whose images hold one shape of one colour) both work the
+answer out from the evidence before giving it (:func:`reasoning`): ``short`` → ``Explanation: <that sentence>`` +
+``Answer: <true answer>``; ``long`` → that one sentence ending in "the answer is <true answer>"
+(:func:`reasoned_sentence`). Elsewhere ``short`` gives ``Answer:`` first and an explanation citing the evidence
+used, and ``long`` a generic but true sentence that contains the answer.
 
 What the refiner must learn is when to trust which evidence. On easy-VQA the caption alone decides every
 question ("a green circle" answers "is there not a black shape?"), so where the caption and the top candidate
@@ -245,25 +245,19 @@ def reasoning(ev: Evidence, answer: str) -> str | None:
     return f"{caption} names {color} and {shape}, so \"{claim}\" is {verdict}."
 
 
-def easy_vqa_sentence(ev: Evidence, answer: str, color: str, shape: str, rng: random.Random) -> str:
-    """A fluent sentence answering an easy-VQA question about an image of one ``color`` ``shape``."""
-    if ev.question_type == "shape":
-        asked_color = next((c for c in EASY_VQA_COLORS if re.search(rf"\b{c}\b", ev.question)), None)
-        subject = f"The {asked_color} shape" if asked_color else rng.choice(("The shape", "The shape in the image"))
-        return f"{subject} is {_article(shape)}."
-    if ev.question_type == "color":
-        asked_shape = next((s for s in EASY_VQA_SHAPES if re.search(rf"\b{s}\b", ev.question)), None)
-        return f"The {asked_shape or 'shape'} is {color}."
-    asked = named_attribute(ev.question) or shape
-    negated = bool(_NEGATED.search(ev.question.lower()))
-    thing = f"{asked} shape" if asked in EASY_VQA_COLORS else asked
-    if answer == "yes" and not negated:
-        return f"Yes, there is {_article(color)} {shape} in the image."
-    if answer == "yes":
-        return f"Yes, there is no {thing}; the image shows {_article(color)} {shape}."
-    if negated:
-        return f"No, there is {_article(color)} {shape} in the image."
-    return f"No, the image shows {_article(color)} {shape}."
+def reasoned_sentence(ev: Evidence, answer: str) -> str | None:
+    """The ``long`` reply on easy-VQA: the :func:`reasoning` sentence, ending in "the answer is <answer>" (which
+    :func:`prompts.parser.answer_in_sentence` reads back); ``None`` where the reasoning does not lead to ``answer``.
+
+    The decision comes after the evidence, as in ``short``: a sentence that gives yes or no first (the first
+    refiner's "Yes, there is a red circle in the image.") decides before it has read the score and the caption,
+    and SmolLM2-135M then turned right, unsure "no" answers into "yes" (docs/results.md#llm-refiner).
+    """
+    steps = reasoning(ev, answer)
+    if steps is None:
+        return None
+    joint = ", so" if ev.question_type in ("color", "shape") and not ev.top_is_sure else " and"
+    return f"{steps.rstrip('.')}{joint} the answer is {answer}."
 
 
 def generic_sentence(ev: Evidence, answer: str) -> str:
@@ -275,7 +269,7 @@ def generic_sentence(ev: Evidence, answer: str) -> str:
     return f"The answer is {answer}."
 
 
-def target_reply(ev: Evidence, kind: str, attributes: dict[str, str] | None, rng: random.Random) -> str | None:
+def target_reply(ev: Evidence, kind: str, attributes: dict[str, str] | None) -> str | None:
     """The reply the refiner should give for ``ev`` in a template of ``kind`` (``None``: leave the example out,
     because no evidence supports the true answer, so learning it would teach the model to guess)."""
     answer = ev.truth
@@ -290,7 +284,7 @@ def target_reply(ev: Evidence, kind: str, attributes: dict[str, str] | None, rng
     if not supported:
         return None
     if kind == "long":
-        return easy_vqa_sentence(ev, answer, color, shape, rng) if color and shape else generic_sentence(ev, answer)
+        return reasoned_sentence(ev, answer) if color and shape else generic_sentence(ev, answer)
     steps = reasoning(ev, answer) if color and shape else None
     if steps is not None:  # the explanation first: the answer then follows from the sentence just written
         return f"Explanation: {steps}\nAnswer: {answer}"
@@ -298,17 +292,16 @@ def target_reply(ev: Evidence, kind: str, attributes: dict[str, str] | None, rng
 
 
 def build_examples(evidence: Sequence[Evidence], templates: Sequence[str], template_dir: str | Path | None,
-                   attributes: dict[str, dict[str, str]] | None = None, seed: int = 0) -> list[dict]:
+                   attributes: dict[str, dict[str, str]] | None = None) -> list[dict]:
     """Chat examples ``{"messages", "reply", "template", ...}``, one per evidence row, the template dealt in turn.
 
     ``attributes`` maps image paths to their true ``color``/``shape`` (easy-VQA); rows whose true answer no
     evidence supports are left out (counted in the log).
     """
-    rng = random.Random(seed)
     examples, dropped = [], 0
     for i, ev in enumerate(evidence):
         template = templates[i % len(templates)]
-        reply = target_reply(ev, template_kind(template, template_dir), (attributes or {}).get(ev.image), rng)
+        reply = target_reply(ev, template_kind(template, template_dir), (attributes or {}).get(ev.image))
         if reply is None:
             dropped += 1
             continue
