@@ -271,7 +271,8 @@ def generic_sentence(ev: Evidence, answer: str) -> str:
 
 def target_reply(ev: Evidence, kind: str, attributes: dict[str, str] | None) -> str | None:
     """The reply the refiner should give for ``ev`` in a template of ``kind`` (``None``: leave the example out,
-    because no evidence supports the true answer, so learning it would teach the model to guess)."""
+    because no evidence supports the true answer, so learning it would teach the model to guess, or, for ``long``
+    on easy-VQA, because the reasoning does not lead to it, so the sentence would have to answer first)."""
     answer = ev.truth
     color, shape = (attributes or {}).get("color"), (attributes or {}).get("shape")
     from_caption = caption_answer(ev)
