@@ -37,6 +37,11 @@ def check_candidates(candidates: Sequence[tuple[str, float]]) -> list[tuple[str,
     return out
 
 
+def shown_score(score: float) -> str:
+    """A candidate's score as the prompt shows it: two decimals (0.995 and up read "1.00")."""
+    return f"{score:.2f}"
+
+
 def render_candidates(candidates: Sequence[tuple[str, float]]) -> str:
     """One line per candidate, lettered, e.g. ``A. red (0.91)``; ``(none)`` when there are none."""
     cands = check_candidates(candidates)
@@ -45,7 +50,7 @@ def render_candidates(candidates: Sequence[tuple[str, float]]) -> str:
     lines = []
     for i, (answer, score) in enumerate(cands):
         prefix = f"{LETTERS[i]}. " if i < len(LETTERS) else "- "
-        lines.append(f"{prefix}{neutralise(one_line(answer))} ({score:.2f})")
+        lines.append(f"{prefix}{neutralise(one_line(answer))} ({shown_score(score)})")
     return "\n".join(lines)
 
 

@@ -38,12 +38,13 @@ from pathlib import Path
 
 from llm.gguf_cache import file_sha256
 from prompts import build_messages, template_kind
+from prompts.render import shown_score
 from vle.vqa_data import EASY_VQA_COLORS, EASY_VQA_SHAPES, VQAExample
 
 logger = logging.getLogger(__name__)
 
 _NEGATED = re.compile(r"\b(?:not|no)\b")
-SURE_SHOWN = "1.00"  # how the prompt shows a sure top candidate's score (two decimals, as prompts.render writes)
+SURE_SHOWN = shown_score(1.0)  # how the prompt shows a sure top candidate's score: "1.00"
 
 
 @dataclass
@@ -61,8 +62,8 @@ class Evidence:
 
     @property
     def top_score_shown(self) -> str | None:
-        """The top candidate's score as the prompt shows it (two decimals, as prompts.render writes it)."""
-        return f"{self.candidates[0][1]:.2f}" if self.candidates else None
+        """The top candidate's score as the prompt shows it (:func:`prompts.render.shown_score`)."""
+        return shown_score(self.candidates[0][1]) if self.candidates else None
 
     @property
     def top_is_sure(self) -> bool:
@@ -233,7 +234,7 @@ def reasoning(ev: Evidence, answer: str) -> str | None:
     color, shape = caption_attributes(ev.caption)
     if color is None or shape is None or caption_answer(ev) != answer:
         return None
-    caption = f"{shown}, below 1.00; the caption {_quoted(ev.caption)}"
+    caption = f"{shown}, below {SURE_SHOWN}; the caption {_quoted(ev.caption)}"
     if ev.question_type == "color":
         return f"{caption} names the colour {color}."
     if ev.question_type == "shape":
