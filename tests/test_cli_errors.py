@@ -139,8 +139,8 @@ def test_under_accelerate_launch_the_error_line_comes_without_a_traceback(tmp_pa
 def test_vle_finetune_does_not_start_over_a_run_without_resume(tmp_path, capsys):
     from training.vqa_finetune import main
 
-    (tmp_path / "out" / "checkpoint-epoch1").mkdir(parents=True)
-    (tmp_path / "out" / "checkpoint-epoch1" / "done.json").write_text("{}")
+    (tmp_path / "out" / "checkpoint-6").mkdir(parents=True)  # what the Trainer leaves after an epoch
+    (tmp_path / "out" / "checkpoint-6" / "trainer_state.json").write_text('{"epoch": 1.0}')
     assert main(["--init", str(tmp_path / "vle"), "--train", "easy-vqa", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("Error: ") and "already holds checkpoints: pass --resume" in err

@@ -403,48 +403,46 @@ def test_data_workers_default_to_several_on_cuda_and_none_on_cpu(monkeypatch):
     from training.vqa_finetune import data_workers
 
     monkeypatch.setattr("os.cpu_count", lambda: 16)
-    cuda = SimpleNamespace(device=torch.device("cuda", 0), num_processes=2)
-    cpu = SimpleNamespace(device=torch.device("cpu"), num_processes=1)
-    assert data_workers(None, cuda) == 4 and data_workers(None, cpu) == 0 and data_workers(3, cpu) == 3
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert data_workers(None, cuda, 2) == 4 and data_workers(None, cpu) == 0 and data_workers(3, cpu) == 3
     monkeypatch.setattr("os.cpu_count", lambda: 4)
-    assert data_workers(None, SimpleNamespace(device=torch.device("cuda", 1), num_processes=4)) == 0
+    assert data_workers(None, torch.device("cuda", 1), 4) == 0
 
 
 def test_training_preprocesses_in_dataloader_workers(colour_set, tmp_path, monkeypatch):
-    import training.vqa_finetune as finetune
+    import training.vqa_trainer as vqa_trainer
     from vle import VLEForVQA
 
     seen: list[int] = []
+    get_loader = vqa_trainer.VQATrainer.get_train_dataloader
 
-    class SpyLoader(finetune.DataLoader):
-        def __init__(self, *args, **kwargs):
-            seen.append(kwargs.get("num_workers", 0))
-            super().__init__(*args, **kwargs)
+    def spy(self):
+        loader = get_loader(self)
+        seen.append(loader.num_workers)
+        return loader
 
-    monkeypatch.setattr(finetune, "DataLoader", SpyLoader)
+    monkeypatch.setattr(vqa_trainer.VQATrainer, "get_train_dataloader", spy)
     model = VLEForVQA.from_pretrained(colour_set.dir)
-    config = finetune.TrainingConfig(output_dir=str(tmp_path / "run"), epochs=1, batch_size=4, num_workers=2,
-                                     warmup_steps=1)
-    log = finetune.train_vqa(model, colour_set.processor, colour_set.examples, config, max_steps=3)
-    assert seen[0] == 2 and log["epochs"][0]["train_loss"] > 0
+    config = vqa_trainer.TrainingConfig(output_dir=str(tmp_path / "run"), epochs=1, batch_size=4, num_workers=2,
+                                        warmup_steps=1)
+    log = vqa_trainer.train_vqa(model, colour_set.processor, colour_set.examples, config, max_steps=3)
+    assert seen == [2] and log["epochs"][0]["train_loss"] > 0
 
 
-def test_mixed_precision_auto_is_fp16_on_gpus_without_native_bf16(monkeypatch, tmp_path, colour_set):
-    import training.vqa_finetune as finetune
+def test_mixed_precision_auto_is_fp16_on_gpus_without_native_bf16(monkeypatch, tmp_path):
+    """What VLE fine-tuning hands the Trainer on a T4/V100 (emulated bf16 only) and on an Ampere GPU."""
+    import training.vqa_trainer as vqa_trainer
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     asked = []
-
-    def accelerator(**kwargs):
-        asked.append(kwargs["mixed_precision"])
-        raise RuntimeError("stop here")
-
-    monkeypatch.setattr(finetune, "Accelerator", accelerator)
-    with pytest.raises(RuntimeError, match="stop here"):
-        finetune.train_vqa(colour_set.model, colour_set.processor, colour_set.examples,
-                           finetune.TrainingConfig(output_dir=str(tmp_path)))
-    assert asked == ["fp16"]
+    monkeypatch.setattr(vqa_trainer, "TrainingArguments", lambda **kwargs: asked.append(kwargs) or kwargs)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    config = vqa_trainer.TrainingConfig(output_dir=str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    vqa_trainer.training_arguments(config, 100, evaluate_each_epoch=True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    vqa_trainer.training_arguments(config, 100, evaluate_each_epoch=True)
+    assert [(a["bf16"], a["fp16"]) for a in asked] == [(False, True), (True, False)]
+    assert asked[0]["use_cpu"] is False and asked[0]["dataloader_pin_memory"] is True
 
 
 EVAL_WORKER = """

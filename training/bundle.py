@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import re
+import shutil
 import sys
 import time
 from collections import defaultdict
@@ -195,6 +196,7 @@ def build_vle(out_dir: Path, work_dir: Path, vision_epochs: int = 15, vqa_epochs
 
 def build_blip(out_dir: Path, epochs: int = 20, vision_epochs: int = 15) -> dict[str, Any]:
     """Train the bundled BLIP captioner on easy-VQA train images ("a blue rectangle"), evaluated on test images."""
+    from .captioner_finetune import CHECKPOINT_DIR as CAPTIONER_CHECKPOINTS
     from .captioner_finetune import train_captioner
 
     started = time.time()
@@ -209,6 +211,7 @@ def build_blip(out_dir: Path, epochs: int = 20, vision_epochs: int = 15) -> dict
         pairs["train"], out_dir, eval_pairs=pairs["test"][:500], epochs=epochs, batch_size=64, lr=5e-4,
         seed=SEED, vision_epochs=vision_epochs, keep_checkpoints=1,
     )
+    shutil.rmtree(out_dir / CAPTIONER_CHECKPOINTS, ignore_errors=True)  # the bundle ships no optimiser state
     log = dict(getattr(result, "__dict__", {"summary": str(result)}))
     if "out_dir" in log:
         log["out_dir"] = portable_path(log["out_dir"])

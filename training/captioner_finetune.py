@@ -4,11 +4,13 @@ Each JSONL line is ``{"image": path, "caption": str}`` (optionally ``"label": st
 pre-training). Without ``--model`` a NEW small BLIP is built from scratch (WordPiece vocabulary trained
 on the captions, see :mod:`training.blip_scratch`); with ``--model ID_OR_PATH`` that checkpoint is fine-tuned.
 
-Training: AdamW, linear warm-up + decay, gradient accumulation, gradient clipping, bf16 mixed precision
-on CUDA and multi-GPU through accelerate (``accelerate launch -m training.captioner_finetune ...``), an
-evaluation per epoch (loss + exact match of greedy captions on a held-out set), a checkpoint per epoch
-(``DIR/checkpoints/epoch-NNN``, continue with ``--resume``), tqdm progress, seeded shuffling. The final
-model and processor are saved to ``DIR`` (loadable with :meth:`captioner.BlipCaptioner.from_pretrained`).
+Training runs on transformers' ``Trainer`` (:mod:`training.captioner_trainer`): AdamW, linear warm-up + decay,
+gradient accumulation, gradient clipping, bf16/fp16 mixed precision on CUDA, multi-GPU with ``accelerate launch
+-m training.captioner_finetune ...``, an evaluation per epoch (loss + exact match of greedy captions on a
+held-out set), a checkpoint per epoch (``DIR/checkpoints/checkpoint-STEP``, continue with ``--resume``), tqdm
+progress, seeded shuffling. The optional vision pre-training stage (:func:`training.vision_pretrain.pretrain_vision`)
+runs first. The final model and processor are saved to ``DIR`` (loadable with
+:meth:`captioner.BlipCaptioner.from_pretrained`).
 
 Python API for in-memory data: :func:`train_captioner` with ``(PIL image, caption[, label])`` pairs.
 """
@@ -22,7 +24,6 @@ import math
 import os
 import random
 import re
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -30,19 +31,15 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import BlipForConditionalGeneration, BlipProcessor, HfArgumentParser
 
-from captioner import BlipCaptioner, CaptionerError
+from captioner import CaptionerError
 
 from . import common
 from .blip_scratch import new_blip
-from .caption_data import CaptionCollator, CaptionPair, ListDataset, as_pairs, load_image, read_pairs_jsonl
-from .common import linear_schedule, weights_fingerprint
+from .caption_data import CaptionPair, as_pairs, read_pairs_jsonl
+from .common import weights_fingerprint
 from .vision_pretrain import pretrain_vision
 
 logger = logging.getLogger(__name__)
@@ -54,8 +51,8 @@ OTHER_PROCESSES_EXIT_DELAY_S = 2.0
 MAX_WARMUP_SHARE = 0.5
 
 CHECKPOINT_DIR = "checkpoints"
-STATE_JSON = "trainer_state.json"
-STATE_TENSORS = "trainer_state.pt"
+#: the vision pre-training history, written into the checkpoint folder so that a resumed run still reports it
+VISION_LOG = "vision_pretraining.json"
 
 
 @dataclass
@@ -159,10 +156,8 @@ def mixed_precision_mode(requested: str) -> str:
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The newest complete epoch checkpoint under ``out_dir/checkpoints``, or None."""
-    root = Path(out_dir) / CHECKPOINT_DIR
-    done = [p for p in root.glob("epoch-*") if (p / STATE_JSON).is_file()] if root.is_dir() else []
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+    """The newest complete Trainer checkpoint (``checkpoint-STEP``) under ``out_dir/checkpoints``, or None."""
+    return common.latest_trainer_checkpoint(Path(out_dir) / CHECKPOINT_DIR)
 
 
 def split_pairs(pairs: list[CaptionPair], fraction: float, seed: int) -> tuple[list[CaptionPair], list[CaptionPair]]:
@@ -199,98 +194,26 @@ def _load_model(model, processor, pairs: list[CaptionPair], scratch: ScratchConf
     return model, processor
 
 
-def evaluate(
-    model, processor, pairs: list[CaptionPair], collator: CaptionCollator, accelerator: Accelerator, config: TrainConfig
-) -> dict:
-    """Held-out loss and exact match of generated captions (runs on the calling process only)."""
-    model.eval()
-    losses = []
-    with torch.no_grad(), accelerator.autocast():
-        for start in range(0, len(pairs), config.batch_size):
-            batch = {k: v.to(accelerator.device) for k, v in collator(pairs[start : start + config.batch_size]).items()}
-            losses.append(model(**batch).loss.float().item())
-        captioner = BlipCaptioner(
-            model,
-            processor,
-            "training",
-            prompt=config.prompt,
-            num_beams=config.eval_num_beams,
-            max_new_tokens=config.eval_max_new_tokens,
-        )
-        predictions = captioner.caption([load_image(p.image) for p in pairs], batch_size=config.batch_size)
-    return {
-        "eval_loss": sum(losses) / len(losses),
-        "eval_exact_match": exact_match(predictions, [p.caption for p in pairs]),
-        "eval_samples": [
-            {"reference": p.caption, "prediction": c} for p, c in list(zip(pairs, predictions, strict=True))[:5]
-        ],
-    }
-
-
-def _save_checkpoint(path: Path, model, processor, optimizer, scheduler, accelerator: Accelerator, state: dict) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    tensors = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-    if accelerator.scaler is not None:
-        tensors["scaler"] = accelerator.scaler.state_dict()
-    torch.save(tensors, path / STATE_TENSORS)
-    (path / STATE_JSON).write_text(json.dumps(state, indent=2))  # written last: marks the checkpoint complete
-
-
-def _prune_checkpoints(out_dir: Path, keep: int) -> None:
-    if keep <= 0:
-        return
-    done = sorted(
-        (p for p in (out_dir / CHECKPOINT_DIR).glob("epoch-*") if (p / STATE_JSON).is_file()),
-        key=lambda p: int(p.name.split("-")[1]),
-    )
-    for old in done[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def new_accelerator(config: TrainConfig) -> Accelerator:
-    """An Accelerator for ``config``. accelerate keeps process-wide state, so (like transformers' Trainer) the
-    previous run's settings are reset first; the distributed process group (PartialState) is kept."""
-    AcceleratorState._reset_state()
-    return Accelerator(
-        mixed_precision=mixed_precision_mode(config.mixed_precision),
-        gradient_accumulation_steps=config.grad_accum,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
-    )
-
-
-def _start(
-    model,
-    processor,
-    pairs: list[CaptionPair],
-    out_dir: Path,
-    resume: bool,
-    config: TrainConfig,
-    scratch: ScratchConfig,
-    accelerator: Accelerator,
-    local_files_only: bool = False,
-):
-    """(model, processor, state): from the newest checkpoint when resuming, else built/loaded (+ vision stage)."""
+def _start(model, processor, pairs: list[CaptionPair], out_dir: Path, resume: bool, config: TrainConfig,
+           scratch: ScratchConfig, local_files_only: bool = False):
+    """(model, processor, checkpoint to resume from, vision history): the newest checkpoint's model when resuming,
+    else the model built or loaded here and, with ``vision_epochs``, its vision pre-training stage."""
     checkpoint = latest_checkpoint(out_dir)
     if checkpoint is not None and not resume:
         raise CaptionerError(
             f"{out_dir} already holds checkpoints; pass resume=True (--resume) to continue, "
             "or choose another output folder."
         )
+    vision_log = out_dir / CHECKPOINT_DIR / VISION_LOG
     if checkpoint is not None:
-        accelerator.print(f"Resuming from {checkpoint}")
-        state = json.loads((checkpoint / STATE_JSON).read_text())
-        state["checkpoint"] = str(checkpoint)
-        return (
-            BlipForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32),
-            BlipProcessor.from_pretrained(checkpoint),
-            state,
-        )
+        logger.info("Resuming from %s", checkpoint)
+        vision_history = json.loads(vision_log.read_text()) if vision_log.is_file() else []
+        return (BlipForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32),
+                BlipProcessor.from_pretrained(checkpoint), checkpoint, vision_history)
     if resume:
-        accelerator.print(f"No checkpoint in {out_dir}; starting from the beginning.")
-    state = {"epoch": 0, "global_step": 0, "history": [], "vision_history": []}
+        logger.info("No checkpoint in %s; starting from the beginning.", out_dir)
     model, processor = _load_model(model, processor, pairs, scratch, config.seed, local_files_only)
+    vision_history = []
     if config.vision_epochs > 0:
         labels = [p.label for p in pairs]
         if any(label is None for label in labels):
@@ -298,34 +221,16 @@ def _start(
                 "vision_epochs > 0 needs a label for every training pair "
                 '((image, caption, label) tuples or a "label" field in the JSONL).'
             )
-        state["vision_history"] = pretrain_vision(
-            model,
-            processor.image_processor,
-            [p.image for p in pairs],
-            labels,
-            accelerator=accelerator,
-            epochs=config.vision_epochs,
-            lr=config.vision_lr,
-            batch_size=config.vision_batch_size,
-            max_shift=config.vision_max_shift,
-            flip=config.vision_flip,
-            seed=config.seed,
-            progress=config.progress,
+        vision_history = pretrain_vision(
+            model, processor.image_processor, [p.image for p in pairs], labels, epochs=config.vision_epochs,
+            lr=config.vision_lr, batch_size=config.vision_batch_size, max_shift=config.vision_max_shift,
+            flip=config.vision_flip, seed=config.seed, progress=config.progress,
+            mixed_precision=mixed_precision_mode(config.mixed_precision),
         )
-    return model, processor, state
-
-
-def _optimizer(model, config: TrainConfig, batches_per_epoch: int):
-    """AdamW (no weight decay on biases and norms) + linear warm-up/decay over all optimiser steps."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-    )
-    total = math.ceil(batches_per_epoch / config.grad_accum) * config.epochs
-    return optimizer, linear_schedule(optimizer, warmup_steps(config, total), total)
+        if os.environ.get("RANK", "0") == "0":
+            vision_log.parent.mkdir(parents=True, exist_ok=True)
+            vision_log.write_text(json.dumps(vision_history, indent=1))  # read back by a resumed run
+    return model, processor, None, vision_history
 
 
 def warmup_steps(config: TrainConfig, total_steps: int) -> int:
@@ -337,36 +242,6 @@ def warmup_steps(config: TrainConfig, total_steps: int) -> int:
     if wanted > allowed:
         logger.info("Warm-up shortened from %d to %d of the run's %d optimiser steps.", wanted, allowed, total_steps)
     return max(0, min(wanted, allowed))
-
-
-def _train_epoch(
-    model, loader, optimizer, scheduler, accelerator: Accelerator, config: TrainConfig, state: dict, epoch: int
-) -> float:
-    """One pass over ``loader``; returns the mean training loss over all processes."""
-    model.train()
-    loader.set_epoch(epoch)
-    loss_sum, n_batches = 0.0, 0
-    bar = tqdm(
-        loader,
-        desc=f"epoch {epoch + 1}/{config.epochs}",
-        disable=not (config.progress and accelerator.is_local_main_process),
-    )
-    for batch in bar:
-        with accelerator.accumulate(model):
-            loss = model(**batch).loss
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                if config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                state["global_step"] += 1
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-        loss_sum += loss.detach().float().item()
-        n_batches += 1
-        bar.set_postfix(loss=f"{loss_sum / n_batches:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-    mean = torch.tensor(loss_sum / max(n_batches, 1), device=accelerator.device)
-    return accelerator.reduce(mean, "mean").item()
 
 
 def train_captioner(
@@ -404,70 +279,27 @@ def train_captioner(
         held_out = as_pairs(eval_pairs)
     held_out = held_out[: config.eval_max]
 
-    accelerator = new_accelerator(config)
     set_seed(config.seed)
-    model, processor, state = _start(
-        model, processor, pairs, out_dir, resume, config, scratch or ScratchConfig(), accelerator, local_files_only
+    model, processor, checkpoint, vision_history = _start(
+        model, processor, pairs, out_dir, resume, config, scratch or ScratchConfig(), local_files_only
     )
-    collator = CaptionCollator(
-        processor, model.config.text_config.bos_token_id, config.max_caption_tokens, config.prompt
-    )
-    loader = DataLoader(
-        ListDataset(pairs),
-        batch_size=config.batch_size,
-        shuffle=True,
-        collate_fn=collator,
-        num_workers=config.num_workers,
-    )
-    optimizer, scheduler = _optimizer(model, config, len(loader))
     initial_weights = weights_fingerprint(model)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    if "checkpoint" in state:
-        saved = torch.load(Path(state.pop("checkpoint")) / STATE_TENSORS, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        if accelerator.scaler is not None and "scaler" in saved:
-            accelerator.scaler.load_state_dict(saved["scaler"])
+    # transformers' Trainer is imported here, when a run starts: it pulls in bitsandbytes, whose import-time
+    # warning would otherwise precede the one-line error of a mistyped command.
+    from .captioner_trainer import fit
 
-    for epoch in range(state["epoch"], config.epochs):
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": _train_epoch(model, loader, optimizer, scheduler, accelerator, config, state, epoch),
-            "lr": scheduler.get_last_lr()[0],
-            "global_step": state["global_step"],
-        }
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            if held_out:
-                record.update(evaluate(unwrapped, processor, held_out, collator, accelerator, config))
-            state.update(epoch=epoch + 1, config=asdict(config))
-            state["history"].append(record)
-            _save_checkpoint(
-                out_dir / CHECKPOINT_DIR / f"epoch-{epoch + 1:03d}",
-                unwrapped,
-                processor,
-                optimizer,
-                scheduler,
-                accelerator,
-                state,
-            )
-            _prune_checkpoints(out_dir, config.keep_checkpoints)
-            accelerator.print(json.dumps({k: v for k, v in record.items() if k != "eval_samples"}))
-        accelerator.wait_for_everyone()
-
-    changed = not torch.equal(initial_weights, weights_fingerprint(accelerator.unwrap_model(model)))
+    history = fit(model, processor, pairs, held_out, config, out_dir / CHECKPOINT_DIR, checkpoint)
+    changed = not torch.equal(initial_weights, weights_fingerprint(model))
     if not changed:
         logger.warning("Training left every weight unchanged (learning rate %g, %d optimiser steps): the saved "
-                       "model equals the starting one. Raise --lr or --epochs.", config.lr, state["global_step"])
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(out_dir)
+                       "model equals the starting one. Raise --lr or --epochs.", config.lr,
+                       history[-1]["global_step"] if history else 0)
+    if os.environ.get("RANK", "0") == "0":  # saved with save_pretrained: no pickled training_args.bin beside it
+        model.save_pretrained(out_dir)
         processor.save_pretrained(out_dir)
-        log = {k: state.get(k) for k in ("history", "vision_history", "config")}
+        log = {"history": history, "vision_history": vision_history, "config": asdict(config)}
         (out_dir / "training_log.json").write_text(json.dumps({**log, "weights_changed": changed}, indent=2))
-    accelerator.wait_for_everyone()
-    return TrainResult(out_dir=str(out_dir), history=state["history"], vision_history=state["vision_history"],
-                       weights_changed=changed)
+    return TrainResult(out_dir=str(out_dir), history=history, vision_history=vision_history, weights_changed=changed)
 
 
 def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:

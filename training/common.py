@@ -1,8 +1,10 @@
-"""Small pieces the training loops share: the learning-rate schedule, the mixed precision of a run, a fingerprint of
-the weights (did training change anything?) and the check of an output folder before any work starts."""
+"""Small pieces the training runs share: the mixed precision of a run, the newest Trainer checkpoint and the
+Trainer's log per epoch, a fingerprint of the weights (did training change anything?) and the check of an output
+folder before any work starts."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -10,18 +12,6 @@ import torch
 
 from vqa_llm.errors import BadSettingError
 from vqa_llm.evaluation.store import check_output_folder
-
-
-def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
-    """transformers' linear warm-up + decay schedule.
-
-    ``transformers.optimization`` is imported here, when a run starts: it pulls in peft and bitsandbytes, whose
-    import-time warnings would otherwise precede the one-line error of a mistyped command.
-    """
-    from transformers import get_linear_schedule_with_warmup
-
-    return get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
-
 
 MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 
@@ -42,6 +32,36 @@ def mixed_precision_mode(requested: str, cpu_bf16: bool = False) -> str:
         return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return "bf16" if cpu_bf16 and native is not None and native() else "no"
+
+
+#: the state file transformers' Trainer writes last into each checkpoint (``transformers.trainer.TRAINER_STATE_NAME``;
+#: that module is not imported here: it pulls in bitsandbytes, whose import-time warning would precede a CLI's
+#: one-line error)
+TRAINER_STATE_NAME = "trainer_state.json"
+
+
+def latest_trainer_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The newest complete ``checkpoint-STEP`` folder transformers' Trainer wrote in ``folder``, or None."""
+    folder = Path(folder)
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()
+             and (p / TRAINER_STATE_NAME).is_file()] if folder.is_dir() else []
+    return max(found, key=lambda p: int(p.name.split("-", 1)[1]), default=None)
+
+
+def logs_by_epoch(log_history: list[dict]) -> list[dict]:
+    """transformers ``Trainer``'s ``state.log_history`` merged per epoch (its loss log, evaluation log, ...), oldest
+    first, ``epoch`` being the number of the epoch the entries close; the run's closing summary is left out."""
+    merged: dict[int, dict] = {}
+    for entry in log_history:
+        if "epoch" in entry and "train_runtime" not in entry:
+            merged.setdefault(math.ceil(entry["epoch"] - 1e-6), {}).update(entry)
+    return [{**entry, "epoch": epoch} for epoch, entry in sorted(merged.items())]
+
+
+def trainer_precision(mode: str) -> dict[str, bool]:
+    """transformers ``TrainingArguments``' ``bf16``/``fp16`` flags for a mixed precision ``mode`` (``no``, ``bf16``
+    or ``fp16``, as :func:`mixed_precision_mode` gives it)."""
+    return {"bf16": mode == "bf16", "fp16": mode == "fp16"}
 
 
 def weights_fingerprint(model: torch.nn.Module) -> torch.Tensor:

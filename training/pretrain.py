@@ -11,7 +11,8 @@ read from the pixels (:mod:`training.shape_scenes`):
   with probability 0.15).
 
 Each step runs the ITM/PBC batch and the MLM batch through :class:`vle.VLEForPreTraining` and sums the losses
-(AdamW, warm-up and linear decay, gradient clipping; random horizontal flips of image and patch labels). Seeds
+(transformers' ``Trainer``: AdamW, warm-up and linear decay, gradient clipping; random horizontal flips of image
+and patch labels). Seeds
 are fixed; the result is saved with the starting model's processor, so ``VLEForITM``, ``VLEForPBC``,
 ``VLEForMLM`` and ``VLEModel`` all load from the folder.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -28,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from transformers import Trainer, TrainingArguments
 
 from vle import VLEForPreTraining
 from vle.processing_vle import VLEProcessor
 from vqa_llm.tasks import LABELS_FILE
 
-from .common import linear_schedule
+from .common import logs_by_epoch
 from .pretrain_texts import NEGATIVE_KINDS, TEMPLATES, caption, mask_words, mismatch, zero_shot_labels
 from .shape_scenes import patch_labels, read_scene
 
@@ -135,50 +137,67 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(-1)[known] == labels[known]).float().mean().item() if known.any() else float("nan")
 
 
+class PretrainTrainer(Trainer):
+    """transformers' ``Trainer`` for :class:`BatchMaker`'s two batches per step (ITM/PBC and MLM), their losses
+    summed; the training batches' ITM/PBC/MLM accuracies are logged with each epoch's loss."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sums: dict[str, float] = {}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out, mlm_out = model(**inputs["itm"]), model(**inputs["mlm"])
+        if model.training:
+            for name, value in (("itm", _accuracy(out.itm_logits, inputs["itm"]["itm_labels"])),
+                                ("pbc", _accuracy(out.pbc_logits, inputs["itm"]["pbc_labels"])),
+                                ("mlm", _accuracy(mlm_out.mlm_logits, inputs["mlm"]["mlm_labels"])),
+                                ("batches", 1)):
+                self.sums[name] = self.sums.get(name, 0.0) + value
+        loss = out.loss + mlm_out.loss
+        return (loss, out) if return_outputs else loss
+
+    def log(self, logs, *args, **kwargs):
+        if "loss" in logs and self.sums:  # logged once per epoch
+            batches = self.sums.pop("batches")
+            logs = {**logs, **{name: round(total / batches, 4) for name, total in self.sums.items()}}
+            self.sums = {}
+        super().log(logs, *args, **kwargs)
+
+
 def train_pretraining(model: VLEForPreTraining, processor: VLEProcessor, data: SceneData,
                       config: PretrainConfig) -> dict[str, Any]:
-    """Train ``model`` in place on ``data``; returns per-epoch losses and training-batch accuracies."""
-    torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
-    make = BatchMaker(data, processor, rng)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    """Train ``model`` in place on ``data`` with transformers' ``Trainer`` (AdamW, warm-up + linear decay, gradient
+    clipping, mixed precision and multi-GPU from it); returns per-epoch losses and training-batch accuracies.
+
+    Each step runs the ITM/PBC batch and the MLM batch that :class:`BatchMaker` draws for the step's images and
+    sums the two losses. No checkpoints: the run takes minutes.
+    """
+    make = BatchMaker(data, processor, random.Random(config.seed))
     per_epoch = math.ceil(len(data.pixels) / config.batch_size)
     total = per_epoch * config.epochs if config.max_steps is None else min(config.max_steps, per_epoch * config.epochs)
-    scheduler = linear_schedule(optimizer, min(config.warmup_steps, total // 10), total)
-    generator = torch.Generator().manual_seed(config.seed)
-    history, step, started = [], 0, time.time()
-    model.train()
-    for epoch in range(config.epochs):
-        sums = {"loss": 0.0, "itm": 0.0, "pbc": 0.0, "mlm": 0.0}
-        batches = 0
-        order = torch.randperm(len(data.pixels), generator=generator)
-        for start in tqdm(range(0, len(order), config.batch_size), desc=f"pretrain {epoch + 1}/{config.epochs}",
-                          leave=False):
-            if step >= total:
-                break
-            itm_batch, mlm_batch = make(order[start:start + config.batch_size])
-            out = model(**itm_batch)
-            mlm_out = model(**mlm_batch)
-            loss = out.loss + mlm_out.loss
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            batches += 1
-            sums["loss"] += loss.item()
-            sums["itm"] += _accuracy(out.itm_logits, itm_batch["itm_labels"])
-            sums["pbc"] += _accuracy(out.pbc_logits, itm_batch["pbc_labels"])
-            sums["mlm"] += _accuracy(mlm_out.mlm_logits, mlm_batch["mlm_labels"])
-        if not batches:
-            break
-        record = {"epoch": epoch + 1, "steps": step, "seconds": round(time.time() - started, 1),
-                  **{k: round(v / batches, 4) for k, v in sums.items()}}
+    started = time.time()
+    with tempfile.TemporaryDirectory() as scratch:  # save_strategy "no": the Trainer writes nothing there
+        args = TrainingArguments(
+            output_dir=scratch, num_train_epochs=config.epochs, max_steps=config.max_steps or -1,
+            per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
+            weight_decay=config.weight_decay, lr_scheduler_type="linear",
+            warmup_steps=min(config.warmup_steps, total // 10), max_grad_norm=config.max_grad_norm, seed=config.seed,
+            data_seed=config.seed, logging_strategy="epoch", save_strategy="no", remove_unused_columns=False,
+            report_to=[], use_cpu=not torch.cuda.is_available(),
+        )
+        trainer = PretrainTrainer(
+            model=model, args=args, train_dataset=list(range(len(data.pixels))),
+            data_collator=lambda index: dict(zip(("itm", "mlm"), make(torch.tensor(index)))),
+        )
+        trainer.train()
+    history = [{"epoch": logs["epoch"], "steps": logs["step"], "loss": logs["loss"],
+                **{name: logs[name] for name in ("itm", "pbc", "mlm")}}
+               for logs in logs_by_epoch(trainer.state.log_history) if "loss" in logs]
+    for record in history:
         logger.info("pretraining %s", record)
-        history.append(record)
     model.eval()
-    return {"config": asdict(config), "epochs": history, "steps": step}
+    return {"config": asdict(config), "epochs": history, "steps": trainer.state.global_step,
+            "seconds": round(time.time() - started, 1)}
 
 
 def write_labels(out_dir: str | Path) -> None:

@@ -48,7 +48,7 @@ from vqa_llm.evaluation.errors import EvaluationError
 from vqa_llm.evaluation.store import check_output_folder
 from vqa_llm.paths import REPO_ROOT, portable_path
 
-from .common import mixed_precision_mode
+from .common import latest_trainer_checkpoint, mixed_precision_mode
 from .refiner_data import add_caption_noise, build_examples, collect_evidence, select_chats
 
 logger = logging.getLogger("training.refiner")
@@ -148,7 +148,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     out = check_output_folder(args.out)  # BadSettingError (one line, exit 2) for a file in the way
     if (out / "adapter_config.json").exists() and not (args.resume or args.overwrite):
         raise RefinerError(f"{out} already holds an adapter; pass --overwrite to replace it or --resume to continue.")
-    if args.resume and not last_checkpoint(checkpoint_dir(args)):
+    if args.resume and not latest_trainer_checkpoint(checkpoint_dir(args)):
         raise RefinerError(f"--resume: no checkpoint in {checkpoint_dir(args)}; start without --resume.")
     for name, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--grad-accum", args.grad_accum),
                         ("--lr", args.lr), ("--lora-r", args.lora_r), ("--top-k", args.top_k),
@@ -170,12 +170,6 @@ def check_arguments(args: argparse.Namespace) -> None:
 def checkpoint_dir(args: argparse.Namespace) -> Path:
     """Where the Trainer keeps its checkpoints (``--checkpoints``, else ``OUT/checkpoints``)."""
     return Path(args.checkpoints) if args.checkpoints else Path(args.out) / "checkpoints"
-
-
-def last_checkpoint(folder: Path) -> Path | None:
-    """The newest ``checkpoint-N`` folder the Trainer wrote in ``folder``, or ``None``."""
-    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()] if folder.is_dir() else []
-    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
 
 
 def held_out(image: str, share: float) -> bool:
@@ -360,7 +354,7 @@ def train(args: argparse.Namespace, callbacks: Sequence[Any] = ()) -> dict[str, 
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX),
         callbacks=list(callbacks), answer_weight=args.answer_weight, newline_id=newline_id,
     )
-    resume = str(last_checkpoint(checkpoint_dir(args))) if args.resume else None
+    resume = str(latest_trainer_checkpoint(checkpoint_dir(args))) if args.resume else None
     result = trainer.train(resume_from_checkpoint=resume)
     report = {
         "llm": portable_path(args.llm), "vqa_models": [portable_path(m) for m in args.vqa_model],

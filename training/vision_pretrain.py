@@ -6,18 +6,15 @@ weights learns colours but stays near chance on shapes, while pre-training the t
 shape (random horizontal flips + small shifts, ~15 epochs, lr 1e-3) reaches >99%. The next stage then
 starts from a tower that already sees shapes.
 
-Two recipes, one per model family, sharing the augmentation (:func:`augment`):
+One recipe on transformers' ``Trainer`` (:func:`train_vision_classifier`: AdamW, warm-up + linear decay, gradient
+clipping, mixed precision and multi-GPU from the Trainer), with two entry points:
 
 * :func:`pretrain_vision` (BLIP captioners, :mod:`training.captioner_finetune`): images or paths decoded batch by
-  batch, one label set, accelerate; the tower is trained as a copy (so no wrapper or hook leaks into the caption
-  stage) and its weights are copied back into the model. Each image gets its own shift.
+  batch, one label set, a shift per image;
 * :func:`pretrain_vision_tower` (the CLIP tower of a VLE, :mod:`training.bundle`): preprocessed pixels, several
-  label sets at once (``-100`` = unknown) and an accuracy per epoch on evaluation pixels; the tower is trained in
-  place. One shift per batch.
+  label sets at once (``-100`` = unknown), one shift per batch and an accuracy per epoch on evaluation pixels.
 
-They stay two functions because each drives its random numbers in its own order (data order and augmentation
-from one generator or from two, per-image or per-batch shifts, warm-up length): one loop for both would change
-the bundled models that these recipes built.
+The tower is trained as a copy (so no wrapper or hook leaks into the next stage) whose weights are then copied back.
 """
 
 from __future__ import annotations
@@ -25,35 +22,23 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
+import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
-from accelerate.utils import set_seed
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
 from captioner.errors import CaptionerError
 
-from .caption_data import ImageLike, LabelCollator, ListDataset
-from .common import linear_schedule
+from .caption_data import ImageLike, LabelCollator
+from .common import logs_by_epoch, trainer_precision
 
 logger = logging.getLogger(__name__)
-
-
-class VisionClassifier(nn.Module):
-    """A BLIP vision tower with a linear head on its pooled (CLS) output."""
-
-    def __init__(self, vision_model: nn.Module, num_classes: int):
-        super().__init__()
-        self.vision_model = vision_model
-        self.head = nn.Linear(vision_model.config.hidden_size, num_classes)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.head(self.vision_model(pixel_values=pixel_values).pooler_output)
 
 
 def augment(
@@ -77,12 +62,125 @@ def augment(
     return out
 
 
+@dataclass
+class Augmentation:
+    """Training-time augmentation of :func:`augment` (drawn from its own generator seeded with ``seed``)."""
+
+    max_shift: int = 8
+    flip: bool = True
+    shift_each_image: bool = True
+    seed: int = 0
+
+
+class VisionClassifier(nn.Module):
+    """A vision tower with one linear head per label set on its pooled (CLS) output; the loss is the sum of the
+    heads' cross-entropies (label ``-100``: unknown). In training mode the input is augmented first, like dropout:
+    only while training."""
+
+    accepts_loss_kwargs = False  # the Trainer must not add num_items_in_batch to the labels taken by **labels
+
+    def __init__(self, vision_model: nn.Module, num_classes: dict[str, int], augmentation: Augmentation):
+        super().__init__()
+        self.vision_model = vision_model
+        hidden = vision_model.config.hidden_size
+        self.heads = nn.ModuleDict({name: nn.Linear(hidden, n) for name, n in num_classes.items()})
+        self.augmentation = augmentation
+        self.generator = torch.Generator().manual_seed(augmentation.seed)
+
+    def forward(self, pixel_values: torch.Tensor, **labels: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        if self.training:
+            a = self.augmentation
+            pixel_values = augment(pixel_values, a.max_shift, a.flip, self.generator, a.shift_each_image)
+        pooled = self.vision_model(pixel_values=pixel_values).pooler_output
+        logits = {name: head(pooled) for name, head in self.heads.items()}
+        losses = [F.cross_entropy(logits[name], target) for name, target in labels.items()]
+        return {"loss": sum(losses) if losses else None, **{f"logits_{name}": v for name, v in logits.items()}}
+
+
+class PixelLabels(Dataset):
+    """Preprocessed pixels with one label tensor per label set, as ``{"pixel_values", <label set>: label}`` items."""
+
+    def __init__(self, pixel_values: torch.Tensor, labels: dict[str, torch.Tensor]):
+        self.pixel_values, self.labels = pixel_values, labels
+
+    def __len__(self) -> int:
+        return len(self.pixel_values)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.pixel_values[index], **{k: v[index] for k, v in self.labels.items()}}
+
+
+@dataclass
+class VisionRun:
+    """Optimisation settings of a vision pre-training run."""
+
+    epochs: int = 15
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    seed: int = 0
+    mixed_precision: str = "no"  # no | bf16 | fp16 (resolved, see training.common.mixed_precision_mode)
+    progress: bool = True
+
+
+def steps_per_epoch(examples: int, batch_size: int) -> int:
+    """Optimiser steps of one epoch over ``examples`` on every process of the run (``WORLD_SIZE``)."""
+    return math.ceil(examples / (batch_size * int(os.environ.get("WORLD_SIZE", "1"))))
+
+
+def train_vision_classifier(
+    classifier: VisionClassifier, train: Dataset, run: VisionRun, collator=None, evaluation: Dataset | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``classifier`` with transformers' ``Trainer``; returns per epoch the mean loss and, with
+    ``evaluation``, the accuracy per label set. No checkpoints: the stage takes minutes and the run after it
+    checkpoints.
+
+    The Trainer is imported here, when a run starts: it pulls in bitsandbytes, whose import-time warning would
+    otherwise precede the one-line error of a mistyped command.
+    """
+    from transformers import Trainer, TrainingArguments
+
+    names = list(classifier.heads)
+
+    def top1(logits, labels):
+        return tuple(x.argmax(-1) for x in (logits if isinstance(logits, tuple) else (logits,)))
+
+    def accuracy(prediction) -> dict[str, float]:
+        targets = prediction.label_ids if isinstance(prediction.label_ids, tuple) else (prediction.label_ids,)
+        scores = {}
+        for name, predicted, target in zip(names, prediction.predictions, targets, strict=True):
+            known = target != -100
+            scores[name] = float((predicted[known] == target[known]).mean()) if known.any() else float("nan")
+        return {"accuracy": scores}
+
+    with tempfile.TemporaryDirectory() as scratch:  # save_strategy "no": the Trainer writes nothing there
+        args = TrainingArguments(
+            output_dir=scratch, num_train_epochs=run.epochs, per_device_train_batch_size=run.batch_size,
+            per_device_eval_batch_size=256, learning_rate=run.learning_rate, weight_decay=run.weight_decay,
+            lr_scheduler_type="linear", warmup_steps=run.warmup_steps, max_grad_norm=1.0, seed=run.seed,
+            data_seed=run.seed, **trainer_precision(run.mixed_precision), logging_strategy="epoch",
+            save_strategy="no", eval_strategy="epoch" if evaluation is not None else "no", label_names=names,
+            remove_unused_columns=False, report_to=[], disable_tqdm=not run.progress,
+            use_cpu=not torch.cuda.is_available(),
+        )
+        trainer = Trainer(model=classifier, args=args, train_dataset=train, eval_dataset=evaluation,
+                          data_collator=collator, compute_metrics=accuracy if evaluation is not None else None,
+                          preprocess_logits_for_metrics=top1)
+        trainer.train()
+    records = [{"epoch": logs["epoch"], "loss": logs["loss"],
+                **({"accuracy": logs["eval_accuracy"]} if "eval_accuracy" in logs else {})}
+               for logs in logs_by_epoch(trainer.state.log_history) if "loss" in logs]
+    for record in records:
+        logger.info("vision pre-training %s", record)
+    return records
+
+
 def pretrain_vision(
     model,
     image_processor,
     images: Sequence[ImageLike],
     labels: Sequence[str],
-    accelerator: Accelerator | None = None,
     epochs: int = 15,
     lr: float = 1e-3,
     batch_size: int = 64,
@@ -92,62 +190,27 @@ def pretrain_vision(
     flip: bool = True,
     seed: int = 0,
     progress: bool = True,
+    mixed_precision: str = "no",
 ) -> list[dict]:
     """Train ``model.vision_model`` (a BLIP model) to classify ``labels`` (one per image); update it in place.
 
-    Returns one ``{"epoch", "loss", "accuracy"}`` dict per epoch (training accuracy, augmented inputs).
+    Returns one ``{"epoch", "loss"}`` dict per epoch.
     """
     if len(images) != len(labels):
         raise CaptionerError(f"Vision pre-training got {len(images)} images but {len(labels)} labels.")
     classes = sorted({str(y) for y in labels})
     if len(classes) < 2:
         raise CaptionerError("Vision pre-training needs at least two distinct labels.")
-    accelerator = accelerator or Accelerator()
     index = {c: i for i, c in enumerate(classes)}
-    items = [(im, index[str(y)]) for im, y in zip(images, labels, strict=True)]
     torch.manual_seed(seed)
-    classifier = VisionClassifier(copy.deepcopy(model.vision_model), len(classes))
-    loader = DataLoader(
-        ListDataset(items),
-        batch_size=batch_size,
-        shuffle=True,
-        collate_fn=LabelCollator(image_processor),
-        generator=torch.Generator().manual_seed(seed),
-    )
-    optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=weight_decay)
-    total = epochs * len(loader)
-    scheduler = linear_schedule(optimizer, math.ceil(warmup_ratio * total), total)
-    classifier, optimizer, loader, scheduler = accelerator.prepare(classifier, optimizer, loader, scheduler)
-    generator = torch.Generator().manual_seed(seed + 1)
-    history = []
-    for epoch in range(1, epochs + 1):
-        classifier.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(
-            loader,
-            desc=f"vision {epoch}/{epochs}",
-            disable=not (progress and accelerator.is_local_main_process),
-            leave=False,
-        )
-        for batch in bar:
-            logits = classifier(augment(batch["pixel_values"], max_shift, flip, generator))
-            loss = nn.functional.cross_entropy(logits, batch["labels"])
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(classifier.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            loss_sum += loss.item() * len(batch["labels"])
-            correct += (logits.argmax(-1) == batch["labels"]).sum().item()
-            seen += len(batch["labels"])
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        history.append({"epoch": epoch, "loss": loss_sum / seen, "accuracy": correct / seen})
-        accelerator.print(
-            f"vision pre-training epoch {epoch}: loss {loss_sum / seen:.4f}, accuracy {correct / seen:.3f}"
-        )
-    trained = accelerator.unwrap_model(classifier).vision_model
-    model.vision_model.load_state_dict(trained.state_dict())
-    accelerator.free_memory()
+    classifier = VisionClassifier(copy.deepcopy(model.vision_model), {"labels": len(classes)},
+                                  Augmentation(max_shift, flip, shift_each_image=True, seed=seed + 1))
+    total = epochs * steps_per_epoch(len(images), batch_size)
+    run = VisionRun(epochs, batch_size, lr, weight_decay, math.ceil(warmup_ratio * total), seed, mixed_precision,
+                    progress)
+    items = [(image, index[str(y)]) for image, y in zip(images, labels, strict=True)]
+    history = train_vision_classifier(classifier, items, run, collator=LabelCollator(image_processor))
+    model.vision_model.load_state_dict(classifier.vision_model.state_dict())
     return history
 
 
@@ -166,45 +229,16 @@ def pretrain_vision_tower(
     """Train a CLIP vision tower alone to classify per-image labels (one linear head per label set; -100 = unknown).
 
     Heads read the ``post_layernorm`` CLS output (CLIP's pooled output). Augmentation: random horizontal flip
-    and a random roll of up to ``max_shift`` pixels. Returns per-epoch loss and, with eval data, accuracy per
-    label set. The heads are discarded; the tower keeps what it learned.
+    and a random roll of up to ``max_shift`` pixels (one per batch). Returns per-epoch loss and, with eval data,
+    accuracy per label set. The heads are discarded; the tower keeps what it learned.
     """
-    set_seed(seed)
-    hidden = vision_model.config.hidden_size
-    heads = nn.ModuleDict({name: nn.Linear(hidden, int(y.max()) + 1) for name, y in labels.items()})
-    params = list(vision_model.parameters()) + list(heads.parameters())
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
-    steps = epochs * math.ceil(len(pixel_values) / batch_size)
-    scheduler = linear_schedule(optimizer, min(100, steps // 10), steps)
-    generator = torch.Generator().manual_seed(seed)  # the data order and the augmentation, drawn in turn
-    history = []
-    for epoch in range(epochs):
-        vision_model.train()
-        order = torch.randperm(len(pixel_values), generator=generator)
-        total = 0.0
-        for start in tqdm(range(0, len(order), batch_size), desc=f"vision {epoch + 1}/{epochs}", leave=False):
-            idx = order[start : start + batch_size]
-            x = augment(pixel_values[idx], max_shift, True, generator, shift_each_image=False)
-            pooled = vision_model(pixel_values=x).pooler_output
-            loss = sum(F.cross_entropy(head(pooled), labels[name][idx]) for name, head in heads.items())
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(idx)
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": total / len(order)}
-        if eval_pixel_values is not None and eval_labels is not None:
-            vision_model.eval()
-            with torch.no_grad():
-                pooled = torch.cat([vision_model(pixel_values=eval_pixel_values[i : i + 256]).pooler_output
-                                    for i in range(0, len(eval_pixel_values), 256)])
-            record["accuracy"] = {}
-            for name, head in heads.items():
-                known = eval_labels[name] != -100
-                correct = head(pooled).argmax(-1) == eval_labels[name]
-                record["accuracy"][name] = correct[known].float().mean().item()
-        logger.info("vision pre-training %s", record)
-        history.append(record)
+    torch.manual_seed(seed)
+    classifier = VisionClassifier(copy.deepcopy(vision_model), {n: int(y.max()) + 1 for n, y in labels.items()},
+                                  Augmentation(max_shift, True, shift_each_image=False, seed=seed))
+    steps = epochs * steps_per_epoch(len(pixel_values), batch_size)
+    run = VisionRun(epochs, batch_size, learning_rate, 0.01, min(100, steps // 10), seed)
+    evaluation = PixelLabels(eval_pixel_values, eval_labels) if eval_pixel_values is not None and eval_labels else None
+    history = train_vision_classifier(classifier, PixelLabels(pixel_values, labels), run, evaluation=evaluation)
+    vision_model.load_state_dict(classifier.vision_model.state_dict())
     vision_model.eval()
     return {"epochs": history}

@@ -1,10 +1,10 @@
 """Fine-tune (or train) a ``VLEForVQA`` on a VQA dataset, with the original objective.
 
 Soft VQA scores per answer (0.3 per annotator, capped at 1) and BCE times the number of labels; the answer
-vocabulary is built from the training answers into ``id2label``. AdamW, warm-up + linear decay, gradient
-accumulation, mixed precision on CUDA and multi-GPU through accelerate, evaluation each epoch, a checkpoint
-per epoch with ``--resume``, tqdm progress, seeded. Data: easy-VQA (the ``easy-vqa`` package) or
-VQAv2-format files.
+vocabulary is built from the training answers into ``id2label``. Training runs on transformers' ``Trainer``
+(:mod:`training.vqa_trainer`): AdamW, warm-up + linear decay, gradient accumulation, mixed precision on CUDA,
+multi-GPU with ``accelerate launch``, an evaluation and a checkpoint per epoch (``OUT/checkpoint-STEP``,
+continue with ``--resume``), seeded. Data: easy-VQA (the ``easy-vqa`` package) or VQAv2-format files.
 
 Examples::
 
@@ -24,20 +24,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
-import re
 import sys
 import time
 from collections import OrderedDict, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import gather_object
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
@@ -55,10 +53,8 @@ from vle.vqa_data import (
 )
 
 from . import common
-from .common import linear_schedule, mixed_precision_mode, weights_fingerprint
 
 logger = logging.getLogger(__name__)
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-epoch(\d+)$")
 EXIT_USER_ERROR = 2
 #: seconds the other processes of a multi-process run wait before exiting on a user error that the main
 #: process reports (a launcher stops every process once one has exited)
@@ -89,6 +85,7 @@ class TrainingConfig:
     vision_cache_mb: float = 1024  # with freeze_vision: vision-tower outputs kept on the device (LRU); 0: none
     num_workers: int | None = None  # DataLoader workers preprocessing images; None: up to 4 on CUDA, 0 on CPU
     lr_multipliers: dict[str, float] = field(default_factory=dict)  # parameter-name prefix -> lr factor
+    keep_checkpoints: int = 2  # the newest N epoch checkpoints are kept (0: all)
 
 
 class TensorLRU:
@@ -193,13 +190,13 @@ def collate(batch: list[dict[str, Any]], num_labels: int, pad_id: int = 0) -> di
     }
 
 
-def data_workers(requested: int | None, accelerator: Accelerator) -> int:
+def data_workers(requested: int | None, device: torch.device, num_processes: int = 1) -> int:
     """DataLoader workers: ``requested``, else 4 per process on CUDA (within the CPUs) and 0 on the CPU."""
     if requested is not None:
         return max(0, requested)
-    if accelerator.device.type != "cuda":
+    if device.type != "cuda":
         return 0
-    return max(0, min(4, (os.cpu_count() or 1) // max(1, accelerator.num_processes) - 1))
+    return max(0, min(4, (os.cpu_count() or 1) // max(1, num_processes) - 1))
 
 
 class FrozenVisionCache:
@@ -216,6 +213,7 @@ class FrozenVisionCache:
         found = {image_id: self.features.get(image_id) for image_id in ids}
         missing = [i for i, image_id in enumerate(ids) if found[image_id] is None]
         if missing:
+            self.tower.eval()  # the Trainer puts the whole model in training mode at each step
             with torch.no_grad():
                 hidden = self.tower(pixel_values[missing]).last_hidden_state
                 hidden = self.tower.vision_model.post_layernorm(hidden)
@@ -225,34 +223,13 @@ class FrozenVisionCache:
         return self.projection(torch.stack([found[image_id] for image_id in ids]))
 
 
-def evaluate(
-    model: VLEForVQA, dataset: VQATrainingSet, batch_size: int = 256, accelerator: Accelerator | None = None,
-    desc: str = "eval",
-) -> dict[str, Any]:
-    """VQA score of the top-1 answer (mean soft score, the usual training-time metric), overall and per question
-    type. With several processes each scores every n-th question and all get the whole result."""
-    device = accelerator.device if accelerator else next(model.parameters()).device
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    shard = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
-    loader = DataLoader(shard, batch_size=batch_size,
-                        collate_fn=partial(collate, num_labels=len(model.config.id2label)))
-    model.eval()
-    scored: list[tuple[int, float]] = []
-    with torch.no_grad():
-        quiet = accelerator is not None and not accelerator.is_main_process
-        for batch in tqdm(loader, desc=desc, leave=False, disable=quiet):
-            logits = model(
-                input_ids=batch["input_ids"].to(device), pixel_values=batch["pixel_values"].to(device),
-                attention_mask=batch["attention_mask"].to(device), token_type_ids=batch["token_type_ids"].to(device),
-            ).logits
-            predicted = logits.argmax(-1).cpu()
-            scores = batch["vqa_targets"].gather(1, predicted[:, None])[:, 0]
-            scored += zip(batch["index"].tolist(), scores.tolist())
-    if world > 1:
-        scored = gather_object(scored)
+def score_answers(examples: Sequence[VQAExample], scored: Sequence[tuple[int, str]]) -> dict[str, Any]:
+    """VQA score of predicted answers (``(example index, answer)`` pairs; the mean soft score, the usual
+    training-time metric), overall and per question type."""
     per_type: dict[str, list[float]] = defaultdict(list)
-    for index, score in sorted(scored):
-        per_type[dataset.examples[index].question_type or "all"].append(score)
+    for index, answer in sorted(scored):
+        example = examples[index]
+        per_type[example.question_type or "all"].append(vqa_target_scores(example.answers).get(answer, 0.0))
     every = [s for scores in per_type.values() for s in scores]
     return {
         "vqa_score": sum(every) / max(len(every), 1),
@@ -261,29 +238,52 @@ def evaluate(
     }
 
 
-def _param_groups(model: nn.Module, config: TrainingConfig) -> list[dict[str, Any]]:
+def evaluate(
+    model: VLEForVQA, dataset: VQATrainingSet, batch_size: int = 256, accelerator: Accelerator | None = None,
+    desc: str = "eval",
+) -> dict[str, Any]:
+    """:func:`score_answers` of ``model``'s top-1 answers on ``dataset`` (outside training; during training the
+    Trainer's evaluation loop scores them). With several processes each scores every n-th question and all get
+    the whole result."""
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    shard = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
+    loader = DataLoader(shard, batch_size=batch_size,
+                        collate_fn=partial(collate, num_labels=len(model.config.id2label)))
+    model.eval()
+    id2label = model.config.id2label
+    scored: list[tuple[int, str]] = []
+    with torch.no_grad():
+        quiet = accelerator is not None and not accelerator.is_main_process
+        for batch in tqdm(loader, desc=desc, leave=False, disable=quiet):
+            logits = model(
+                input_ids=batch["input_ids"].to(device), pixel_values=batch["pixel_values"].to(device),
+                attention_mask=batch["attention_mask"].to(device), token_type_ids=batch["token_type_ids"].to(device),
+            ).logits
+            scored += [(i, id2label[p]) for i, p in zip(batch["index"].tolist(), logits.argmax(-1).tolist())]
+    if world > 1:
+        scored = gather_object(scored)
+    return score_answers(dataset.examples, scored)
+
+
+def param_groups(model: nn.Module, config: TrainingConfig) -> list[dict[str, Any]]:
+    """AdamW groups: ``lr_multipliers`` by parameter-name prefix, no weight decay on biases and norm weights."""
     groups: dict[tuple[float, float], list[nn.Parameter]] = defaultdict(list)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         factor = next((f for prefix, f in config.lr_multipliers.items() if name.startswith(prefix)), 1.0)
-        decay = 0.0 if param.ndim < 2 else config.weight_decay  # no decay on biases and norm weights
+        decay = 0.0 if param.ndim < 2 else config.weight_decay
         groups[(factor, decay)].append(param)
     return [{"params": p, "lr": config.learning_rate * f, "weight_decay": d} for (f, d), p in groups.items()]
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> tuple[Path, int] | None:
-    """The newest ``checkpoint-epochN`` folder in ``output_dir`` and its epoch, if any."""
-    found = []
-    if os.path.isdir(output_dir):
-        for name in os.listdir(output_dir):
-            match = CHECKPOINT_PATTERN.match(name)
-            if match and (Path(output_dir) / name / "done.json").exists():
-                found.append((int(match.group(1)), Path(output_dir) / name))
-    if not found:
+    """The newest complete Trainer checkpoint (``checkpoint-STEP``) in ``output_dir`` and the epochs it holds."""
+    path = common.latest_trainer_checkpoint(output_dir)
+    if path is None:
         return None
-    epoch, path = max(found)
-    return path, epoch
+    return path, round(json.loads((path / common.TRAINER_STATE_NAME).read_text()).get("epoch") or 0)
 
 
 def train_vqa(
@@ -295,110 +295,15 @@ def train_vqa(
     resume: bool = False,
     max_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` (whose ``id2label`` is the answer vocabulary) and save it with ``processor`` to ``output_dir``.
+    """Train ``model`` (whose ``id2label`` is the answer vocabulary) with transformers' ``Trainer`` and save it
+    with ``processor`` to ``output_dir``; see :func:`training.vqa_trainer.train_vqa`.
 
-    Returns the training log: per epoch the mean loss, the eval VQA score (overall and per question type) and
-    the wall time. ``max_steps`` stops early (for smoke tests).
+    The Trainer is imported here, when a run starts: it pulls in bitsandbytes, whose import-time warning would
+    otherwise precede the one-line error of a mistyped command.
     """
-    accelerator = Accelerator(mixed_precision=mixed_precision_mode(config.mixed_precision),
-                              gradient_accumulation_steps=config.gradient_accumulation_steps)
-    set_seed(config.seed)
-    output_dir = Path(config.output_dir)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    label2id = model.config.label2id or {label: int(i) for i, label in model.config.id2label.items()}
-    label2id = {k: int(v) for k, v in label2id.items()}
-    num_labels = len(model.config.id2label)
-    train_set = VQATrainingSet(train_examples, processor, label2id, config.image_cache_mb)
-    eval_set = VQATrainingSet(eval_examples, processor, label2id, config.image_cache_mb) if eval_examples else None
-    pad_id = processor.tokenizer.pad_token_id or 0
+    from .vqa_trainer import train_vqa as train_with_trainer
 
-    if config.freeze_vision:
-        model.vle.vision_model.requires_grad_(False)
-    optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.learning_rate)
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size / config.gradient_accumulation_steps)
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = linear_schedule(optimizer, min(config.warmup_steps, total_steps // 2), total_steps)
-    initial_weights = weights_fingerprint(model)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    unwrapped = accelerator.unwrap_model(model)
-    vision_cache = FrozenVisionCache(unwrapped, config.vision_cache_mb) if config.freeze_vision else None
-    workers = data_workers(config.num_workers, accelerator)
-
-    log: dict[str, Any] = {"config": asdict(config), "epochs": []}
-    start_epoch = 0
-    if resume and (found := latest_checkpoint(output_dir)):
-        path, epoch = found
-        accelerator.load_state(str(path))
-        log = json.loads((path / "done.json").read_text())["log"]
-        start_epoch = epoch
-        accelerator.print(f"Resuming after epoch {epoch} from {path}")
-
-    steps_done = 0
-    for epoch in range(start_epoch, config.epochs):
-        started = time.time()
-        generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)  # same order with or without resume
-        loader = DataLoader(
-            train_set, batch_size=config.batch_size, shuffle=True, generator=generator, num_workers=workers,
-            collate_fn=partial(collate, num_labels=num_labels, pad_id=pad_id),
-            pin_memory=accelerator.device.type == "cuda",
-        )
-        loader = accelerator.prepare_data_loader(loader)
-        model.train()
-        if config.freeze_vision:
-            unwrapped.vle.vision_model.eval()
-        losses = []
-        progress = tqdm(
-            loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not accelerator.is_local_main_process
-        )
-        for batch in progress:
-            with accelerator.accumulate(model):
-                inputs = dict(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    token_type_ids=batch["token_type_ids"], vqa_targets=batch["vqa_targets"], return_loss=True,
-                )
-                if vision_cache is not None:
-                    inputs["image_embeds"] = vision_cache.image_embeds(batch["pixel_values"], batch["image_id"])
-                else:
-                    inputs["pixel_values"] = batch["pixel_values"]
-                loss = model(**inputs).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and config.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            losses.append(loss.item())
-            if len(losses) % 20 == 0:
-                progress.set_postfix(loss=f"{sum(losses[-20:]) / 20:.4f}")
-            steps_done += 1
-            if max_steps is not None and steps_done >= max_steps:
-                break
-        record = {"epoch": epoch + 1, "train_loss": sum(losses) / max(len(losses), 1), "seconds": time.time() - started}
-        if eval_set is not None:  # every process scores its share: none waits alone at the next collective
-            scores = evaluate(unwrapped, eval_set, config.eval_batch_size, accelerator, desc=f"eval {epoch + 1}")
-            record["eval"] = scores
-            per_type = {k: round(v, 4) for k, v in scores["per_question_type"].items()}
-            accelerator.print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, eval VQA score "
-                              f"{scores['vqa_score']:.4f} {per_type}")
-        log["epochs"].append(record)
-        checkpoint = output_dir / f"checkpoint-epoch{epoch + 1}"
-        accelerator.save_state(str(checkpoint))
-        if accelerator.is_main_process:
-            (checkpoint / "done.json").write_text(json.dumps({"epoch": epoch + 1, "log": log}, indent=1))
-        if max_steps is not None and steps_done >= max_steps:
-            break
-
-    accelerator.wait_for_everyone()
-    log["weights_changed"] = not torch.equal(initial_weights, weights_fingerprint(unwrapped))
-    if not log["weights_changed"]:
-        logger.warning("Training left every weight unchanged (learning rate %g, %d optimiser steps): the saved "
-                       "model equals the starting one. Raise --lr or --epochs.", config.learning_rate, steps_done)
-    if accelerator.is_main_process:
-        unwrapped.save_pretrained(output_dir)
-        processor.save_pretrained(output_dir)
-        (output_dir / "training_log.json").write_text(json.dumps(log, indent=1))
-    return log
+    return train_with_trainer(model, processor, train_examples, config, eval_examples, resume, max_steps)
 
 
 def answer_vocabulary(
@@ -456,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --freeze-vision: vision-tower outputs kept on the device (0: none)")
     run.add_argument("--num-workers", type=int, help="DataLoader worker processes preprocessing images "
                      "(default: up to 4 per process on CUDA, 0 on CPU)")
+    run.add_argument("--keep-checkpoints", type=int, default=2,
+                     help="keep the newest N epoch checkpoints in --out (0: all)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     return parser
@@ -534,7 +441,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, gradient_accumulation_steps=args.grad_accum,
         max_grad_norm=args.max_grad_norm, seed=args.seed, mixed_precision=args.mixed_precision,
         freeze_vision=args.freeze_vision, image_cache_mb=args.image_cache_mb, vision_cache_mb=args.vision_cache_mb,
-        num_workers=args.num_workers,
+        num_workers=args.num_workers, keep_checkpoints=args.keep_checkpoints,
     )
     return train_vqa(model, processor, train, config, evaluation, resume=args.resume)
 

@@ -1,0 +1,171 @@
+"""The transformers ``Trainer`` run behind :func:`training.vqa_finetune.train_vqa`: checkpoints and ``--resume``,
+mixed precision, gradient accumulation, an evaluation per epoch and multi-GPU (``accelerate launch``) all come
+from the Trainer; this module adds the VQA loss inputs, the frozen-vision cache and the VQA score."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from vle.modeling_vle import VLEForVQA
+from vle.vqa_data import VQAExample
+
+from .common import logs_by_epoch, mixed_precision_mode, trainer_precision, weights_fingerprint
+from .vqa_finetune import (
+    FrozenVisionCache,
+    TrainingConfig,
+    VQATrainingSet,
+    collate,
+    data_workers,
+    latest_checkpoint,
+    param_groups,
+    score_answers,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def training_arguments(config: TrainingConfig, train_size: int, evaluate_each_epoch: bool) -> TrainingArguments:
+    """The Trainer's settings for ``config``: a checkpoint and (with an evaluation set) an evaluation per epoch,
+    the epoch's mean loss logged, warm-up at most half of the run."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    total = math.ceil(train_size / (config.batch_size * world) / config.gradient_accumulation_steps) * config.epochs
+    on_cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=config.output_dir, num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size, learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay, lr_scheduler_type="linear", warmup_steps=min(config.warmup_steps, total // 2),
+        gradient_accumulation_steps=config.gradient_accumulation_steps, max_grad_norm=config.max_grad_norm,
+        seed=config.seed, **trainer_precision(mixed_precision_mode(config.mixed_precision)),
+        logging_strategy="epoch", save_strategy="epoch",
+        save_total_limit=config.keep_checkpoints or None, eval_strategy="epoch" if evaluate_each_epoch else "no",
+        label_names=["index"], remove_unused_columns=False, report_to=[],
+        dataloader_num_workers=data_workers(config.num_workers, torch.device("cuda" if on_cuda else "cpu"), world),
+        dataloader_pin_memory=on_cuda, use_cpu=not on_cuda,
+    )
+
+
+class StopAfterSteps(TrainerCallback):
+    """Stops a run after ``steps`` optimiser steps without shortening its schedule (smoke tests, or a job cut
+    short); the epoch still ends with its evaluation and checkpoint."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.steps:
+            control.should_training_stop = True
+        return control
+
+
+class VQATrainer(Trainer):
+    """transformers' ``Trainer`` with the VQA loss inputs (dense soft-score targets) and, with a frozen vision
+    tower, the tower's cached outputs in place of the pixels; each epoch's wall time is logged with its loss."""
+
+    def __init__(self, *args, vision_cache: FrozenVisionCache | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.vision_cache = vision_cache
+        self._clock = time.perf_counter()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        model_inputs = {key: inputs[key] for key in ("input_ids", "attention_mask", "token_type_ids", "vqa_targets")}
+        if self.vision_cache is not None:
+            model_inputs["image_embeds"] = self.vision_cache.image_embeds(inputs["pixel_values"], inputs["image_id"])
+        else:
+            model_inputs["pixel_values"] = inputs["pixel_values"]
+        outputs = model(**model_inputs, return_loss=True)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs:  # logged once per epoch: the time since the previous epoch's (its evaluation included)
+            now = time.perf_counter()
+            logs = {**logs, "epoch_seconds": round(now - self._clock, 1)}
+            self._clock = now
+        super().log(logs, *args, **kwargs)
+
+
+def top1(logits, labels) -> torch.Tensor:
+    """``preprocess_logits_for_metrics``: keep each question's top answer only, not its logits."""
+    return (logits[0] if isinstance(logits, tuple) else logits).argmax(-1)
+
+
+def epoch_records(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per epoch from the Trainer's log: the mean training loss, the wall time and the evaluation."""
+    records = []
+    for logs in logs_by_epoch(log_history):
+        if "loss" in logs:
+            record = {"epoch": logs["epoch"], "train_loss": logs["loss"], "seconds": logs.get("epoch_seconds")}
+            if "eval_vqa_score" in logs:
+                record["eval"] = {key: logs[f"eval_{key}"] for key in ("vqa_score", "count", "per_question_type")}
+            records.append(record)
+    return records
+
+
+def train_vqa(
+    model: VLEForVQA,
+    processor,
+    train_examples: Sequence[VQAExample],
+    config: TrainingConfig,
+    eval_examples: Sequence[VQAExample] | None = None,
+    resume: bool = False,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` (whose ``id2label`` is the answer vocabulary) with transformers' ``Trainer`` and save it
+    with ``processor`` to ``output_dir``.
+
+    Returns the training log: per epoch the mean loss, the eval VQA score (overall and per question type) and
+    the wall time. ``max_steps`` stops after that many optimiser steps, the schedule unchanged (smoke tests).
+    """
+    output_dir = Path(config.output_dir)
+    label2id = model.config.label2id or {label: int(i) for i, label in model.config.id2label.items()}
+    label2id = {k: int(v) for k, v in label2id.items()}
+    id2label = {int(i): label for i, label in model.config.id2label.items()}
+    train_set = VQATrainingSet(train_examples, processor, label2id, config.image_cache_mb)
+    eval_set = VQATrainingSet(eval_examples, processor, label2id, config.image_cache_mb) if eval_examples else None
+
+    def compute_metrics(prediction) -> dict[str, Any]:
+        indices, answers = prediction.label_ids.tolist(), prediction.predictions.tolist()
+        return score_answers(eval_set.examples, [(i, id2label[a]) for i, a in zip(indices, answers)])
+
+    if config.freeze_vision:
+        model.vle.vision_model.requires_grad_(False)
+    initial_weights = weights_fingerprint(model)
+    trainer = VQATrainer(
+        model=model,
+        args=training_arguments(config, len(train_set), eval_set is not None),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=partial(collate, num_labels=len(id2label), pad_id=processor.tokenizer.pad_token_id or 0),
+        processing_class=processor,
+        optimizers=(torch.optim.AdamW(param_groups(model, config), lr=config.learning_rate), None),
+        compute_metrics=compute_metrics if eval_set is not None else None,
+        preprocess_logits_for_metrics=top1,
+        callbacks=[StopAfterSteps(max_steps)] if max_steps is not None else None,
+        vision_cache=FrozenVisionCache(model, config.vision_cache_mb) if config.freeze_vision else None,
+    )
+    found = latest_checkpoint(output_dir) if resume else None
+    if found:
+        logger.info("Resuming after epoch %d from %s", found[1], found[0])
+    trainer.train(resume_from_checkpoint=str(found[0]) if found else None)
+
+    log: dict[str, Any] = {"config": asdict(config), "epochs": epoch_records(trainer.state.log_history)}
+    log["weights_changed"] = not torch.equal(initial_weights, weights_fingerprint(model))
+    if not log["weights_changed"]:
+        logger.warning("Training left every weight unchanged (learning rate %g, %d optimiser steps): the saved "
+                       "model equals the starting one. Raise --lr or --epochs.", config.learning_rate,
+                       trainer.state.global_step)
+    if trainer.is_world_process_zero():  # save_pretrained, not save_model: no pickled training_args.bin beside it
+        model.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+        (output_dir / "training_log.json").write_text(json.dumps(log, indent=1))
+    return log
