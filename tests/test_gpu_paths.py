@@ -410,6 +410,7 @@ def test_data_workers_default_to_several_on_cuda_and_none_on_cpu(monkeypatch):
 
 
 def test_training_preprocesses_in_dataloader_workers(colour_set, tmp_path, monkeypatch):
+    import training.vqa_finetune as finetune
     import training.vqa_trainer as vqa_trainer
     from vle import VLEForVQA
 
@@ -423,9 +424,9 @@ def test_training_preprocesses_in_dataloader_workers(colour_set, tmp_path, monke
 
     monkeypatch.setattr(vqa_trainer.VQATrainer, "get_train_dataloader", spy)
     model = VLEForVQA.from_pretrained(colour_set.dir)
-    config = vqa_trainer.TrainingConfig(output_dir=str(tmp_path / "run"), epochs=1, batch_size=4, num_workers=2,
-                                        warmup_steps=1)
-    log = vqa_trainer.train_vqa(model, colour_set.processor, colour_set.examples, config, max_steps=3)
+    config = finetune.TrainingConfig(output_dir=str(tmp_path / "run"), epochs=1, batch_size=4, num_workers=2,
+                                     warmup_steps=1)
+    log = finetune.train_vqa(model, colour_set.processor, colour_set.examples, config, max_steps=3)
     assert seen == [2] and log["epochs"][0]["train_loss"] > 0
 
 

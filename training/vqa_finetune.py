@@ -28,7 +28,7 @@ import os
 import sys
 import time
 from collections import OrderedDict, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,6 +53,7 @@ from vle.vqa_data import (
 )
 
 from . import common
+from .common import weights_fingerprint
 
 logger = logging.getLogger(__name__)
 EXIT_USER_ERROR = 2
@@ -296,14 +297,58 @@ def train_vqa(
     max_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` (whose ``id2label`` is the answer vocabulary) with transformers' ``Trainer`` and save it
-    with ``processor`` to ``output_dir``; see :func:`training.vqa_trainer.train_vqa`.
+    with ``processor`` to ``output_dir``.
 
-    The Trainer is imported here, when a run starts: it pulls in bitsandbytes, whose import-time warning would
-    otherwise precede the one-line error of a mistyped command.
+    Returns the training log: per epoch the mean loss, the eval VQA score (overall and per question type) and
+    the wall time. ``max_steps`` stops after that many optimiser steps, the schedule unchanged (smoke tests).
     """
-    from .vqa_trainer import train_vqa as train_with_trainer
+    # The Trainer is imported here, when a run starts: it pulls in bitsandbytes, whose import-time warning would
+    # otherwise precede the one-line error of a mistyped command.
+    from .vqa_trainer import StopAfterSteps, VQATrainer, epoch_records, top1, training_arguments
 
-    return train_with_trainer(model, processor, train_examples, config, eval_examples, resume, max_steps)
+    output_dir = Path(config.output_dir)
+    label2id = model.config.label2id or {label: int(i) for i, label in model.config.id2label.items()}
+    label2id = {k: int(v) for k, v in label2id.items()}
+    id2label = {int(i): label for i, label in model.config.id2label.items()}
+    train_set = VQATrainingSet(train_examples, processor, label2id, config.image_cache_mb)
+    eval_set = VQATrainingSet(eval_examples, processor, label2id, config.image_cache_mb) if eval_examples else None
+
+    def compute_metrics(prediction) -> dict[str, Any]:
+        indices, answers = prediction.label_ids.tolist(), prediction.predictions.tolist()
+        return score_answers(eval_set.examples, [(i, id2label[a]) for i, a in zip(indices, answers)])
+
+    if config.freeze_vision:
+        model.vle.vision_model.requires_grad_(False)
+    initial_weights = weights_fingerprint(model)
+    trainer = VQATrainer(
+        model=model,
+        args=training_arguments(config, len(train_set), eval_set is not None),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=partial(collate, num_labels=len(id2label), pad_id=processor.tokenizer.pad_token_id or 0),
+        processing_class=processor,
+        optimizers=(torch.optim.AdamW(param_groups(model, config), lr=config.learning_rate), None),
+        compute_metrics=compute_metrics if eval_set is not None else None,
+        preprocess_logits_for_metrics=top1,
+        callbacks=[StopAfterSteps(max_steps)] if max_steps is not None else None,
+        vision_cache=FrozenVisionCache(model, config.vision_cache_mb) if config.freeze_vision else None,
+    )
+    found = latest_checkpoint(output_dir) if resume else None
+    if found:
+        logger.info("Resuming after epoch %d from %s", found[1], found[0])
+    trainer.train(resume_from_checkpoint=str(found[0]) if found else None)
+
+    log: dict[str, Any] = {"config": asdict(config), "epochs": epoch_records(trainer.state.log_history)}
+    log["weights_changed"] = not torch.equal(initial_weights, weights_fingerprint(model))
+    if not log["weights_changed"]:
+        logger.warning("Training left every weight unchanged (learning rate %g, %d optimiser steps): the saved "
+                       "model equals the starting one. Raise --lr or --epochs.", config.learning_rate,
+                       trainer.state.global_step)
+    if trainer.is_world_process_zero():  # save_pretrained, not save_model: no pickled training_args.bin beside it
+        model.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+        (output_dir / "training_log.json").write_text(json.dumps(log, indent=1))
+    return log
 
 
 def answer_vocabulary(

@@ -1,38 +1,21 @@
-"""The transformers ``Trainer`` run behind :func:`training.vqa_finetune.train_vqa`: checkpoints and ``--resume``,
-mixed precision, gradient accumulation, an evaluation per epoch and multi-GPU (``accelerate launch``) all come
-from the Trainer; this module adds the VQA loss inputs, the frozen-vision cache and the VQA score."""
+"""The transformers ``Trainer`` pieces of :func:`training.vqa_finetune.train_vqa` (checkpoints and ``--resume``,
+mixed precision, gradient accumulation, an evaluation per epoch and multi-GPU with ``accelerate launch`` all come
+from the Trainer): its settings, the VQA loss inputs with the frozen-vision cache, the per-epoch log. Imported
+when a run starts (transformers' trainer module pulls in bitsandbytes, whose import-time warning would otherwise
+precede a mistyped command's one-line error)."""
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import os
 import time
-from dataclasses import asdict
-from functools import partial
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from vle.modeling_vle import VLEForVQA
-from vle.vqa_data import VQAExample
-
-from .common import logs_by_epoch, mixed_precision_mode, trainer_precision, weights_fingerprint
-from .vqa_finetune import (
-    FrozenVisionCache,
-    TrainingConfig,
-    VQATrainingSet,
-    collate,
-    data_workers,
-    latest_checkpoint,
-    param_groups,
-    score_answers,
-)
-
-logger = logging.getLogger(__name__)
+from .common import logs_by_epoch, mixed_precision_mode, trainer_precision
+from .vqa_finetune import FrozenVisionCache, TrainingConfig, data_workers
 
 
 def training_arguments(config: TrainingConfig, train_size: int, evaluate_each_epoch: bool) -> TrainingArguments:
@@ -109,63 +92,3 @@ def epoch_records(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
                 record["eval"] = {key: logs[f"eval_{key}"] for key in ("vqa_score", "count", "per_question_type")}
             records.append(record)
     return records
-
-
-def train_vqa(
-    model: VLEForVQA,
-    processor,
-    train_examples: Sequence[VQAExample],
-    config: TrainingConfig,
-    eval_examples: Sequence[VQAExample] | None = None,
-    resume: bool = False,
-    max_steps: int | None = None,
-) -> dict[str, Any]:
-    """Train ``model`` (whose ``id2label`` is the answer vocabulary) with transformers' ``Trainer`` and save it
-    with ``processor`` to ``output_dir``.
-
-    Returns the training log: per epoch the mean loss, the eval VQA score (overall and per question type) and
-    the wall time. ``max_steps`` stops after that many optimiser steps, the schedule unchanged (smoke tests).
-    """
-    output_dir = Path(config.output_dir)
-    label2id = model.config.label2id or {label: int(i) for i, label in model.config.id2label.items()}
-    label2id = {k: int(v) for k, v in label2id.items()}
-    id2label = {int(i): label for i, label in model.config.id2label.items()}
-    train_set = VQATrainingSet(train_examples, processor, label2id, config.image_cache_mb)
-    eval_set = VQATrainingSet(eval_examples, processor, label2id, config.image_cache_mb) if eval_examples else None
-
-    def compute_metrics(prediction) -> dict[str, Any]:
-        indices, answers = prediction.label_ids.tolist(), prediction.predictions.tolist()
-        return score_answers(eval_set.examples, [(i, id2label[a]) for i, a in zip(indices, answers)])
-
-    if config.freeze_vision:
-        model.vle.vision_model.requires_grad_(False)
-    initial_weights = weights_fingerprint(model)
-    trainer = VQATrainer(
-        model=model,
-        args=training_arguments(config, len(train_set), eval_set is not None),
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        data_collator=partial(collate, num_labels=len(id2label), pad_id=processor.tokenizer.pad_token_id or 0),
-        processing_class=processor,
-        optimizers=(torch.optim.AdamW(param_groups(model, config), lr=config.learning_rate), None),
-        compute_metrics=compute_metrics if eval_set is not None else None,
-        preprocess_logits_for_metrics=top1,
-        callbacks=[StopAfterSteps(max_steps)] if max_steps is not None else None,
-        vision_cache=FrozenVisionCache(model, config.vision_cache_mb) if config.freeze_vision else None,
-    )
-    found = latest_checkpoint(output_dir) if resume else None
-    if found:
-        logger.info("Resuming after epoch %d from %s", found[1], found[0])
-    trainer.train(resume_from_checkpoint=str(found[0]) if found else None)
-
-    log: dict[str, Any] = {"config": asdict(config), "epochs": epoch_records(trainer.state.log_history)}
-    log["weights_changed"] = not torch.equal(initial_weights, weights_fingerprint(model))
-    if not log["weights_changed"]:
-        logger.warning("Training left every weight unchanged (learning rate %g, %d optimiser steps): the saved "
-                       "model equals the starting one. Raise --lr or --epochs.", config.learning_rate,
-                       trainer.state.global_step)
-    if trainer.is_world_process_zero():  # save_pretrained, not save_model: no pickled training_args.bin beside it
-        model.save_pretrained(output_dir)
-        processor.save_pretrained(output_dir)
-        (output_dir / "training_log.json").write_text(json.dumps(log, indent=1))
-    return log
