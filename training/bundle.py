@@ -146,7 +146,7 @@ def _label_tensor(
     return torch.tensor([index.get(attributes.get(path, {}).get(key), -100) for path in paths])
 
 
-def build_vle(out_dir: Path, work_dir: Path, vision_epochs: int = 15, vqa_epochs: int = 6, max_steps: int | None = None,
+def build_vle(out_dir: Path, work_dir: Path, vision_epochs: int = 15, vqa_epochs: int = 8, max_steps: int | None = None,
               train_limit: int | None = None) -> dict[str, Any]:
     """Train the bundled VLE (both stages) and save it with its processor to ``out_dir``."""
     started = time.time()
@@ -456,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--only", choices=sorted(BUILDS), help="build one model only (default: all)")
     build.add_argument("--vision-epochs", type=int, default=15,
                        help="vision tower pre-training epochs (default: %(default)s)")
-    build.add_argument("--vqa-epochs", type=int, default=6, help="VQA epochs of the VLE (default: %(default)s)")
+    build.add_argument("--vqa-epochs", type=int, default=8, help="VQA epochs of the VLE (default: %(default)s)")
     build.add_argument("--caption-epochs", type=int, default=20,
                        help="caption epochs of the BLIP (default: %(default)s)")
     build.add_argument("--pretrain-epochs", type=int, default=PRETRAIN_EPOCHS,

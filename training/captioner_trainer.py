@@ -37,8 +37,8 @@ def training_arguments(config: TrainConfig, checkpoints: Path, train_size: int, 
         data_seed=config.seed, **trainer_precision(mixed_precision_mode(config.mixed_precision)),
         logging_strategy="epoch", save_strategy="epoch", save_total_limit=config.keep_checkpoints or None,
         eval_strategy="epoch" if evaluate else "no", remove_unused_columns=False, report_to=[],
-        dataloader_num_workers=config.num_workers, disable_tqdm=not config.progress,
-        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=config.num_workers, dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=not config.progress, use_cpu=not torch.cuda.is_available(),
     )
 
 

@@ -183,7 +183,7 @@ def train_pretraining(model: VLEForPreTraining, processor: VLEProcessor, data: S
             weight_decay=config.weight_decay, lr_scheduler_type="linear",
             warmup_steps=min(config.warmup_steps, total // 10), max_grad_norm=config.max_grad_norm, seed=config.seed,
             data_seed=config.seed, logging_strategy="epoch", save_strategy="no", remove_unused_columns=False,
-            report_to=[], use_cpu=not torch.cuda.is_available(),
+            report_to=[], dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
         )
         trainer = PretrainTrainer(
             model=model, args=args, train_dataset=list(range(len(data.pixels))),

@@ -162,7 +162,7 @@ def train_vision_classifier(
             data_seed=run.seed, **trainer_precision(run.mixed_precision), logging_strategy="epoch",
             save_strategy="no", eval_strategy="epoch" if evaluation is not None else "no", label_names=names,
             remove_unused_columns=False, report_to=[], disable_tqdm=not run.progress,
-            use_cpu=not torch.cuda.is_available(),
+            dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
         )
         trainer = Trainer(model=classifier, args=args, train_dataset=train, eval_dataset=evaluation,
                           data_collator=collator, compute_metrics=accuracy if evaluation is not None else None,
