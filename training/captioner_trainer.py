@@ -5,8 +5,6 @@ evaluation and turns the Trainer's log into the per-epoch history."""
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from captioner import BlipCaptioner
 
 from .caption_data import CaptionCollator, CaptionPair, ListDataset, load_image
 from .captioner_finetune import TrainConfig, exact_match, mixed_precision_mode, warmup_steps
-from .common import logs_by_epoch, trainer_precision
+from .common import logs_by_epoch, optimizer_steps, trainer_precision
 
 #: how many (reference, prediction) examples each evaluation logs
 LOGGED_SAMPLES = 5
@@ -27,8 +25,7 @@ LOGGED_SAMPLES = 5
 def training_arguments(config: TrainConfig, checkpoints: Path, train_size: int, evaluate: bool) -> TrainingArguments:
     """The Trainer's settings for ``config``: the epoch's mean loss logged, a checkpoint (and with held-out pairs an
     evaluation) per epoch, warm-up from :func:`~training.captioner_finetune.warmup_steps`."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    total = math.ceil(math.ceil(train_size / (config.batch_size * world)) / config.grad_accum) * config.epochs
+    total = optimizer_steps(train_size, config.batch_size, config.epochs, config.grad_accum)
     return TrainingArguments(
         output_dir=str(checkpoints), num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size, learning_rate=config.lr, weight_decay=config.weight_decay,

@@ -48,6 +48,17 @@ def latest_trainer_checkpoint(folder: str | os.PathLike) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-", 1)[1]), default=None)
 
 
+def world_size() -> int:
+    """Processes of the run: ``WORLD_SIZE`` as ``accelerate launch`` or ``torchrun`` set it, else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def optimizer_steps(examples: int, batch_size: int, epochs: int, grad_accum: int = 1) -> int:
+    """Optimiser steps of a run over ``examples`` for ``epochs``, each process taking batches of ``batch_size``
+    and stepping every ``grad_accum`` batches (the Trainer's count, known before it is built)."""
+    return math.ceil(math.ceil(examples / (batch_size * world_size())) / grad_accum) * epochs
+
+
 def logs_by_epoch(log_history: list[dict]) -> list[dict]:
     """transformers ``Trainer``'s ``state.log_history`` merged per epoch (its loss log, evaluation log, ...), oldest
     first, ``epoch`` being the number of the epoch the entries close; the run's closing summary is left out."""

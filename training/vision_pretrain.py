@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from torch.utils.data import Dataset
 from captioner.errors import CaptionerError
 
 from .caption_data import ImageLike, LabelCollator
-from .common import logs_by_epoch, trainer_precision
+from .common import logs_by_epoch, optimizer_steps, trainer_precision
 
 logger = logging.getLogger(__name__)
 
@@ -124,11 +123,6 @@ class VisionRun:
     progress: bool = True
 
 
-def steps_per_epoch(examples: int, batch_size: int) -> int:
-    """Optimiser steps of one epoch over ``examples`` on every process of the run (``WORLD_SIZE``)."""
-    return math.ceil(examples / (batch_size * int(os.environ.get("WORLD_SIZE", "1"))))
-
-
 def train_vision_classifier(
     classifier: VisionClassifier, train: Dataset, run: VisionRun, collator=None, evaluation: Dataset | None = None,
 ) -> list[dict[str, Any]]:
@@ -205,7 +199,7 @@ def pretrain_vision(
     torch.manual_seed(seed)
     classifier = VisionClassifier(copy.deepcopy(model.vision_model), {"labels": len(classes)},
                                   Augmentation(max_shift, flip, shift_each_image=True, seed=seed + 1))
-    total = epochs * steps_per_epoch(len(images), batch_size)
+    total = optimizer_steps(len(images), batch_size, epochs)
     run = VisionRun(epochs, batch_size, lr, weight_decay, math.ceil(warmup_ratio * total), seed, mixed_precision,
                     progress)
     items = [(image, index[str(y)]) for image, y in zip(images, labels, strict=True)]
@@ -235,7 +229,7 @@ def pretrain_vision_tower(
     torch.manual_seed(seed)
     classifier = VisionClassifier(copy.deepcopy(vision_model), {n: int(y.max()) + 1 for n, y in labels.items()},
                                   Augmentation(max_shift, True, shift_each_image=False, seed=seed))
-    steps = epochs * steps_per_epoch(len(pixel_values), batch_size)
+    steps = optimizer_steps(len(pixel_values), batch_size, epochs)
     run = VisionRun(epochs, batch_size, learning_rate, 0.01, min(100, steps // 10), seed)
     evaluation = PixelLabels(eval_pixel_values, eval_labels) if eval_pixel_values is not None and eval_labels else None
     history = train_vision_classifier(classifier, PixelLabels(pixel_values, labels), run, evaluation=evaluation)

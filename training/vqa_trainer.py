@@ -6,24 +6,22 @@ precede a mistyped command's one-line error)."""
 
 from __future__ import annotations
 
-import math
-import os
 import time
 from typing import Any, Sequence
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .common import logs_by_epoch, mixed_precision_mode, trainer_precision
+from .common import logs_by_epoch, mixed_precision_mode, optimizer_steps, trainer_precision, world_size
 from .vqa_finetune import FrozenVisionCache, TrainingConfig, data_workers
 
 
 def training_arguments(config: TrainingConfig, train_size: int, evaluate_each_epoch: bool) -> TrainingArguments:
     """The Trainer's settings for ``config``: a checkpoint and (with an evaluation set) an evaluation per epoch,
     the epoch's mean loss logged, warm-up at most half of the run."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    total = math.ceil(train_size / (config.batch_size * world) / config.gradient_accumulation_steps) * config.epochs
+    total = optimizer_steps(train_size, config.batch_size, config.epochs, config.gradient_accumulation_steps)
     on_cuda = torch.cuda.is_available()
+    workers = data_workers(config.num_workers, torch.device("cuda" if on_cuda else "cpu"), world_size())
     return TrainingArguments(
         output_dir=config.output_dir, num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.eval_batch_size, learning_rate=config.learning_rate,
@@ -33,7 +31,7 @@ def training_arguments(config: TrainingConfig, train_size: int, evaluate_each_ep
         logging_strategy="epoch", save_strategy="epoch",
         save_total_limit=config.keep_checkpoints or None, eval_strategy="epoch" if evaluate_each_epoch else "no",
         label_names=["index"], remove_unused_columns=False, report_to=[],
-        dataloader_num_workers=data_workers(config.num_workers, torch.device("cuda" if on_cuda else "cpu"), world),
+        dataloader_num_workers=workers,
         dataloader_pin_memory=on_cuda, use_cpu=not on_cuda,
     )
 
