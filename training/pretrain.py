@@ -20,7 +20,6 @@ are fixed; the result is saved with the starting model's processor, so ``VLEForI
 from __future__ import annotations
 
 import logging
-import math
 import random
 import tempfile
 import time
@@ -36,7 +35,7 @@ from vle import VLEForPreTraining
 from vle.processing_vle import VLEProcessor
 from vqa_llm.tasks import LABELS_FILE
 
-from .common import logs_by_epoch
+from .common import logs_by_epoch, optimizer_steps
 from .pretrain_texts import NEGATIVE_KINDS, TEMPLATES, caption, mask_words, mismatch, zero_shot_labels
 from .shape_scenes import patch_labels, read_scene
 
@@ -173,8 +172,9 @@ def train_pretraining(model: VLEForPreTraining, processor: VLEProcessor, data: S
     sums the two losses. No checkpoints: the run takes minutes.
     """
     make = BatchMaker(data, processor, random.Random(config.seed))
-    per_epoch = math.ceil(len(data.pixels) / config.batch_size)
-    total = per_epoch * config.epochs if config.max_steps is None else min(config.max_steps, per_epoch * config.epochs)
+    total = optimizer_steps(len(data.pixels), config.batch_size, config.epochs)
+    if config.max_steps is not None:
+        total = min(config.max_steps, total)
     started = time.time()
     with tempfile.TemporaryDirectory() as scratch:  # save_strategy "no": the Trainer writes nothing there
         args = TrainingArguments(
