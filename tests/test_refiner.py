@@ -95,8 +95,12 @@ def test_finetuning_end_to_end_resume_and_the_adapter(chat_lm, tmp_path, one_thr
     chats = train_chats[:8]
     assert _mean_reply_loss(tuned.model, tokenizer, chats) < _mean_reply_loss(base, tokenizer, chats)
     plain = TransformersChatLLM.from_pretrained(chat_lm, device="cpu")
-    messages = train_chats[0]["messages"]
-    assert tuned.generate(messages, max_new_tokens=8) != plain.generate(messages, max_new_tokens=8)
+    # what training guarantees: the loaded adapter changes the model's logits. (Its first greedy tokens need not
+    # change after 4 steps of a tiny random model: whether they do depends on the CPU's rounding.)
+    ids = torch.tensor([tokenize_example(tokenizer, train_chats[0])["input_ids"]])
+    with torch.no_grad():
+        gap = (tuned.model(input_ids=ids).logits - plain.model(input_ids=ids).logits).abs().max().item()
+    assert gap > 1e-3
     assert tuned.template_dir == full / "templates" and plain.template_dir is None
     assert tuned.model_id.endswith("+ full")
 
