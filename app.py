@@ -13,15 +13,23 @@ from :mod:`vqa_llm` (the pipeline, and the VLE tasks of :mod:`vqa_llm.tasks`).
 Named API endpoints (``gradio_client``): ``/answer``, ``/caption``, ``/itm``, ``/classify``, ``/pbc``. All exist
 on every profile; without a VLE pretraining checkpoint (``--vle-pretrained none``) ``/itm``, ``/classify`` and
 ``/pbc`` answer with an error message saying so.
+
+Every event takes the request's raw values (``preprocess=False``) and checks them itself: images through
+:class:`vqa_llm.uploads.UploadPolicy` (only files a visitor uploaded, inline images under the same limits),
+settings against the ranges of their sliders, texts cleaned of control and invisible characters. Inputs that
+Gradio itself refuses (too few values, a file object naming a file nobody uploaded) get a message too
+(:class:`DemoPage`). No reply names a path of the server.
 """
 
 from __future__ import annotations
 
 import argparse
 import html
+import inspect
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,17 +37,21 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from PIL import Image, UnidentifiedImageError
+from gradio.exceptions import InvalidPathError
+from gradio.utils import get_upload_folder
+from gradio_client.utils import is_http_url_like
+from PIL import Image
 
 from vqa_llm import Profile, VQALLMError, VQALLMPipeline, add_profile_arguments, overrides_from_args, resolve_profile
 from vqa_llm.errors import user_error_types
 from vqa_llm.fewshot import FEWSHOT_TEMPLATE
 from vqa_llm.fewshot.locate import BANK_ENV_VAR, example_bank_path
 from vqa_llm.hub_access import check_profile_hub
-from vqa_llm.inputs import MAX_QUESTION_CHARS, template_names
+from vqa_llm.inputs import MAX_QUESTION_CHARS, check_flag, check_number, clean_lines, clean_text, template_names
 from vqa_llm.profiles import ENV_VARS
 from vqa_llm.sources import model_source, public_text
 from vqa_llm.tasks import VLETasks, load_tasks, no_tasks_note
+from vqa_llm.uploads import NOT_UPLOADED, UploadPolicy
 
 logger = logging.getLogger("app")
 
@@ -55,6 +67,10 @@ MAX_FEWSHOT_RUNS = 5
 MAX_ITM_TEXTS = 16
 MAX_CLASSIFY_LABELS = 50
 MAX_TEXT_CHARS = 300
+#: the range of each numeric setting: its slider is built from it, and a request's value is checked against it
+RANGES = {"top_k": (1, MAX_TOP_K), "temperature": (0.0, 1.5), "max_new_tokens": (8, 512),
+          "runs": (1, MAX_FEWSHOT_RUNS), "alpha": (0.0, 1.0)}
+_FILE_SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024 ** 2, "gb": 1024 ** 3}
 #: environment variable naming the VLE pretraining checkpoint (ITM + PBC heads)
 PRETRAINED_ENV_VAR = ENV_VARS["vle_pretrained"]
 BUNDLED_NOTE = (
@@ -77,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"requests answered at the same time (default: {DEFAULT_CONCURRENCY})")
     server.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
                         help=f"requests allowed to wait; more are refused (default: {DEFAULT_MAX_QUEUE})")
-    server.add_argument("--max-file-size", default=DEFAULT_MAX_FILE_SIZE,
-                        help=f"largest upload accepted (default: {DEFAULT_MAX_FILE_SIZE})")
+    server.add_argument("--max-file-size", type=file_size, default=DEFAULT_MAX_FILE_SIZE,
+                        help=f"largest image accepted, uploaded or inline, e.g. 500kb or 10mb (default: "
+                             f"{DEFAULT_MAX_FILE_SIZE})")
     server.add_argument("--llm-timeout", type=float, default=60.0,
                         help="seconds one LLM reply may take (default: 60)")
     server.add_argument("--vle-pretrained", default=None,
@@ -89,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "with the bundled VQA model)")
     add_profile_arguments(parser)
     return parser
+
+
+def file_size(text: str | int) -> int:
+    """A size such as ``10mb``, ``500kb`` or ``2048`` (bytes) in bytes (units of 1024, as Gradio counts them)."""
+    match = re.fullmatch(r"(\d+)\s*([kmg]?b)?", str(text).strip().lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: write e.g. 500kb or 10mb.")
+    return int(match.group(1)) * _FILE_SIZE_UNITS[match.group(2) or "b"]
 
 
 def resolve_host(host: str | None, environ: Mapping[str, str] | None = None) -> str:
@@ -136,28 +161,6 @@ def load_examples(directory: str | Path = EXAMPLES_DIR) -> list[list[str]]:
             continue
         examples.append([str(image), entry["question"]])
     return examples
-
-
-# ------------------------------------------------------------------------------------ image input
-def image_input(**kwargs: Any) -> gr.Image:
-    """A ``gr.Image`` handing the event a file path, whose unreadable uploads raise a clear ``gr.Error``.
-
-    Gradio opens an upload before the event function runs; a file that is not an image, or one that declares
-    an enormous size, would otherwise fail there with a generic error. The file path (no ``image_mode``
-    conversion) lets the pipeline decode the image once, with its size limits and EXIF handling.
-    """
-    component = gr.Image(type="filepath", image_mode=None, **kwargs)
-    read = component.preprocess
-
-    def preprocess(payload: Any) -> Any:
-        try:
-            return read(payload)
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
-            raise gr.Error(f"Could not read the uploaded file as an image ({type(exc).__name__}): upload a "
-                           "PNG, JPEG or WebP picture.") from exc
-
-    component.preprocess = preprocess  # type: ignore[method-assign]  # (a subclass makes Gradio write app.pyi)
-    return component
 
 
 # -------------------------------------------------------------------------------------- rendering
@@ -241,13 +244,14 @@ def banner_markdown(profile: Profile, reason: str, models: Mapping[str, str | No
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the project's user errors into ``gr.Error(message)``; anything else into a short generic message."""
+    """Turn the project's user errors into ``gr.Error(message)`` (any server path in it shortened, see
+    :func:`vqa_llm.sources.public_text`); anything else into a short generic message."""
     try:
         yield
     except gr.Error:
         raise
     except user_error_types() as exc:
-        raise gr.Error(str(exc)) from exc
+        raise gr.Error(public_text(str(exc))) from exc
     except Exception as exc:  # a bug or a resource problem: log it, never show a traceback
         logger.exception("Request failed")
         raise gr.Error(f"Something went wrong inside the app ({type(exc).__name__}); try again, and see the "
@@ -256,27 +260,48 @@ def user_errors() -> Iterator[None]:
 
 # --------------------------------------------------------------------------------------- handlers
 class DemoHandlers:
-    """The event functions of the page, bound to one pipeline and one set of VLE tasks."""
+    """The event functions of the page, bound to one pipeline, one set of VLE tasks and the upload policy.
 
-    def __init__(self, pipeline: VQALLMPipeline, tasks: VLETasks):
+    They receive a request's raw values and check each of them before any model runs (see the module
+    docstring): ``image`` is a Gradio file object or, called from Python, a path inside ``uploads``' folders.
+    """
+
+    def __init__(self, pipeline: VQALLMPipeline, tasks: VLETasks, uploads: UploadPolicy | None = None):
         self.pipeline = pipeline
         self.tasks = tasks
+        self.uploads = uploads if uploads is not None else default_upload_policy()
+        #: the largest top_k offered: the slider's limit, or the size of the answer vocabulary if smaller
+        self.top_k_max = max(1, min(RANGES["top_k"][1], pipeline.num_labels))
 
-    def _llm_options(self, temperature: float | None, max_new_tokens: float | None) -> dict[str, Any]:
+    def _image(self, value: Any, missing: str = "No image was given: upload an image first.") -> Image.Image:
+        image = self.uploads.open(value)
+        if image is None:
+            raise gr.Error(missing)
+        return image
+
+    def _ask_settings(self, top_k: Any, use_llm: Any, temperature: Any, max_new_tokens: Any,
+                      runs: Any) -> tuple[int, bool, dict[str, Any], int]:
+        """``(top_k, use_llm, llm options, runs)`` checked against :data:`RANGES` (``top_k`` up to
+        ``top_k_max``); ``None`` for temperature, max_new_tokens and runs means their default."""
+        def number(name: str, value: Any, whole: bool) -> Any:
+            low, high = RANGES[name]
+            return check_number(name, value, low, self.top_k_max if name == "top_k" else high, whole=whole)
+
         options: dict[str, Any] = {}
         if max_new_tokens is not None:
-            options["max_new_tokens"] = int(max_new_tokens)
-        if temperature:
+            options["max_new_tokens"] = number("max_new_tokens", max_new_tokens, whole=True)
+        if temperature is not None and number("temperature", temperature, whole=False) > 0:
             options["temperature"] = float(temperature)
-        return options
+        return (number("top_k", top_k, whole=True), check_flag("use_llm", use_llm), options,
+                1 if runs is None else number("runs", runs, whole=True))
 
-    def _stream(self, image: Any, question: str, top_k: float, use_llm: bool, template: str,
-                temperature: float | None, max_new_tokens: float | None, runs: float | None = 1) -> Iterator[Any]:
-        if image is None:
-            raise gr.Error("No image was given: upload an image or pick an example first.")
-        fewshot = {"runs": runs or 1} if template == FEWSHOT_TEMPLATE else {}  # runs only vote with few-shot
-        return self.pipeline.stream(image, question, top_k=top_k, use_llm=bool(use_llm), template=template,
-                                    **fewshot, **self._llm_options(temperature, max_new_tokens))
+    def _stream(self, image: Any, question: Any, top_k: Any, use_llm: Any, template: Any, temperature: Any,
+                max_new_tokens: Any, runs: Any = 1) -> Iterator[Any]:
+        top_k, use_llm, options, runs = self._ask_settings(top_k, use_llm, temperature, max_new_tokens, runs)
+        picture = self._image(image, "No image was given: upload an image or pick an example first.")
+        fewshot = {"runs": runs} if template == FEWSHOT_TEMPLATE else {}  # runs only vote with few-shot
+        return self.pipeline.stream(picture, question, top_k=top_k, use_llm=use_llm, template=template,
+                                    **fewshot, **options)
 
     def ask(self, image: Any, question: str, top_k: float, use_llm: bool, template: str,
             temperature: float | None = None, max_new_tokens: float | None = None,
@@ -289,7 +314,7 @@ class DemoHandlers:
                 result = update.result
                 if update.stage == "vqa":
                     yield (result.caption, candidates_label(result.candidates), "",
-                           verdict_html(result, llm_pending=bool(use_llm) and self.pipeline.llm is not None),
+                           verdict_html(result, llm_pending=use_llm is True and self.pipeline.llm is not None),
                            "", "", timings_dict(result))
                 elif update.stage == "llm":
                     prompt = gr.skip() if prompt_shown else format_messages(result.messages)
@@ -297,7 +322,7 @@ class DemoHandlers:
                     yield gr.skip(), gr.skip(), update.text, gr.skip(), prompt, update.text, gr.skip()
                 else:
                     if result.error:
-                        gr.Warning(result.error)
+                        gr.Warning(public_text(result.error))
                     yield (result.caption, candidates_label(result.candidates), final_answer_text(result),
                            verdict_html(result), format_messages(result.messages), result.llm_reply,
                            timings_dict(result))
@@ -309,94 +334,125 @@ class DemoHandlers:
         with user_errors():
             for update in self._stream(image, question, top_k, use_llm, template, temperature, max_new_tokens,
                                        runs):
-                yield {"stage": update.stage, **update.result.to_dict()}
+                yield {"stage": update.stage, **public_result(update.result.to_dict())}
 
     def caption(self, image: Any) -> str:
         """API ``/caption``: the BLIP caption of the image."""
         with user_errors():
-            if image is None:
-                raise gr.Error("No image was given: upload an image first.")
+            picture = self._image(image)
             if self.pipeline.captioner is None:
                 raise gr.Error("This app runs without a captioner; start it with a --captioner model.")
-            return self.pipeline.caption(image)
+            return self.pipeline.caption(picture)
 
-    def _require_tasks(self, image: Any) -> None:
+    def _task_image(self, image: Any) -> Image.Image:
         if not self.tasks.available:
             raise gr.Error(self.tasks.note or "Image-text matching and patch relevance are not available here.")
-        if image is None:
-            raise gr.Error("No image was given: upload an image first.")
-
-    @staticmethod
-    def _lines(texts: str, what: str, limit: int) -> list[str]:
-        """The non-empty lines of ``texts``, trimmed, duplicates merged; gr.Error when none, too many or one too
-        long."""
-        lines = list(dict.fromkeys(line.strip() for line in (texts or "").splitlines() if line.strip()))
-        if not lines:
-            raise gr.Error(f"Type one or more {what}, one per line.")
-        if len(lines) > limit:
-            raise gr.Error(f"{len(lines)} {what} given; the limit is {limit}. Remove some lines.")
-        too_long = [line for line in lines if len(line) > MAX_TEXT_CHARS]
-        if too_long:
-            raise gr.Error(f"A line is {len(too_long[0])} characters long; the limit is {MAX_TEXT_CHARS}. "
-                           "Shorten it.")
-        return lines
+        return self._image(image)
 
     def itm(self, image: Any, texts: str) -> dict[str, float]:
         """UI + API ``/itm``: probability that each text (one per line) matches the image."""
         with user_errors():
-            self._require_tasks(image)
-            lines = self._lines(texts, "texts", MAX_ITM_TEXTS)
-            return dict(zip(lines, self.tasks.match(image, lines)))
+            picture = self._task_image(image)
+            lines = clean_lines(texts, "texts", MAX_ITM_TEXTS, MAX_TEXT_CHARS)
+            return dict(zip(lines, self.tasks.match(picture, lines)))
 
     def classify(self, image: Any, labels: str) -> dict[str, float]:
         """UI + API ``/classify``: zero-shot classification, the labels (one per line) ranked by image-text
         matching with probabilities that sum to 1."""
         with user_errors():
-            self._require_tasks(image)
-            lines = self._lines(labels, "labels", MAX_CLASSIFY_LABELS)
+            picture = self._task_image(image)
+            lines = clean_lines(labels, "labels", MAX_CLASSIFY_LABELS, MAX_TEXT_CHARS)
             if len(lines) < 2:
                 raise gr.Error("Give at least two labels, one per line, to choose between.")
-            return dict(self.tasks.classify(image, lines))
+            return dict(self.tasks.classify(picture, lines))
 
     def pbc(self, image: Any, text: str, alpha: float = 0.5) -> tuple[Image.Image, dict[str, Any]]:
         """UI + API ``/pbc``: heatmap of the image patches the text talks about, and the relevance grid."""
         with user_errors():
-            self._require_tasks(image)
-            text = (text or "").strip()
+            alpha = check_number("alpha", alpha, *RANGES["alpha"])
+            picture = self._task_image(image)
+            text = clean_text(text)[0] if isinstance(text, str) else ""
             if not text:
                 raise gr.Error("Type a text describing something in the image.")
             if len(text) > MAX_TEXT_CHARS:
                 raise gr.Error(f"The text is {len(text)} characters long; the limit is {MAX_TEXT_CHARS}. Shorten it.")
-            heatmap, relevance = self.tasks.relevance(image, text, float(alpha))
+            heatmap, relevance = self.tasks.relevance(picture, text, alpha)
             grid = {"rows": int(relevance.shape[0]), "cols": int(relevance.shape[1]),
                     "max": round(float(relevance.max()), 4),
                     "relevance": [[round(float(v), 4) for v in row] for row in relevance]}
             return heatmap, grid
 
 
+def public_result(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A result dict as the API returns it: models by name and origin, notes and error without server paths
+    (a researcher's own records keep the full ids)."""
+    return {**result, "models": {role: model_source(ident) for role, ident in result.get("models", {}).items()},
+            "notes": [public_text(note) for note in result.get("notes", [])],
+            "error": public_text(result["error"]) if result.get("error") else result.get("error")}
+
+
+def default_upload_policy(max_file_size: int = file_size(DEFAULT_MAX_FILE_SIZE)) -> UploadPolicy:
+    """Images may be read from Gradio's upload folder and the example images, up to ``max_file_size`` bytes."""
+    return UploadPolicy([get_upload_folder(), EXAMPLES_DIR], max_bytes=max_file_size)
+
+
+class DemoPage(gr.Blocks):
+    """The page's Blocks. A request whose inputs Gradio itself refuses before an event function runs gets a
+    message saying what was wrong, instead of an empty error: too few values, a file object naming a file
+    nobody uploaded (the same reply as :class:`~vqa_llm.uploads.UploadPolicy` gives), a value of the wrong
+    shape. ``uploads`` is the policy of the page's image inputs (its size limit is the server's upload limit).
+    """
+
+    def __init__(self, uploads: UploadPolicy, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.uploads = uploads
+
+    async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False):
+        if any(isinstance(value, dict) and is_http_url_like(str(value.get("path", ""))) for value in inputs):
+            raise gr.Error(NOT_UPLOADED)  # Gradio would fetch it: a URL is not an upload
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except gr.Error:
+            raise
+        except InvalidPathError as exc:
+            raise gr.Error(NOT_UPLOADED) from exc
+        except Exception as exc:
+            names = list(inspect.signature(block_fn.fn).parameters)[:len(block_fn.inputs)]
+            if len(inputs) < len(block_fn.inputs):
+                raise gr.Error(f"This endpoint takes {len(block_fn.inputs)} inputs ({', '.join(names)}); the "
+                               f"request sent {len(inputs)}.") from exc
+            raise gr.Error(f"An input of the request has the wrong form ({type(exc).__name__}): send the inputs "
+                           f"{', '.join(names)} as /gradio_api/info describes them.") from exc
+
+
 # ------------------------------------------------------------------------------------------- page
 def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: VLETasks | None = None,
-               examples: list[list[str]] | None = None) -> gr.Blocks:
+               examples: list[list[str]] | None = None,
+               max_file_size: int = file_size(DEFAULT_MAX_FILE_SIZE)) -> DemoPage:
     """Build the page around ``pipeline`` (any :class:`VQALLMPipeline`, real or with fake models).
 
     ``tasks`` holds the ITM/PBC tasks (their tabs are hidden with a note when absent); ``examples`` is
-    ``[[image_path, question], ...]`` (default: :func:`load_examples`).
+    ``[[image_path, question], ...]`` (default: :func:`load_examples`); ``max_file_size`` the largest image
+    in bytes, uploaded or inline.
     """
     tasks = tasks if tasks is not None else VLETasks(note=no_tasks_note(profile))
     examples = load_examples() if examples is None else examples
-    handlers = DemoHandlers(pipeline, tasks)
+    uploads = default_upload_policy(max_file_size)
+    handlers = DemoHandlers(pipeline, tasks, uploads)
     has_llm = pipeline.llm is not None
     has_bank = pipeline.example_bank is not None  # the fewshot template needs an example bank
     templates = [name for name in template_names() if name != FEWSHOT_TEMPLATE or has_bank]
-    top_k_max = max(1, min(MAX_TOP_K, pipeline.num_labels))
-    heavy = {"concurrency_id": "models"}  # all model work shares one concurrency limit
+    top_k_max = handlers.top_k_max
+    # all model work shares one concurrency limit; the handlers check the raw values themselves
+    heavy = {"concurrency_id": "models", "preprocess": False}
 
-    with gr.Blocks(title="VLE VQA + LLM", analytics_enabled=False) as demo:
+    with DemoPage(uploads, title="VLE VQA + LLM", analytics_enabled=False) as demo:
         gr.Markdown(banner_markdown(profile, reason, pipeline.model_ids, tasks), elem_id="banner")
         with gr.Tab("Ask", id="ask"):
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1):
-                    image = image_input(sources=["upload", "clipboard"], label="Image", height=300, elem_id="ask-image")
+                    image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Image", height=300,
+                                     elem_id="ask-image")
                     question = gr.Textbox(label="Question", placeholder="What color is the shape?", lines=1,
                                           max_length=MAX_QUESTION_CHARS, elem_id="ask-question")
                     ask_button = gr.Button("Ask", variant="primary", elem_id="ask-button")
@@ -404,15 +460,17 @@ def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: V
                         gr.Examples(examples, inputs=[image, question], cache_examples=False,
                                     api_visibility="private", label="Examples")
                     with gr.Accordion("Settings", open=False):
-                        top_k = gr.Slider(1, top_k_max, value=min(5, top_k_max), step=1, label="VLE top-k answers")
+                        top_k = gr.Slider(RANGES["top_k"][0], top_k_max, value=min(5, top_k_max), step=1,
+                                          label="VLE top-k answers")
                         use_llm = gr.Checkbox(value=has_llm, interactive=has_llm, label="Refine with the LLM",
                                               info=None if has_llm else "No LLM is loaded (started with --no-llm).")
                         template = gr.Dropdown(templates, value="short" if "short" in templates else templates[0],
                                                label="Prompt template")
-                        temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05,
+                        temperature = gr.Slider(*RANGES["temperature"], value=0.0, step=0.05,
                                                 label="LLM temperature (0 = greedy, reproducible)")
-                        max_new_tokens = gr.Slider(8, 512, value=64, step=8, label="LLM max new tokens")
-                        runs = gr.Slider(1, MAX_FEWSHOT_RUNS, value=1, step=1, visible=has_bank,
+                        max_new_tokens = gr.Slider(*RANGES["max_new_tokens"], value=64, step=8,
+                                                   label="LLM max new tokens")
+                        runs = gr.Slider(*RANGES["runs"], value=1, step=1, visible=has_bank,
                                          label="Few-shot runs voted (fewshot template)")
                 with gr.Column(scale=1):
                     caption = gr.Textbox(label="Caption (BLIP)", interactive=False, elem_id="caption")
@@ -432,7 +490,7 @@ def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: V
 
         with gr.Tab("Image-text matching", id="itm", visible=tasks.available):
             with gr.Row():
-                itm_image = image_input(label="Image", height=300, elem_id="itm-image")
+                itm_image = gr.Image(type="filepath", label="Image", height=300, elem_id="itm-image")
                 with gr.Column():
                     itm_texts = gr.Textbox(label="Texts, one per line", lines=5, elem_id="itm-texts",
                                            placeholder="a red circle\na blue square")
@@ -442,10 +500,10 @@ def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: V
 
         with gr.Tab("Patch relevance", id="pbc", visible=tasks.available):
             with gr.Row():
-                pbc_image = image_input(label="Image", height=300, elem_id="pbc-image")
+                pbc_image = gr.Image(type="filepath", label="Image", height=300, elem_id="pbc-image")
                 with gr.Column():
                     pbc_text = gr.Textbox(label="Text", placeholder="the red circle", elem_id="pbc-text")
-                    alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Darken irrelevant patches by")
+                    alpha = gr.Slider(*RANGES["alpha"], value=0.5, step=0.05, label="Darken irrelevant patches by")
                     pbc_button = gr.Button("Show relevance", variant="primary", elem_id="pbc-button")
                     heatmap = gr.Image(type="pil", format="png", label="Relevance heatmap", interactive=False,
                                        elem_id="pbc-heatmap")
@@ -454,7 +512,7 @@ def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: V
 
         with gr.Tab("Zero-shot classification", id="classify", visible=tasks.available):
             with gr.Row():
-                cls_image = image_input(label="Image", height=300, elem_id="classify-image")
+                cls_image = gr.Image(type="filepath", label="Image", height=300, elem_id="classify-image")
                 with gr.Column():
                     cls_labels = gr.Textbox(label=f"Labels, one per line (up to {MAX_CLASSIFY_LABELS})", lines=8,
                                             max_lines=12, value="\n".join(tasks.default_labels),
@@ -478,7 +536,7 @@ def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: V
 
 
 # --------------------------------------------------------------------------------------- start-up
-def create_app(args: argparse.Namespace) -> gr.Blocks:
+def create_app(args: argparse.Namespace) -> DemoPage:
     """Resolve the profile, load every model once (progress logged) and build the page."""
     overrides = {**overrides_from_args(args), "vle_pretrained": args.vle_pretrained}
     profile, reason = resolve_profile(args.profile, overrides)
@@ -489,12 +547,15 @@ def create_app(args: argparse.Namespace) -> gr.Blocks:
                                            example_bank=example_bank_path(args.example_bank, profile))
     tasks = load_tasks(profile)
     logger.info("Models ready: %s", pipeline.model_ids)
-    return build_demo(pipeline, profile, reason, tasks)
+    return build_demo(pipeline, profile, reason, tasks, max_file_size=args.max_file_size)
 
 
-def serve(demo: gr.Blocks, args: argparse.Namespace, prevent_thread_lock: bool = False,
+def serve(demo: DemoPage, args: argparse.Namespace, prevent_thread_lock: bool = False,
           announce: bool | None = None) -> tuple[Any, str, Any]:
     """Queue (bounded concurrency and queue size) and launch ``demo``; returns Gradio's ``(app, url, share_url)``.
+
+    Uploads are limited to the page's image size limit (``build_demo``'s ``max_file_size``), the same limit as
+    inline images.
 
     ``announce`` (default: when the call blocks) prints where the app runs; Gradio's own lines are silenced,
     as its hint names ``launch(share=True)`` where this app's users pass ``--share``.
@@ -503,7 +564,7 @@ def serve(demo: gr.Blocks, args: argparse.Namespace, prevent_thread_lock: bool =
         raise SystemExit("--concurrency and --max-queue must be at least 1.")
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
     launched = demo.launch(server_name=resolve_host(args.host), server_port=resolve_port(args.port),
-                           share=args.share, max_file_size=args.max_file_size, prevent_thread_lock=True,
+                           share=args.share, max_file_size=demo.uploads.max_bytes, prevent_thread_lock=True,
                            show_error=False, quiet=True)
     if announce if announce is not None else not prevent_thread_lock:
         _, url, share_url = launched

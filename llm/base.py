@@ -8,6 +8,8 @@ raises :class:`~llm.errors.LLMTimeoutError`).
 
 from __future__ import annotations
 
+import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,18 +32,24 @@ class GenerationOptions:
     timeout: float | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+        # NaN compares false with everything, so each check says what is allowed rather than what is not
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise LLMError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}.")
-        if self.temperature is not None and self.temperature < 0:
-            raise LLMError(f"temperature must be >= 0 (0 or None = greedy), got {self.temperature!r}.")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
+        if self.temperature is not None and not (_is_number(self.temperature) and 0 <= self.temperature < math.inf):
+            raise LLMError(f"temperature must be a number >= 0 (0 or None = greedy), got {self.temperature!r}.")
+        if self.top_p is not None and not (_is_number(self.top_p) and 0 < self.top_p <= 1):
             raise LLMError(f"top_p must be in (0, 1], got {self.top_p!r}.")
-        if self.timeout is not None and self.timeout <= 0:
+        if self.timeout is not None and not (_is_number(self.timeout) and self.timeout > 0):
             raise LLMError(f"timeout must be a positive number of seconds, got {self.timeout!r}.")
 
     @property
     def greedy(self) -> bool:
         return not self.temperature
+
+
+def _is_number(value: Any) -> bool:
+    """Whether ``value`` is a real number (not a bool, not NaN)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def check_messages(messages: Sequence[dict]) -> list[dict]:

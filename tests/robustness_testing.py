@@ -9,6 +9,7 @@ its cache or swap its LLM — through the same :func:`app.serve` as ``python app
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -69,16 +70,17 @@ def pipeline_like(pipe: VQALLMPipeline, llm: Any = "same", **kwargs: Any) -> VQA
 
 
 @contextmanager
-def serve_pipeline(pipe: VQALLMPipeline, argv: Sequence[str], *server_flags: str) -> Iterator[tuple[Any, str]]:
+def serve_pipeline(pipe: VQALLMPipeline, argv: Sequence[str], *server_flags: str,
+                   tasks: Any = None) -> Iterator[tuple[Any, str]]:
     """Serve the app page around ``pipe`` on a free port with ``app.serve``; yields ``(demo, url)``.
 
     ``argv`` are the model flags (for the profile shown in the banner), ``server_flags`` e.g.
-    ``"--max-queue", "2"``.
+    ``"--max-queue", "2"``; ``tasks``: the VLE tasks of the matching/relevance tabs (default: none).
     """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     profile, reason = profile_from_argv(argv)
     args = app.build_parser().parse_args([*argv, "--port", str(free_port()), *server_flags])
-    demo = app.build_demo(pipe, profile, reason, examples=[])
+    demo = app.build_demo(pipe, profile, reason, tasks, examples=[], max_file_size=args.max_file_size)
     _, url, _ = app.serve(demo, args, prevent_thread_lock=True)
     try:
         yield demo, url
@@ -86,15 +88,17 @@ def serve_pipeline(pipe: VQALLMPipeline, argv: Sequence[str], *server_flags: str
         demo.close()
 
 
-def call_answer_raw(url: str, data: list[Any], timeout: float = 60) -> tuple[str, str]:
-    """Call ``/answer`` over plain HTTP (no gradio_client rewriting of file paths).
+def call_answer_raw(url: str, data: list[Any], timeout: float = 60, endpoint: str = "answer") -> tuple[str, str]:
+    """Call ``/answer`` (or another ``endpoint``) over plain HTTP (no gradio_client rewriting of file paths).
 
     Returns ``(event, data)`` of the last server-sent event: ``("complete", json)`` or ``("error", json)``.
     """
-    started = requests.post(f"{url}gradio_api/call/answer", json={"data": data}, timeout=timeout)
+    body = json.dumps({"data": data})  # NaN and Infinity as Python writes them, as a client may send them
+    started = requests.post(f"{url}gradio_api/call/{endpoint}", data=body, timeout=timeout,
+                            headers={"Content-Type": "application/json"})
     started.raise_for_status()
     event_id = started.json()["event_id"]
-    stream = requests.get(f"{url}gradio_api/call/answer/{event_id}", timeout=timeout)
+    stream = requests.get(f"{url}gradio_api/call/{endpoint}/{event_id}", timeout=timeout)
     event, payload = "", ""
     for line in stream.text.splitlines():
         if line.startswith("event:"):

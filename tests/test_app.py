@@ -27,6 +27,7 @@ from llm import ChatLLM, LLMConnectionError
 from training.shape_scenes import read_scene
 from vqa_llm import VQALLMPipeline, overrides_from_args, resolve_profile
 from vqa_llm.sources import model_source
+from vqa_llm.uploads import UploadPolicy
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 QUESTION = "what is the color of the shape?"
@@ -188,7 +189,7 @@ def test_bad_questions_give_a_clear_message(client, image_path, question, messag
 
 
 def test_bad_settings_give_a_clear_message(client, image_path):
-    with pytest.raises(AppError, match="no-such-template is not in the list of choices"):
+    with pytest.raises(AppError, match="Unknown prompt template .no-such-template.: use one of"):
         client.predict(handle_file(image_path), QUESTION, 3, True, "no-such-template", api_name="/answer")
 
 
@@ -204,7 +205,7 @@ def test_missing_image_gives_a_clear_message(client):
 def test_unreadable_images_give_a_clear_message(client, tmp_path, image_path):
     not_image = tmp_path / "notes.png"
     not_image.write_text("this is not a picture")
-    with pytest.raises(AppError, match="Could not read the uploaded file as an image"):
+    with pytest.raises(AppError, match="'notes.png' is not an image file"):  # named as the visitor named it
         client.predict(handle_file(str(not_image)), QUESTION, 3, True, "short", api_name="/answer")
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(Path(image_path).read_bytes()[:200])  # a valid header, then nothing
@@ -279,8 +280,10 @@ class RefusingLLM(ScriptedLLM):
 
 
 def handlers_with(reference, llm):
+    """The page's handlers, called from Python: they may read the easy-VQA test images' folder."""
     pipe = VQALLMPipeline(reference.vqa_model, reference.processor, reference.captioner, llm)
-    return app.DemoHandlers(pipe, app.VLETasks(note="no pretraining checkpoint in this test"))
+    uploads = UploadPolicy([Path(easy_vqa.get_test_image_paths()[0]).parent])
+    return app.DemoHandlers(pipe, app.VLETasks(note="no pretraining checkpoint in this test"), uploads)
 
 
 def test_llm_failure_keeps_caption_and_vqa_answers(reference, image_path):

@@ -42,6 +42,7 @@ from vqa_llm.fewshot import (
     vote,
 )
 from vqa_llm.pipeline import VQALLMPipeline
+from vqa_llm.uploads import UploadPolicy
 
 LABELS = ("yes", "no", "red", "blue", "green", "circle", "rectangle", "triangle")
 SHAPES = [("red", "circle"), ("blue", "rectangle"), ("green", "triangle"), ("red", "rectangle")]
@@ -449,8 +450,8 @@ def test_app_offers_fewshot_and_votes_its_runs_only_with_a_bank(parts, bank_dir,
     assert "fewshot" in template_choices(with_bank)
     without_bank = template_choices(make_pipe(parts, llm))
     assert "fewshot" not in without_bank and "short" in without_bank
-    handlers = app.DemoHandlers(with_bank, app.VLETasks(note="none"))
     image = str(dataset_image(dataset, 2))
+    handlers = app.DemoHandlers(with_bank, app.VLETasks(note="none"), UploadPolicy([Path(image).parent]))
     final = list(handlers.answer(image, "What color is the shape?", 3, True, "fewshot", 0, 8, 2))[-1]
     assert final["template"] == "fewshot" and len(final["runs"]) == 2 and final["votes"] == {"red": 1, "blue": 1}
     # the runs setting is not passed to the other templates (no "ignored" note)

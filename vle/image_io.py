@@ -48,7 +48,8 @@ class ImageGeometry:
 
 
 def load_image(
-    src: ImageSource, *, max_side: int = 4096, max_pixels: int = 50_000_000, max_aspect: float = 8.0
+    src: ImageSource, *, max_side: int = 4096, max_pixels: int = 50_000_000, max_aspect: float = 8.0,
+    name: str | None = None,
 ) -> Image.Image:
     """Read ``src`` into an upright 8-bit RGB PIL image that is safe to preprocess.
 
@@ -58,16 +59,19 @@ def load_image(
     other modes become RGB; animations give their first frame. Images declaring more than ``max_pixels``
     pixels are refused before decoding; a longest side above ``max_side`` is downscaled (aspect kept); an
     aspect ratio beyond ``max_aspect``:1 is padded (white) so later resizing cannot explode. An RGB PIL
-    image that needs none of this is returned as is (not copied).
+    image that needs none of this is returned as is (not copied). ``name`` is how error messages call the
+    image (default: its path, "the given bytes" or "the given file object").
 
     Raises:
         ImageLoadError: the input is not a readable image, is damaged/truncated, or is too large.
     """
-    return load_image_with_geometry(src, max_side=max_side, max_pixels=max_pixels, max_aspect=max_aspect)[0]
+    return load_image_with_geometry(src, max_side=max_side, max_pixels=max_pixels, max_aspect=max_aspect,
+                                    name=name)[0]
 
 
 def load_image_with_geometry(
-    src: ImageSource, *, max_side: int = 4096, max_pixels: int = 50_000_000, max_aspect: float = 8.0
+    src: ImageSource, *, max_side: int = 4096, max_pixels: int = 50_000_000, max_aspect: float = 8.0,
+    name: str | None = None,
 ) -> tuple[Image.Image, ImageGeometry]:
     """Like :func:`load_image`, and also return the :class:`ImageGeometry` mapping source to result."""
     if max_side < 1 or max_pixels < 1 or max_aspect < 1:
@@ -77,7 +81,7 @@ def load_image_with_geometry(
     elif isinstance(src, np.ndarray) or _is_tensor(src):
         image, source_size = _from_array(src, max_pixels)
     else:
-        image, source_size = _decode(_open(src), max_side, max_pixels, owned=True)
+        image, source_size = _decode(_open(src, name), max_side, max_pixels, owned=True)
     image, scale = _limit_side(image, source_size, max_side)
     image, offset = _limit_aspect(image, max_aspect)
     return image, ImageGeometry(source_size=source_size, size=image.size, scale=scale, offset=offset)
@@ -98,8 +102,8 @@ def image_sha256(img: Image.Image) -> str:
 # --- opening -----------------------------------------------------------------------------------------------
 
 
-def _open(src: Any) -> Image.Image:
-    """Open (without decoding) an image from a path, bytes or a file object."""
+def _open(src: Any, name: str | None = None) -> Image.Image:
+    """Open (without decoding) an image from a path, bytes or a file object; messages call it ``name`` if given."""
     if isinstance(src, (str, os.PathLike)):
         path = os.fspath(src)
         if os.path.isdir(path):
@@ -120,6 +124,7 @@ def _open(src: Any) -> Image.Image:
             f"Unsupported image input of type {type(src).__name__}: pass a PIL image, a file path, bytes, "
             "a binary file object or a numpy array."
         )
+    origin = origin if name is None else repr(name)
     if not data:
         raise ImageLoadError(f"The image data in {origin} is empty: upload the image again.")
     try:

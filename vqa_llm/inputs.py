@@ -1,11 +1,15 @@
-"""Checking what a user gives before any model runs: the image, the question, ``top_k`` and the template.
+"""Checking what a user gives before any model runs: the image, the question and other texts, the settings.
 
-Control characters are removed from questions (tabs and newlines become spaces); emoji, CJK and other
-printable text, and the format characters emoji sequences need (zero-width joiner), are kept.
+Control characters are removed from texts (tabs and newlines become spaces), and so are invisible format
+characters: bidirectional overrides and isolates (which make text display in another order than it is
+read, e.g. U+202E), zero-width spaces, the byte-order mark, soft hyphens, tag characters. Emoji, CJK and
+other printable text are kept, with the joiners some scripts and emoji sequences need (U+200C, U+200D).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import unicodedata
 
 from PIL import Image
@@ -17,11 +21,28 @@ from vle.image_io import ImageSource, image_sha256, load_image
 from .errors import BadImageError, BadQuestionError, BadSettingError
 
 MAX_QUESTION_CHARS = 500
-_WHITESPACE_CONTROLS = {"\t", "\n", "\r", "\x0b", "\x0c", "\x85"}
+_WHITESPACE_CONTROLS = {"\t", "\n", "\r", "\x0b", "\x0c", "\x85", "\u2028", "\u2029"}
+#: format characters that carry meaning in text: zero-width non-joiner and joiner (Persian, Indic scripts, emoji)
+_KEPT_FORMAT_CHARACTERS = {"\u200c", "\u200d"}
+
+
+def clean_text(text: str) -> tuple[str, int]:
+    """``text`` on one line without control or invisible format characters (see the module docstring), runs of
+    whitespace as one space, trimmed; and how many characters were removed."""
+    kept: list[str] = []
+    removed = 0
+    for char in text:
+        if char in _WHITESPACE_CONTROLS:
+            kept.append(" ")
+        elif unicodedata.category(char) in ("Cc", "Cf") and char not in _KEPT_FORMAT_CHARACTERS:
+            removed += 1
+        else:
+            kept.append(char)
+    return " ".join("".join(kept).split()), removed
 
 
 def clean_question(question: object, max_chars: int = MAX_QUESTION_CHARS) -> tuple[str, list[str]]:
-    """Return ``(question, notes)``: the question without control characters and surrounding spaces.
+    """Return ``(question, notes)``: the question cleaned by :func:`clean_text`.
 
     ``notes`` says what was changed (empty when nothing was). Raises BadQuestionError when the
     question is not text, is empty after cleaning, or is longer than ``max_chars`` characters.
@@ -30,16 +51,7 @@ def clean_question(question: object, max_chars: int = MAX_QUESTION_CHARS) -> tup
         question = ""
     if not isinstance(question, str):
         raise BadQuestionError(f"The question must be text, not {type(question).__name__}: type a question.")
-    kept: list[str] = []
-    removed = 0
-    for char in question:
-        if char in _WHITESPACE_CONTROLS:
-            kept.append(" ")
-        elif unicodedata.category(char) == "Cc":
-            removed += 1
-        else:
-            kept.append(char)
-    cleaned = " ".join("".join(kept).split())
+    cleaned, removed = clean_text(question)
     if not cleaned:
         raise BadQuestionError("The question is empty: type a question about the image.")
     if len(cleaned) > max_chars:
@@ -50,18 +62,61 @@ def clean_question(question: object, max_chars: int = MAX_QUESTION_CHARS) -> tup
     return cleaned, notes
 
 
+def clean_lines(texts: object, what: str, limit: int, max_chars: int) -> list[str]:
+    """The lines of ``texts`` (e.g. labels, one per line), each cleaned by :func:`clean_text`, empty ones dropped
+    and duplicates merged. BadSettingError when ``texts`` is not text, or when no line, more than ``limit`` lines
+    or a line longer than ``max_chars`` remain; ``what`` names the lines in messages ("labels")."""
+    if texts is None:
+        texts = ""
+    if not isinstance(texts, str):
+        raise BadSettingError(f"The {what} must be text, not {type(texts).__name__}: type them one per line.")
+    lines = list(dict.fromkeys(filter(None, (clean_text(line)[0] for line in texts.splitlines()))))
+    if not lines:
+        raise BadSettingError(f"Type one or more {what}, one per line.")
+    if len(lines) > limit:
+        raise BadSettingError(f"{len(lines)} {what} given; the limit is {limit}. Remove some lines.")
+    too_long = [line for line in lines if len(line) > max_chars]
+    if too_long:
+        raise BadSettingError(f"A line is {len(too_long[0])} characters long; the limit is {max_chars}. Shorten it.")
+    return lines
+
+
+def whole_number(name: str, value: object) -> int:
+    """``value`` as an int when it is a whole number (``3`` or ``3.0``); BadSettingError for anything else
+    (``True``, ``"3"``, ``3.5``, NaN, infinity, ``None``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or value != int(value):
+        raise BadSettingError(f"{name} must be a whole number, got {value!r}: pass e.g. 5.")
+    return int(value)
+
+
+def check_number(name: str, value: object, low: float, high: float, whole: bool = False) -> float | int:
+    """``value`` when it is a finite number in ``[low, high]`` (a whole one if ``whole``, returned as int);
+    BadSettingError naming the setting and its range otherwise (strings, ``None``, booleans, NaN, infinity)."""
+    if whole:
+        number: float | int = whole_number(name, value)
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise BadSettingError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}.")
+    else:
+        number = float(value)
+    if not low <= number <= high:
+        raise BadSettingError(f"{name} must be from {low:g} to {high:g}, got {value!r}.")
+    return number
+
+
+def check_flag(name: str, value: object) -> bool:
+    """``value`` when it is ``True`` or ``False``; BadSettingError otherwise (``"no"`` is not false)."""
+    if not isinstance(value, bool):
+        raise BadSettingError(f"{name} must be true or false, got {value!r}.")
+    return value
+
+
 def clamp_top_k(top_k: object, vocab_size: int) -> tuple[int, list[str]]:
     """Return ``(k, notes)`` with ``k`` clamped into ``[1, vocab_size]``; ``notes`` records any clamping.
 
-    Raises BadSettingError when ``top_k`` is not an integer.
+    Raises BadSettingError when ``top_k`` is not a whole number.
     """
-    if isinstance(top_k, bool) or not isinstance(top_k, int):
-        try:
-            if isinstance(top_k, bool) or float(top_k) != int(top_k):  # type: ignore[arg-type]
-                raise ValueError
-            top_k = int(top_k)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise BadSettingError(f"top_k must be a whole number, got {top_k!r}: pass e.g. 5.") from None
+    top_k = whole_number("top_k", top_k)
     upper = max(1, int(vocab_size))
     k = min(max(top_k, 1), upper)
     notes = [f"top_k {top_k} clamped to {k} (allowed: 1 to {upper})"] if k != top_k else []

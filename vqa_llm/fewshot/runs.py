@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..errors import BadSettingError
+from ..inputs import check_number
 from .bank import ExampleBank
 from .selection import nearest, split_runs
 
@@ -26,23 +26,10 @@ MAX_EXAMPLES = 64
 RUN_SEPARATOR = "\n"
 
 
-def _whole(value: object, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool):
-        value = None
-    try:
-        number = int(value)  # type: ignore[arg-type]
-        if number != float(value):  # type: ignore[arg-type]
-            raise ValueError
-    except (TypeError, ValueError):
-        raise BadSettingError(f"{name} must be a whole number, got {value!r}.") from None
-    if not low <= number <= high:
-        raise BadSettingError(f"{name} must be between {low} and {high}, got {number}.")
-    return number
-
-
 def check_counts(runs: object, n_examples: object) -> tuple[int, int]:
     """``(runs, n_examples)`` as whole numbers within their limits; BadSettingError saying which is not."""
-    return _whole(runs, "runs", 1, MAX_RUNS), _whole(n_examples, "n_examples (examples per prompt)", 0, MAX_EXAMPLES)
+    return (check_number("runs", runs, 1, MAX_RUNS, whole=True),
+            check_number("n_examples (examples per prompt)", n_examples, 0, MAX_EXAMPLES, whole=True))
 
 
 @dataclass(frozen=True)

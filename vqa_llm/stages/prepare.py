@@ -21,7 +21,7 @@ from vle.image_io import ImageSource
 from ..errors import BadSettingError
 from ..fewshot import DEFAULT_N_EXAMPLES, DEFAULT_RUNS, FEWSHOT_TEMPLATE, ExampleBank, FewShotSettings
 from ..fewshot.locate import check_bank_fits, open_example_bank
-from ..inputs import check_template, clamp_top_k, read_image
+from ..inputs import check_flag, check_template, clamp_top_k, read_image
 
 BankSource = ExampleBank | str | Path
 
@@ -116,10 +116,10 @@ def fewshot_settings(settings: Settings, template: str, run_llm: bool,
 
 
 def prepare(settings: Settings, context: Context) -> Request:
-    """The one preparation step of every call: template, LLM options, few-shot settings and ``top_k``
-    checked (in that order), raising BadSettingError for the first bad one."""
+    """The one preparation step of every call: template, ``use_llm``, LLM options, few-shot settings and
+    ``top_k`` checked (in that order), raising BadSettingError for the first bad one."""
     template = check_template(settings.template)
-    run_llm = bool(settings.use_llm) and context.llm is not None
+    run_llm = check_flag("use_llm", settings.use_llm) and context.llm is not None
     options = generation_options(settings.llm_opts, context.llm_timeout) if run_llm else {}
     fewshot, ignored = fewshot_settings(settings, template, run_llm, context)
     top_k, clamped = clamp_top_k(settings.top_k, context.num_labels)
