@@ -41,6 +41,7 @@ from gradio.exceptions import InvalidPathError
 from gradio.utils import get_upload_folder
 from gradio_client.utils import is_http_url_like
 from PIL import Image
+from starlette.middleware import Middleware
 
 from vqa_llm import Profile, VQALLMError, VQALLMPipeline, add_profile_arguments, overrides_from_args, resolve_profile
 from vqa_llm.errors import user_error_types
@@ -51,7 +52,7 @@ from vqa_llm.inputs import MAX_QUESTION_CHARS, check_flag, check_number, clean_l
 from vqa_llm.profiles import ENV_VARS
 from vqa_llm.sources import model_source, public_text
 from vqa_llm.tasks import VLETasks, load_tasks, no_tasks_note
-from vqa_llm.uploads import NOT_UPLOADED, UploadPolicy
+from vqa_llm.uploads import NOT_UPLOADED, RequestSizeLimit, UploadPolicy
 
 logger = logging.getLogger("app")
 
@@ -555,7 +556,8 @@ def serve(demo: DemoPage, args: argparse.Namespace, prevent_thread_lock: bool = 
     """Queue (bounded concurrency and queue size) and launch ``demo``; returns Gradio's ``(app, url, share_url)``.
 
     Uploads are limited to the page's image size limit (``build_demo``'s ``max_file_size``), the same limit as
-    inline images.
+    inline images; other request bodies to what an inline image of that size needs
+    (:class:`vqa_llm.uploads.RequestSizeLimit`).
 
     ``announce`` (default: when the call blocks) prints where the app runs; Gradio's own lines are silenced,
     as its hint names ``launch(share=True)`` where this app's users pass ``--share``.
@@ -565,7 +567,8 @@ def serve(demo: DemoPage, args: argparse.Namespace, prevent_thread_lock: bool = 
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
     launched = demo.launch(server_name=resolve_host(args.host), server_port=resolve_port(args.port),
                            share=args.share, max_file_size=demo.uploads.max_bytes, prevent_thread_lock=True,
-                           show_error=False, quiet=True)
+                           show_error=False, quiet=True, app_kwargs={"middleware": [
+                               Middleware(RequestSizeLimit, max_bytes=demo.uploads.request_limit)]})
     if announce if announce is not None else not prevent_thread_lock:
         _, url, share_url = launched
         print(f"* Running on local URL:  {url}", flush=True)

@@ -203,11 +203,25 @@ def test_an_unreadable_upload_is_named_as_the_visitor_named_it(site):
 
 # ------------------------------------------------------------------------------------- inline images
 def test_an_inline_image_over_the_limit_is_refused_before_decoding(site):
-    # 1.5 MB of bytes that are no image: decoding them would answer "not an image", not the size
-    for content in (b"\0" * (LIMIT * 3 // 2), odd_images.noise(700, 700).tobytes()):
+    # just over 1 MB of bytes that are no image: decoding them would answer "not an image", not the size
+    for content in (b"\0" * (LIMIT + 10_000), odd_images.noise(600, 600).tobytes()[:LIMIT + 10_000]):
         for endpoint in ENDPOINTS:
             message = error_of(site, endpoint, ENDPOINTS[endpoint]({"url": data_url(content)}))
             assert "The inline image is" in message and "the limit is 1.0 MB" in message, message
+
+
+@pytest.mark.parametrize("route", ["call/answer", "call/pbc", "queue/join"])
+def test_a_request_body_too_large_for_any_image_is_refused_before_it_is_read(site, route):
+    """A 5 MB inline image (a 1 MB limit): refused with 413 from the declared length, and from the bytes sent
+    when the client declares none."""
+    body = json.dumps({"data": ENDPOINTS["pbc"]({"url": data_url(b"\0" * 5 * LIMIT)}), "fn_index": 0,
+                       "session_hash": "x"}).encode()
+    declared = requests.post(f"{site.url}gradio_api/{route}", data=body, timeout=30,
+                             headers={"Content-Type": "application/json"})
+    chunked = requests.post(f"{site.url}gradio_api/{route}", data=iter([body[:1000], body[1000:]]), timeout=30,
+                            headers={"Content-Type": "application/json"})
+    for reply in (declared, chunked):
+        assert reply.status_code == 413 and "The request is larger than 1.4 MB" in reply.text, reply.text[:300]
 
 
 def test_inline_images_that_are_not_base64_images_get_a_message(site):

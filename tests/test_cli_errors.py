@@ -222,7 +222,7 @@ def test_app_hint_names_the_share_flag(capsys, tmp_path):
     """Gradio's start-up hint says ``set share=True in launch()``; the app's users pass --share."""
     import gradio as gr
 
-    with gr.Blocks() as demo:
+    with app.DemoPage(app.default_upload_policy()) as demo:
         gr.Markdown("hi")
     args = app.build_parser().parse_args([])
     try:

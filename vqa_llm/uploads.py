@@ -13,13 +13,17 @@ every image input of every endpoint before anything is opened:
   before any decoding, the image downscaled to ``max_side`` (the models use far less; the relevance heatmap
   comes back at that size), errors naming the file as the visitor named it, never where the server put it.
 
-The result is an RGB PIL image that the pipeline and the VLE tasks use as it is.
+The result is an RGB PIL image that the pipeline and the VLE tasks use as it is. :class:`RequestSizeLimit` keeps
+a request body that could not hold an image under the limit from being read into memory at all.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
+import ctypes.util
+import functools
 import os
 import stat
 from collections.abc import Iterable, Mapping
@@ -28,7 +32,7 @@ from typing import Any
 from PIL import Image
 
 from vle.errors import ImageLoadError
-from vle.image_io import load_image
+from vle.image_io import load_image_with_geometry
 
 from .errors import BadImageError
 
@@ -39,10 +43,31 @@ DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 #: longest side an image is reduced to on entry: the models see 384-576 px, the heatmap comes back at this size
 DEFAULT_MAX_SIDE = 1024
 DEFAULT_MAX_PIXELS = 50_000_000
+#: images with more source pixels than this give their decoding memory back to the system when done
+TRIM_AFTER_PIXELS = 4_000_000
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or ``None`` where the C library is not glibc."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Return the memory that freed objects left in the C allocator to the system. glibc keeps freed blocks for
+    reuse (per thread, and Gradio runs each request in a worker thread), so without this a decoded 7000x7000
+    picture could keep ~150 MB of a server's memory after it was reduced and dropped. No-op elsewhere."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _megabytes(size: int) -> str:
-    return f"{size / 1024 / 1024:.1f} MB"
+    """A size for people: ``1.5 MB``, or ``12 KB`` below 0.1 MB."""
+    return f"{size / 1024 / 1024:.1f} MB" if size >= 0.1 * 1024 * 1024 else f"{max(1, round(size / 1024))} KB"
 
 
 def _within(path: str, folders: Iterable[str]) -> bool:
@@ -63,6 +88,12 @@ class UploadPolicy:
         self.roots = tuple(os.path.abspath(root) for root in roots)
         self.max_bytes, self.max_side, self.max_pixels = int(max_bytes), int(max_side), int(max_pixels)
         self._real_roots = tuple(os.path.realpath(root) for root in self.roots)
+
+    @property
+    def request_limit(self) -> int:
+        """The largest request body that can carry an image within ``max_bytes``: base64 (4/3 of the bytes) and
+        64 KiB for the other inputs."""
+        return self.max_bytes * 4 // 3 + 64 * 1024
 
     def __repr__(self) -> str:
         return f"UploadPolicy(roots={self.roots}, max_bytes={self.max_bytes}, max_side={self.max_side})"
@@ -89,10 +120,13 @@ class UploadPolicy:
         else:
             return None
         try:
-            return load_image(data, max_side=self.max_side, max_pixels=self.max_pixels,
-                              name=name if isinstance(name, str) and name else shown)
+            image, geometry = load_image_with_geometry(data, max_side=self.max_side, max_pixels=self.max_pixels,
+                                                       name=name if isinstance(name, str) and name else shown)
         except ImageLoadError as exc:
             raise BadImageError(str(exc)) from exc
+        if geometry.source_size[0] * geometry.source_size[1] > TRIM_AFTER_PIXELS:
+            release_freed_memory()  # the full-size pixels are gone: give their memory back now
+        return image
 
     def _uploaded_bytes(self, path: str) -> bytes:
         """The bytes of an uploaded file; NOT_UPLOADED unless it is a regular file inside the folders."""
@@ -130,3 +164,54 @@ class UploadPolicy:
         except (binascii.Error, ValueError):
             raise BadImageError("The inline image is not valid base64: encode the image file again, or upload "
                                 "it instead.") from None
+
+
+class RequestSizeLimit:
+    """ASGI middleware: a request body larger than ``max_bytes`` is answered ``413`` before the app sees it.
+
+    Gradio reads a JSON request whole before it looks at it, so without this an inline image (or any value) of
+    any size would sit in memory, however soon it is refused. The body is read up to the limit and handed on
+    in one piece. Paths ending in one of ``exempt`` pass as they are: Gradio's upload route has its own limit.
+    """
+
+    def __init__(self, app: Any, max_bytes: int, exempt: tuple[str, ...] = ("/upload",)):
+        self.app, self.max_bytes, self.exempt = app, int(max_bytes), exempt
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH") \
+                or scope.get("path", "").rstrip("/").endswith(self.exempt):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_bytes:
+                await self._refuse(send)
+                return
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Any) -> None:
+        message = (f"The request is larger than {_megabytes(self.max_bytes)}: send images as uploads of at most "
+                   f"the app's image size limit.").encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                (b"content-length", str(len(message)).encode())]})
+        await send({"type": "http.response.body", "body": message})
