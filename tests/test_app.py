@@ -400,3 +400,13 @@ def test_main_reports_a_missing_model_and_exits_2(tmp_path, capsys, offline):
 
 def test_fixture_uses_bundled_models_when_present(model_args):
     assert ("--vqa-model" in model_args) != bundled_models_present()
+
+
+def test_the_ask_tab_refuses_a_path_nobody_uploaded(reference, tmp_path):
+    """The Ask tab's event (the browser's, not a named endpoint) goes through the same upload check."""
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(secret)
+    handlers = handlers_with(reference, None)
+    for image in ({"path": str(secret)}, {"path": str(secret), "meta": {"_type": "gradio.FileData"}}):
+        with pytest.raises(gr.Error, match="No uploaded image was found for this request"):
+            list(handlers.ask(image, QUESTION, 3, False, "short"))
