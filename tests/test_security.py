@@ -170,14 +170,16 @@ def test_the_app_listens_on_localhost_only(server):
     assert listening == ["127.0.0.1"]
 
 
-@pytest.mark.parametrize("environ, flags, host", [
-    ({}, [], "127.0.0.1"),
-    ({"SPACE_ID": "hfl/vle-demo"}, [], "0.0.0.0"),
-    ({"SPACE_ID": "hfl/vle-demo"}, ["--host", "127.0.0.1"], "127.0.0.1"),
-    ({}, ["--host", "0.0.0.0"], "0.0.0.0"),
+@pytest.mark.parametrize("environ, flags, host, port", [
+    ({}, [], "127.0.0.1", None),
+    ({"SPACE_ID": "hfl/vle-demo"}, [], "0.0.0.0", 7860),
+    ({"SPACE_ID": "hfl/vle-demo"}, ["--host", "127.0.0.1"], "127.0.0.1", 7860),
+    ({}, ["--host", "0.0.0.0"], "0.0.0.0", None),
+    ({"SPACE_ID": "x/y", "GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "7999"}, [], "0.0.0.0", 7999),
 ])
-def test_serve_binds_where_it_should(environ, flags, host, pipe, argv, monkeypatch):
-    monkeypatch.delenv("SPACE_ID", raising=False)
+def test_serve_binds_where_it_should(environ, flags, host, port, pipe, argv, monkeypatch):
+    for key in ("SPACE_ID", "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT"):
+        monkeypatch.delenv(key, raising=False)
     for key, value in environ.items():
         monkeypatch.setenv(key, value)
     profile, reason = profile_from_argv(argv)
@@ -187,7 +189,7 @@ def test_serve_binds_where_it_should(environ, flags, host, pipe, argv, monkeypat
     monkeypatch.setattr(demo, "block_thread", lambda: None)
     app.serve(demo, app.build_parser().parse_args([*argv, *flags]))
     assert launched["server_name"] == host and launched["share"] is False
-    assert launched["server_port"] == (7860 if environ else None)
+    assert launched["server_port"] == port
 
 
 # ------------------------------------------------------------------------------------ upload size
