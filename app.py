@@ -53,6 +53,7 @@ from vqa_llm.profiles import ENV_VARS
 from vqa_llm.sources import model_source, public_text
 from vqa_llm.tasks import VLETasks, load_tasks, no_tasks_note
 from vqa_llm.uploads import NOT_UPLOADED, RequestSizeLimit, UploadPolicy
+from vqa_llm.zerogpu import BASE_SECONDS, answer_seconds, gpu_call
 
 logger = logging.getLogger("app")
 
@@ -284,6 +285,25 @@ class DemoHandlers:
         self.uploads = uploads if uploads is not None else default_upload_policy()
         #: the largest top_k offered: the slider's limit, or the size of the answer vocabulary if smaller
         self.top_k_max = max(1, min(RANGES["top_k"][1], pipeline.num_labels))
+        # on a ZeroGPU Space each request is one GPU call (see vqa_llm.zerogpu); elsewhere these are the methods
+        self._answer_updates = gpu_call(self._updates, duration=self._answer_seconds)
+        self._model_call = gpu_call(self._model_work, duration=BASE_SECONDS)
+
+    def _updates(self, image: Image.Image, question: Any, template: Any, options: dict[str, Any]) -> Iterator[Any]:
+        """The pipeline's updates for one question: its whole model work, one GPU call on ZeroGPU, where only a
+        ``gr.Error`` keeps its message on the way out (hence :func:`user_errors` in here too)."""
+        with user_errors():
+            yield from self.pipeline.stream(image, question, template=template, **options)
+
+    def _answer_seconds(self, image: Image.Image, question: Any, template: Any, options: dict[str, Any]) -> int:
+        """The GPU seconds :meth:`_updates` asks for on ZeroGPU: from the tokens the request may generate."""
+        return answer_seconds(options.get("max_new_tokens"), options.get("runs", 1),
+                              options["use_llm"] and self.pipeline.llm is not None)
+
+    def _model_work(self, name: str, *args: Any) -> Any:
+        """``pipeline.caption`` or a VLE task (``match``, ``classify``, ``relevance``): one short GPU call."""
+        with user_errors():
+            return getattr(self.pipeline if name == "caption" else self.tasks, name)(*args)
 
     def _image(self, value: Any, missing: str = "No image was given: upload an image first.") -> Image.Image:
         image = self.uploads.open(value)
@@ -312,8 +332,8 @@ class DemoHandlers:
         top_k, use_llm, options, runs = self._ask_settings(top_k, use_llm, temperature, max_new_tokens, runs)
         picture = self._image(image, "No image was given: upload an image or pick an example first.")
         fewshot = {"runs": runs} if template == FEWSHOT_TEMPLATE else {}  # runs only vote with few-shot
-        return self.pipeline.stream(picture, question, top_k=top_k, use_llm=use_llm, template=template,
-                                    **fewshot, **options)
+        return self._answer_updates(picture, question, template, {"top_k": top_k, "use_llm": use_llm,
+                                                                  **fewshot, **options})
 
     def ask(self, image: Any, question: str, top_k: float, use_llm: bool, template: str,
             temperature: float | None = None, max_new_tokens: float | None = None,
@@ -354,7 +374,7 @@ class DemoHandlers:
             picture = self._image(image)
             if self.pipeline.captioner is None:
                 raise gr.Error("This app runs without a captioner; start it with a --captioner model.")
-            return self.pipeline.caption(picture)
+            return self._model_call("caption", picture)
 
     def _task_image(self, image: Any) -> Image.Image:
         if not self.tasks.available:
@@ -366,7 +386,7 @@ class DemoHandlers:
         with user_errors():
             picture = self._task_image(image)
             lines = clean_lines(texts, "texts", MAX_ITM_TEXTS, MAX_TEXT_CHARS)
-            return dict(zip(lines, self.tasks.match(picture, lines)))
+            return dict(zip(lines, self._model_call("match", picture, lines)))
 
     def classify(self, image: Any, labels: str) -> dict[str, float]:
         """UI + API ``/classify``: zero-shot classification, the labels (one per line) ranked by image-text
@@ -376,7 +396,7 @@ class DemoHandlers:
             lines = clean_lines(labels, "labels", MAX_CLASSIFY_LABELS, MAX_TEXT_CHARS)
             if len(lines) < 2:
                 raise gr.Error("Give at least two labels, one per line, to choose between.")
-            return dict(self.tasks.classify(picture, lines))
+            return dict(self._model_call("classify", picture, lines))
 
     def pbc(self, image: Any, text: str, alpha: float = 0.5) -> tuple[Image.Image, dict[str, Any]]:
         """UI + API ``/pbc``: heatmap of the image patches the text talks about, and the relevance grid."""
@@ -388,7 +408,7 @@ class DemoHandlers:
                 raise gr.Error("Type a text describing something in the image.")
             if len(text) > MAX_TEXT_CHARS:
                 raise gr.Error(f"The text is {len(text)} characters long; the limit is {MAX_TEXT_CHARS}. Shorten it.")
-            heatmap, relevance = self.tasks.relevance(picture, text, alpha)
+            heatmap, relevance = self._model_call("relevance", picture, text, alpha)
             grid = {"rows": int(relevance.shape[0]), "cols": int(relevance.shape[1]),
                     "max": round(float(relevance.max()), 4),
                     "relevance": [[round(float(v), 4) for v in row] for row in relevance]}

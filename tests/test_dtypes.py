@@ -44,3 +44,16 @@ def test_the_components_load_in_the_dtype_they_are_given(tmp_path):
     chat_dir = build_tiny_chat_lm(tmp_path / "chat")
     assert TransformersChatLLM.from_pretrained(chat_dir, device="cpu").model.dtype == torch.float32
     assert TransformersChatLLM.from_pretrained(chat_dir, device="cpu", dtype=torch.float16).model.dtype == torch.float16
+
+
+@pytest.mark.parametrize("capability, auto", [((7, 5), torch.float32), ((8, 0), torch.bfloat16)])
+def test_the_llm_never_runs_in_fp16_unless_asked(monkeypatch, capability, auto):
+    """A T4 (7.5) has no native bf16: VLE and BLIP take fp16 there, the LLM fp32 (fp16 overflows in Qwen2.5)."""
+    from vqa_llm.loading import resolve_llm_dtype
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert resolve_dtype("auto", "cuda:0") == (torch.float16 if capability < (8, 0) else torch.bfloat16)
+    assert resolve_llm_dtype(None, "cuda:0") == resolve_llm_dtype("auto", "cuda:0") == auto
+    assert resolve_llm_dtype("float16", "cuda:0") == torch.float16  # asked by name: kept
+    assert resolve_llm_dtype(None, "cpu") == torch.float32

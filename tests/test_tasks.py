@@ -1,12 +1,6 @@
-"""The app's VLE tasks (:mod:`vqa_llm.tasks`), the names and origins the page shows (:mod:`vqa_llm.sources`)
-and the ZeroGPU wrapping of the GPU stages (:mod:`vqa_llm.zerogpu`: the tasks, the pipeline's VQA stage and
-its LLM calls), with a fake ``spaces`` package."""
+"""The app's VLE tasks (:mod:`vqa_llm.tasks`) and the names and origins the page shows (:mod:`vqa_llm.sources`).
+ZeroGPU: tests/test_zerogpu.py."""
 
-import os
-import subprocess
-import sys
-import types
-from pathlib import Path
 
 import easy_vqa
 import numpy as np
@@ -14,16 +8,11 @@ import pytest
 from PIL import Image
 
 from app_testing import build_tiny_vle_pretrained
-from llm import ChatLLM
-from tiny_vle import build_tiny_vle_vqa
-from vle import VLEForVQA
-from vle.processing_vle import VLEProcessor
-from vqa_llm import BadSettingError, VQALLMPipeline, resolve_profile
+from vqa_llm import BadSettingError, resolve_profile
 from vqa_llm.paths import REPO_ROOT
 from vqa_llm.profiles import BUNDLED_PRETRAIN_DIR
 from vqa_llm.sources import model_source, public_text
-from vqa_llm.tasks import GENERIC_LABELS, LABELS_FILE, TASKS, VLETasks, default_labels, load_tasks
-from vqa_llm.zerogpu import gpu_stage, on_zero_gpu
+from vqa_llm.tasks import GENERIC_LABELS, LABELS_FILE, TASKS, default_labels, load_tasks
 
 
 @pytest.fixture(scope="module")
@@ -127,75 +116,3 @@ def test_public_text_hides_machine_paths_but_keeps_urls(tmp_path):
     shown = public_text(text)
     assert str(tmp_path) not in shown and "'…/models/vle'" in shown and "http://host:8000/v1/chat" in shown
     assert public_text(f"in {REPO_ROOT}/assets/models/x.") == "in assets/models/x."
-
-
-# ------------------------------------------------------------------------------------------- ZeroGPU
-@pytest.fixture()
-def fake_spaces(monkeypatch):
-    """A stand-in ``spaces`` package whose ``GPU`` marks what it decorated."""
-    decorated = []
-
-    def gpu(function):
-        decorated.append(function)
-
-        def on_gpu(*args, **kwargs):
-            return function(*args, **kwargs)
-        on_gpu.zerogpu = True
-        return on_gpu
-
-    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
-    return decorated
-
-
-def test_gpu_stage_wraps_only_on_zero_gpu(fake_spaces):
-    def stage(x):
-        return x + 1
-
-    assert not on_zero_gpu({}) and not on_zero_gpu({"SPACE_ID": "hfl/vle", "SPACES_ZERO_GPU": "false"})
-    assert gpu_stage(stage, {}) is stage and gpu_stage(stage, {"SPACE_ID": "hfl/vle"}) is stage
-    wrapped = gpu_stage(stage, {"SPACES_ZERO_GPU": "true"})
-    assert wrapped is not stage and wrapped.zerogpu and wrapped(1) == 2 and fake_spaces == [stage]
-
-
-def test_tasks_run_as_a_gpu_stage_on_zero_gpu(fake_spaces, monkeypatch, checkpoint, image_path):
-    plain = load_tasks(bundled_with(checkpoint))
-    assert not hasattr(plain._on_gpu, "zerogpu") and fake_spaces == []
-    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    tasks = VLETasks(plain.pipelines, plain.model_id)
-    assert tasks._on_gpu.zerogpu and len(fake_spaces) == 1
-    assert tasks.match(image_path, ["a circle"]) == plain.match(image_path, ["a circle"])
-
-
-class EchoLLM(ChatLLM):
-    model_id = "echo"
-
-    def _generate(self, messages, opts):
-        return "Answer: blue"
-
-    def _stream(self, messages, opts):
-        yield from ("Answer: ", "blue")
-
-
-def test_pipeline_stages_run_as_gpu_stages_on_zero_gpu(fake_spaces, monkeypatch, tmp_path, image_path):
-    folder = build_tiny_vle_vqa(tmp_path / "vle")
-    model, processor = VLEForVQA.from_pretrained(folder), VLEProcessor.from_pretrained(folder)
-    plain = VQALLMPipeline(model, processor, None, EchoLLM())
-    assert fake_spaces == [] and not hasattr(plain._vle_on_gpu, "zerogpu")
-    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    pipe = VQALLMPipeline(model, processor, None, EchoLLM())
-    assert pipe._vle_on_gpu.zerogpu and pipe._calls.stream.zerogpu and pipe._calls.generate.zerogpu
-    assert len(fake_spaces) == 3
-    question = "what color is the shape?"
-    for answer in (lambda p: p.run(image_path, question), lambda p: p.run_batch([image_path], [question])[0]):
-        on_gpu, off_gpu = answer(pipe).to_dict(), answer(plain).to_dict()
-        for result in (on_gpu, off_gpu):
-            result.pop("timings"), result.pop("cache_hit")
-        assert on_gpu == off_gpu and on_gpu["llm_answer"]
-
-
-def test_spaces_is_not_imported_off_spaces():
-    code = "import vqa_llm.zerogpu, vqa_llm.tasks, sys; print('spaces' in sys.modules)"
-    env = {k: v for k, v in os.environ.items() if k != "SPACES_ZERO_GPU"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1], env=env)
-    assert out.stdout.strip() == "False"

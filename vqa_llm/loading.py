@@ -89,6 +89,16 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
         raise BadSettingError(f"Unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'.") from None
 
 
+def resolve_llm_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
+    """:func:`resolve_dtype` for an LLM, except that ``auto`` never gives fp16: instruct LLMs overflow in fp16
+    (Qwen2.5 gives NaN logits and replies of "!!!!", which the parser would silently replace by VLE's answer),
+    so on a GPU without native bf16 (a T4) ``auto`` means fp32, and fp32 compute under 4-bit. A dtype asked by
+    name is kept."""
+    resolved = resolve_dtype(dtype, device)
+    automatic = dtype is None or (isinstance(dtype, str) and dtype.lower() == "auto")
+    return torch.float32 if automatic and resolved == torch.float16 else resolved
+
+
 def enable_tf32(device: str) -> None:
     """On CUDA, let fp32 matmuls and convolutions use TF32 tensor cores (process-wide; nothing on CPU)."""
     if str(device).startswith("cuda"):
@@ -229,7 +239,7 @@ def load_captioner(id_or_path: str, device: str, local_files_only: bool = False,
 def load_chat_llm(profile: Profile, device: str, dtype: torch.dtype | str | None = None) -> ChatLLM:
     """The profile's LLM: an OpenAI-compatible endpoint, or a local model on ``device`` run by the profile's
     ``llm_runtime`` (transformers, or llama.cpp for a GGUF file on the CPU: :mod:`llm.runtime`); dtype, and
-    4-bit compute dtype, as :func:`resolve_dtype` says."""
+    4-bit compute dtype, as :func:`resolve_llm_dtype` says (never fp16 unless asked)."""
     if profile.openai_base_url:
         model = profile.openai_model or profile.llm
         if not model:
@@ -248,7 +258,7 @@ def load_chat_llm(profile: Profile, device: str, dtype: torch.dtype | str | None
         with _Step("LLM", f"{llm_id}" + (f" ({gguf_file})" if gguf_file else "")):
             return load_local_llm(
                 llm_id, gguf_file, profile.llm_runtime, device=device, quantization=profile.quantization,
-                dtype=resolve_dtype(dtype, device),
+                dtype=resolve_llm_dtype(dtype, device),
                 trust_remote_code=profile.trust_remote_code, local_files_only=profile.local_files_only,
                 adapter=profile.llm_adapter,
             )

@@ -41,7 +41,6 @@ from .stages import Clock, LLMCalls, Request, Settings, VLEParts
 from .stages.llm import batch_llm, fewshot_examples, stream_llm
 from .stages.prepare import BankSource, Context, pair_up, prepare, read_images
 from .stages.vqa import Images, VQAOutcome, caption_only, run_vqa
-from .zerogpu import gpu_stage
 
 SCORE_FUNCTIONS = ("softmax", "sigmoid")
 DEFAULT_LLM_TIMEOUT_S = 60.0
@@ -85,7 +84,6 @@ class VQALLMPipeline:
         self.model_ids.update(model_ids or {})
         self.id2label = {int(k): str(v) for k, v in vqa_model.config.id2label.items()}
         self.example_bank = open_example_bank(example_bank) if example_bank is not None else None
-        self._vle_on_gpu = gpu_stage(self._vle_stage)  # the VQA stage's model work (see vqa_llm.zerogpu)
         self._llm_calls = LLMCalls(llm) if llm is not None else None
 
     @classmethod
@@ -116,14 +114,14 @@ class VQALLMPipeline:
                                          str(self.model_ids["vqa"])))
 
     def _vle_stage(self, stage: Callable[..., Any], *args: Any) -> Any:
-        """``stage(parts, *args)`` with this pipeline's VLE models, captioner and cache (one GPU stage)."""
+        """``stage(parts, *args)`` with this pipeline's VLE models, captioner and cache."""
         parts = VLEParts(self.vqa_model, self.processor, self.captioner, self.cache, self.id2label,
                          self.score_function)
         return stage(parts, *args)
 
     def _vqa(self, images: Images, questions: list[str], top_k: int, clock: Clock) -> VQAOutcome:
         """Stage 2: the VQA outcome of ``questions`` about ``images``, its timings added to ``clock``."""
-        outcome = self._vle_on_gpu(run_vqa, images, questions, top_k)
+        outcome = self._vle_stage(run_vqa, images, questions, top_k)
         for stage, seconds in outcome.timings.items():
             clock.add(stage, seconds)
         return outcome
@@ -150,7 +148,7 @@ class VQALLMPipeline:
         Only the captioner runs (not the vision encoder). Raises BadImageError when the image is unreadable.
         """
         (pil,), (key,) = read_images([image], None)
-        return self._vle_on_gpu(caption_only, pil, key)
+        return self._vle_stage(caption_only, pil, key)
 
     def stream(self, image: ImageSource, question: str, top_k: int = 5, use_llm: bool = True,
                template: str = "short", *, describe_image: bool = True, runs: int = DEFAULT_RUNS,

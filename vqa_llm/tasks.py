@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vle import VLEForITM, VLEForPBC, VLEPreTrainedModel
+from vle import VLEForITM, VLEForPBC, VLEPreTrainedModel, quantize_int8
 from vle.image_io import ImageSource
 from vle.pipeline_vle import VLEForITMPipeline, VLEForPBCPipeline
 from vle.processing_vle import VLEProcessor
@@ -38,7 +38,6 @@ from .errors import BadSettingError, ModelUnavailableError
 from .loading import _Step, check_model_dir, describe_load_failure, resolve_device, resolve_dtype
 from .profiles import Profile
 from .sources import looks_local, model_source, public_text
-from .zerogpu import gpu_stage
 
 logger = logging.getLogger(__name__)
 
@@ -86,17 +85,11 @@ class VLETasks:
         """The checkpoint's name and origin for people (:func:`vqa_llm.sources.model_source`), when loaded."""
         return model_source(self.model_id) if self.available else None
 
-    def __post_init__(self) -> None:
-        self._on_gpu = gpu_stage(self._call)  # every task runs as one GPU stage (see vqa_llm.zerogpu)
-
-    def _call(self, name: str, inputs: dict[str, Any]) -> Any:
-        return self.pipelines[name](**inputs)
-
     def _run(self, name: str, **inputs: Any) -> Any:
         """The output of task ``name``'s pipeline; BadSettingError (with ``note``) when it is not loaded."""
         if name not in self.pipelines:
             raise BadSettingError(self.note or f"{TASKS[name].title.capitalize()} is not available here.")
-        return self._on_gpu(name, inputs)
+        return self.pipelines[name](**inputs)
 
     def match(self, image: ImageSource, texts: Sequence[str]) -> list[float]:
         """Probability that each of ``texts`` describes ``image`` (one batch)."""
@@ -134,17 +127,23 @@ def no_tasks_note(profile: Profile) -> str:
             "--vle-pretrained DIR.")
 
 
-def load_heads(id_or_path: str, device: str,
-               local_files_only: bool = False) -> tuple[VLEProcessor, dict[str, VLEPreTrainedModel]]:
-    """The processor and every head of :data:`TASKS` from one checkpoint (eval mode, one shared backbone).
+def load_heads(id_or_path: str, device: str, local_files_only: bool = False,
+               precision: str = "auto") -> tuple[VLEProcessor, dict[str, VLEPreTrainedModel]]:
+    """The processor and every head of :data:`TASKS` from one checkpoint (eval mode, one shared backbone), in the
+    VQA model's ``precision`` (``--vqa-precision``): ``auto`` half precision on CUDA, ``fp32`` exact, ``int8``
+    dynamic int8 on the CPU.
 
-    Raises ModelUnavailableError naming the checkpoint when it is missing, incomplete or damaged.
+    Raises ModelUnavailableError naming the checkpoint when it is missing, incomplete or damaged, BadSettingError
+    for int8 off the CPU.
     """
     check_model_dir(id_or_path, WHAT)
+    if precision == "int8" and not str(device).startswith("cpu"):
+        raise BadSettingError(f"VQA precision int8 runs on the CPU only, not on {device}: use --vqa-precision "
+                              "fp32 there, or --device cpu.")
     with _Step(WHAT, id_or_path):
         try:
             processor = VLEProcessor.from_pretrained(id_or_path, local_files_only=local_files_only)
-            dtype = resolve_dtype(None, device)  # half precision on CUDA, as the VQA model
+            dtype = resolve_dtype(torch.float32 if precision == "fp32" else None, device)
             heads = {name: spec.model_class.from_pretrained(id_or_path, local_files_only=local_files_only,
                                                             dtype=dtype).eval()
                      for name, spec in TASKS.items()}
@@ -153,6 +152,9 @@ def load_heads(id_or_path: str, device: str,
     first, *others = heads.values()
     for head in others:
         head.vle = first.vle  # same checkpoint, same backbone: keep one copy in memory
+    if precision == "int8":
+        for head in heads.values():  # in place: the shared backbone is quantised once
+            quantize_int8(head)
     return processor, heads
 
 
@@ -163,8 +165,8 @@ def load_tasks(profile: Profile) -> VLETasks:
         return VLETasks(note=no_tasks_note(profile))
     device = resolve_device(profile.device)
     try:
-        processor, heads = load_heads(model_id, device, profile.local_files_only)
-    except ModelUnavailableError as exc:  # the Ask tab still works
+        processor, heads = load_heads(model_id, device, profile.local_files_only, profile.vqa_precision)
+    except (ModelUnavailableError, BadSettingError) as exc:  # the Ask tab still works
         logger.warning("Matching and relevance tabs disabled: %s", exc)
         return VLETasks(model_id=model_id, note=(
             f"Image-text matching and patch relevance are off: could not load {model_source(model_id)} "

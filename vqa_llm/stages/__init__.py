@@ -6,7 +6,7 @@
 3. :mod:`.llm` — prompts, generation (streamed or batched), parsing and few-shot voting: an
    :class:`LLMOutcome`, written into the result in one place (:func:`apply_outcome`).
 
-The model work of stages 2 and 3 runs as ZeroGPU stages on Hugging Face Spaces (:mod:`vqa_llm.zerogpu`).
+On a ZeroGPU Space the app runs a whole request, all stages, as one GPU call (:mod:`vqa_llm.zerogpu`).
 """
 
 from .clock import Clock

@@ -3,8 +3,8 @@ answer (few-shot runs voted), as an :class:`LLMOutcome` that :func:`apply_outcom
 
 :func:`apply_outcome` is the one place that writes the result's LLM fields; while a reply streams, only its
 text so far (``llm_reply``) is updated. LLM failures never lose the VQA work: the outcome keeps the VQA top-1
-as the answer and says what happened in ``error``. The generation calls (:class:`LLMCalls`) run as ZeroGPU
-stages on Spaces; prompts are built and replies parsed outside them.
+as the answer and says what happened in ``error``. The generation calls are :class:`LLMCalls`; prompts are built
+and replies parsed around them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from ..fewshot import join_replies, plan_runs, run_header, vote
 from ..llm_guard import generate_batch_with_deadline, stream_with_deadline
 from ..metrics import normalize_answer
 from ..result import VQALLMResult, VQALLMUpdate
-from ..zerogpu import gpu_stage
 from .clock import Clock
 from .prepare import LLMPlan
 from .vqa import VQAOutcome
@@ -185,14 +184,13 @@ def conclude(result: VQALLMResult, prompted: Prompted, replies: list[str], failu
 
 # ----------------------------------------------------------------------------------------- generation
 class LLMCalls:
-    """The LLM's generation calls: the GPU part of the LLM stage, each call one ZeroGPU stage on Spaces."""
+    """The LLM's generation calls: the model work of the LLM stage (prompts are built and replies parsed
+    around them)."""
 
     def __init__(self, llm: ChatLLM):
         self.llm = llm
-        self.stream = gpu_stage(self._stream)
-        self.generate = gpu_stage(self._generate)
 
-    def _stream(self, chats: list[Chat], timeout: float | None,
+    def stream(self, chats: list[Chat], timeout: float | None,
                 options: dict[str, Any]) -> Iterator[tuple[int, str | LLMFailure]]:
         """``(chat index, chunk)`` of each chat's reply in turn; a chat that fails gives ``(index, failure)``."""
         for index, chat in enumerate(chats):
@@ -219,7 +217,7 @@ class LLMCalls:
                 replies.append(one)
         return replies
 
-    def _generate(self, rounds: list[list[Chat]], timeout: float | None,
+    def generate(self, rounds: list[list[Chat]], timeout: float | None,
                   options: dict[str, Any]) -> list[list[str | LLMFailure]]:
         """The replies of each round of chats, one batch per round."""
         return [self._batch(chats, timeout, options) for chats in rounds]
