@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -439,3 +440,55 @@ def test_two_accelerate_processes_merge_to_the_one_process_result(models, refere
     session = json.loads((out / "run.json").read_text())["sessions"][-1]
     assert session["processes"] == 2 and session["answered"] == LIMIT
     assert OutputLayout(out).record_files() == [out / "predictions.jsonl"]
+
+
+class _Broadcast:
+    """accelerate's broadcast_object_list between two processes called one after the other: the main process's
+    list is kept, and the other process gets it."""
+
+    def __init__(self):
+        self.sent = None
+
+    def __call__(self, objects, from_process=0):
+        if self.sent is None:
+            self.sent = list(objects)
+        objects[:] = self.sent
+        return objects
+
+
+def test_the_profile_is_resolved_once_and_shared_by_every_process(monkeypatch):
+    """``auto`` asks the Hub: were each process to ask, two could disagree and mix profiles in one run. The
+    main process decides, the others take its profile, each on its own device."""
+    import accelerate.utils
+
+    import vqa_llm.evaluate as evaluate_module
+    from vqa_llm import BadSettingError
+    from vqa_llm.profiles import BASE, bundled_profile
+
+    answers = iter([BASE, bundled_profile()])  # what two separate Hub probes could have said
+    resolved = []
+
+    def resolve(name, overrides, *args, **kwargs):
+        resolved.append(name)
+        return next(answers), "the Hub answered"
+
+    monkeypatch.setattr(evaluate_module, "resolve_profile", resolve)
+    monkeypatch.setattr(evaluate_module, "check_profile_hub", lambda profile, use_llm: (profile, ""))
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", _Broadcast())
+    args = evaluate_module.build_parser().parse_args(["--out", "x", "--profile", "auto"])
+    main_process = SimpleNamespace(is_main_process=True, num_processes=2, device="cuda:0")
+    other_process = SimpleNamespace(is_main_process=False, num_processes=2, device="cuda:1")
+    first, reason = evaluate_module.resolve_run_profile(args, main_process, use_llm=True)
+    second, _ = evaluate_module.resolve_run_profile(args, other_process, use_llm=True)
+    assert resolved == ["auto"] and reason == "the Hub answered"
+    assert first.name == second.name == "base" and (first.device, second.device) == ("cuda:0", "cuda:1")
+
+    # a refusal on the main process stops the others with the same message
+    def refuse(*args, **kwargs):
+        raise BadSettingError("Unknown profile 'nope'")
+
+    monkeypatch.setattr(evaluate_module, "resolve_profile", refuse)
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", _Broadcast())
+    for state in (main_process, other_process):
+        with pytest.raises(BadSettingError, match="Unknown profile 'nope'"):
+            evaluate_module.resolve_run_profile(args, state, use_llm=True)

@@ -41,6 +41,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -190,15 +191,32 @@ def _accelerate_state(args: argparse.Namespace) -> PartialState:
     return PartialState(cpu=use_cpu, timeout=SHARD_WAIT)  # timeout: used only when several processes run
 
 
-def _profile_overrides(args: argparse.Namespace, state: PartialState) -> dict[str, Any]:
-    overrides = overrides_from_args(args)
+def resolve_run_profile(args: argparse.Namespace, state: PartialState, use_llm: bool) -> tuple[Profile, str]:
+    """The run's profile and why it was chosen, decided once by the main process (``auto`` asks the Hub, and
+    processes that asked it separately could disagree and mix two profiles in one run) and shared with the
+    others; each process then runs it on its own device (unless ``--device`` names one for all)."""
+    from accelerate.utils import broadcast_object_list
+
+    chosen: list[Any] = [None]
+    if state.is_main_process:
+        try:
+            profile, reason = resolve_profile(args.profile, overrides_from_args(args))
+            profile, note = check_profile_hub(profile, use_llm=use_llm and profile.use_llm)  # seconds without a Hub
+            chosen = [(profile, reason + (f"; {note}" if note else ""))]
+        except VQALLMError as exc:  # every process stops with the same message
+            chosen = [exc]
     if state.num_processes > 1:
-        if args.device:
-            logger.warning("--device %s is used by all %d processes; leave it out to give each its own device.",
-                           args.device, state.num_processes)
-        else:
-            overrides["device"] = str(state.device)
-    return overrides
+        chosen = broadcast_object_list(chosen, from_process=0)
+    if isinstance(chosen[0], Exception):
+        raise chosen[0]
+    profile, reason = chosen[0]
+    if state.num_processes == 1:
+        return profile, reason
+    if args.device:
+        logger.warning("--device %s is used by all %d processes; leave it out to give each its own device.",
+                       args.device, state.num_processes)
+        return profile, reason
+    return replace(profile, device=str(state.device)), reason
 
 
 def _answer_remaining(args: argparse.Namespace, state: PartialState, profile: Profile, use_llm: bool,
@@ -255,11 +273,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     check_output_folder(args.out)
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     state = _accelerate_state(args)
-    profile, reason = resolve_profile(args.profile, _profile_overrides(args, state))
+    profile, reason = resolve_run_profile(args, state, use_llm=not args.no_llm)
     use_llm = not args.no_llm and profile.use_llm
-    profile, note = check_profile_hub(profile, use_llm=use_llm)  # seconds, not minutes, without a Hub
-    if note:
-        reason += f"; {note}"
     bank = fewshot_bank(args, profile, use_llm)
     sample = examples_from_args(args)
     settings = run_settings(args, len(sample), use_llm, bank)
