@@ -327,6 +327,19 @@ class DemoHandlers:
         return (number("top_k", top_k, whole=True), check_flag("use_llm", use_llm), options,
                 1 if runs is None else number("runs", runs, whole=True))
 
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The settings a visitor starts from (the sliders' values) and cached examples are answered with."""
+        return {"top_k": min(5, self.top_k_max), "use_llm": self.pipeline.llm is not None, "template": "short",
+                "temperature": 0.0, "max_new_tokens": 64, "runs": 1}
+
+    def ask_example(self, image: Any, question: str) -> tuple:
+        """An example's final Ask-tab outputs with the default settings (what the cached examples on Spaces show)."""
+        d = self.defaults
+        *_, final = self.ask(image, question, d["top_k"], d["use_llm"], d["template"], d["temperature"],
+                             d["max_new_tokens"], d["runs"])
+        return final
+
     def _stream(self, image: Any, question: Any, top_k: Any, use_llm: Any, template: Any, temperature: Any,
                 max_new_tokens: Any, runs: Any = 1) -> Iterator[Any]:
         top_k, use_llm, options, runs = self._ask_settings(top_k, use_llm, temperature, max_new_tokens, runs)
@@ -474,7 +487,7 @@ def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: V
     has_llm = pipeline.llm is not None
     has_bank = pipeline.example_bank is not None  # the fewshot template needs an example bank
     templates = [name for name in template_names() if name != FEWSHOT_TEMPLATE or has_bank]
-    top_k_max = handlers.top_k_max
+    top_k_max, defaults = handlers.top_k_max, handlers.defaults
     # all model work shares one concurrency limit; the handlers check the raw values themselves
     heavy = {"concurrency_id": "models", "preprocess": False}
 
@@ -482,27 +495,24 @@ def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: V
         gr.Markdown(banner_markdown(profile, reason, pipeline.model_ids, tasks), elem_id="banner")
         with gr.Tab("Ask", id="ask"):
             with gr.Row(equal_height=False):
-                with gr.Column(scale=1):
+                with gr.Column(scale=1) as ask_column:
                     image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Image", height=300,
                                      elem_id="ask-image")
                     question = gr.Textbox(label="Question", placeholder="What color is the shape?", lines=1,
                                           max_length=MAX_QUESTION_CHARS, elem_id="ask-question")
                     ask_button = gr.Button("Ask", variant="primary", elem_id="ask-button")
-                    if examples:
-                        gr.Examples(examples, inputs=[image, question], cache_examples=False,
-                                    api_visibility="private", label="Examples")
                     with gr.Accordion("Settings", open=False):
-                        top_k = gr.Slider(RANGES["top_k"][0], top_k_max, value=min(5, top_k_max), step=1,
+                        top_k = gr.Slider(RANGES["top_k"][0], top_k_max, value=defaults["top_k"], step=1,
                                           label="VLE top-k answers")
                         use_llm = gr.Checkbox(value=has_llm, interactive=has_llm, label="Refine with the LLM",
                                               info=None if has_llm else "No LLM is loaded (started with --no-llm).")
                         template = gr.Dropdown(templates, value="short" if "short" in templates else templates[0],
                                                label="Prompt template")
-                        temperature = gr.Slider(*RANGES["temperature"], value=0.0, step=0.05,
+                        temperature = gr.Slider(*RANGES["temperature"], value=defaults["temperature"], step=0.05,
                                                 label="LLM temperature (0 = greedy, reproducible)")
-                        max_new_tokens = gr.Slider(*RANGES["max_new_tokens"], value=64, step=8,
-                                                   label="LLM max new tokens")
-                        runs = gr.Slider(*RANGES["runs"], value=1, step=1, visible=has_bank,
+                        max_new_tokens = gr.Slider(*RANGES["max_new_tokens"], value=defaults["max_new_tokens"],
+                                                   step=8, label="LLM max new tokens")
+                        runs = gr.Slider(*RANGES["runs"], value=defaults["runs"], step=1, visible=has_bank,
                                          label="Few-shot runs voted (fewshot template)")
                 with gr.Column(scale=1):
                     caption = gr.Textbox(label="Caption (BLIP)", interactive=False, elem_id="caption")
@@ -517,6 +527,12 @@ def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: V
                     timings = gr.JSON(label="Timings (seconds)", elem_id="timings")
             ask_inputs = [image, question, top_k, use_llm, template, temperature, max_new_tokens, runs]
             ask_outputs = [caption, vqa, llm_text, verdict, prompt, raw_reply, timings]
+            if examples:
+                on_spaces = bool(os.environ.get("SPACE_ID"))  # there: each answer cached at its first use
+                with ask_column:
+                    gr.Examples(examples, inputs=[image, question], outputs=ask_outputs, fn=handlers.ask_example,
+                                cache_examples=on_spaces, cache_mode="lazy", preprocess=False,
+                                api_visibility="private", label="Examples")
             for trigger in (ask_button.click, question.submit):
                 trigger(handlers.ask, ask_inputs, ask_outputs, api_visibility="private", **heavy)
 

@@ -9,6 +9,7 @@ still answering after them, the queue limits, and — calling the event function
 helpers.
 """
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -417,3 +418,24 @@ def test_the_ask_tab_refuses_a_path_nobody_uploaded(reference, tmp_path):
     for image in ({"path": str(secret)}, {"path": str(secret), "meta": {"_type": "gradio.FileData"}}):
         with pytest.raises(gr.Error, match="No uploaded image was found for this request"):
             list(handlers.ask(image, QUESTION, 3, False, "short"))
+
+
+def test_examples_are_answered_once_and_cached_on_spaces(reference, image_path, tmp_path, monkeypatch):
+    """On a Space an example is answered at its first use with the default settings, then served from Gradio's
+    cache (no GPU call or model work again); elsewhere examples only fill the inputs."""
+    made, real = [], gr.Examples
+    monkeypatch.setattr(app.gr, "Examples", lambda *args, **kwargs: made.append(real(*args, **kwargs)) or made[-1])
+    monkeypatch.chdir(tmp_path)  # Gradio caches under ./.gradio
+    profile, reason = resolve_profile("bundled", {"vqa_model": "x", "captioner": "y"})
+    app.build_demo(reference, profile, reason, examples=[[image_path, QUESTION]])
+    assert made[-1].cache_examples is False
+    monkeypatch.setenv("SPACE_ID", "hfl/vle-demo")
+    pipe = VQALLMPipeline(reference.vqa_model, reference.processor, reference.captioner, None)
+    app.build_demo(pipe, profile, reason, examples=[[image_path, QUESTION]])
+    examples = made[-1]
+    assert examples.cache_examples == "lazy"
+    asyncio.run(examples.cache(example_id=0))
+    caption, label, *_ = examples.load_from_cache(0)
+    expected = reference.run(image_path, QUESTION, top_k=5, use_llm=False)
+    assert caption == expected.caption
+    assert label.label == expected.candidates[0][0]
