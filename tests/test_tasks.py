@@ -5,6 +5,7 @@ ZeroGPU: tests/test_zerogpu.py."""
 import easy_vqa
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from app_testing import build_tiny_vle_pretrained
@@ -116,3 +117,28 @@ def test_public_text_hides_machine_paths_but_keeps_urls(tmp_path):
     shown = public_text(text)
     assert str(tmp_path) not in shown and "'…/models/vle'" in shown and "http://host:8000/v1/chat" in shown
     assert public_text(f"in {REPO_ROOT}/assets/models/x.") == "in assets/models/x."
+
+
+def test_the_task_heads_follow_the_vqa_precision(checkpoint, monkeypatch):
+    """--vqa-precision applies to the matching/relevance heads too: int8 quantises them (on the CPU only), fp32
+    keeps them exact on a GPU where auto would load them in half precision."""
+    from vle.quantization import is_quantized
+    from vqa_llm.tasks import load_heads
+
+    _, heads = load_heads(checkpoint, "cpu", precision="int8")
+    assert all(is_quantized(head) for head in heads.values())
+    _, plain = load_heads(checkpoint, "cpu")
+    assert not any(is_quantized(head) for head in plain.values())
+    with pytest.raises(BadSettingError, match="int8 runs on the CPU only"):
+        load_heads(checkpoint, "cuda:0", precision="int8")
+    asked = []
+    for spec in TASKS.values():
+        real = spec.model_class.from_pretrained
+        monkeypatch.setattr(spec.model_class, "from_pretrained",
+                            lambda *a, _real=real, **k: asked.append(k["dtype"]) or _real(*a, **k))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)  # nothing really moves to the fake GPU
+    load_heads(checkpoint, "cuda:0", precision="fp32")
+    load_heads(checkpoint, "cuda:0", precision="auto")
+    assert asked == [torch.float32] * len(TASKS) + [torch.float16] * len(TASKS)
