@@ -22,10 +22,12 @@ import argparse
 import base64
 import io
 import json
+import struct
 import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,14 +39,25 @@ from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "bench"))
-sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 from load import start_app, stop_app  # noqa: E402  (bench/load.py: the app in a subprocess)
 
-from odd_images import black_png  # noqa: E402
-
 DEFAULT_APP_ARGS = ("--profile", "bundled", "--no-llm")
 META = {"_type": "gradio.FileData"}
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def black_png(width: int, height: int) -> bytes:
+    """A real, decodable black RGB PNG of any size, compressed row by row (12000x12000: about 140 KB) without
+    ever holding its pixels in memory."""
+    row = b"\0" * (1 + 3 * width)  # filter byte "none", then the row's pixels
+    packer = zlib.compressobj(9)
+    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
 
 
 def noise_png(megabytes: float) -> bytes:
@@ -62,8 +75,8 @@ class Memory:
     def __init__(self, pid: int):
         self.process = psutil.Process(pid)
 
-    def measure(self, action: Callable[[], Any]) -> tuple[Any, float, float]:
-        """``action()``'s result, the peak RSS rise while it ran and the rise still held 2 s later (MB)."""
+    def measure(self, action: Callable[[], Any], settle: float = 2.0) -> tuple[Any, float, float]:
+        """``action()``'s result, the peak RSS rise while it ran and the rise still held ``settle`` s later (MB)."""
         base = self.process.memory_info().rss
         peak, done = [base], threading.Event()
 
@@ -79,7 +92,7 @@ class Memory:
         finally:
             done.set()
             watcher.join()
-        time.sleep(2)
+        time.sleep(settle)
         mb = 1024 * 1024
         return result, (peak[0] - base) / mb, (self.process.memory_info().rss - base) / mb
 

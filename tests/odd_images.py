@@ -116,16 +116,6 @@ def declared_png(width: int, height: int, with_data: bool = True) -> bytes:
 
 
 
-def black_png(width: int, height: int) -> bytes:
-    """A real, decodable black RGB PNG of any size, compressed row by row (12000x12000: about 140 KB) without
-    ever holding its pixels in memory."""
-    row = b"\0" * (1 + 3 * width)  # filter byte "none", then the row's pixels
-    packer = zlib.compressobj(9)
-    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    header = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-    return b"\x89PNG\r\n\x1a\n" + header + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
-
-
 READABLE = {
     "rgba": rgba_png,
     "palette_transparency": palette_transparency_png,

@@ -11,17 +11,16 @@ runs in this process with a 1 MB image limit.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
+import os
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import psutil
 import pytest
 import requests
 from gradio.utils import get_upload_folder
@@ -43,6 +42,17 @@ from vqa_llm.tasks import load_tasks
 from vqa_llm.uploads import NOT_UPLOADED
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench_module(name: str) -> Any:
+    """A script of bench/ as a module (its image builder and memory sampler serve these tests too)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+intake = _bench_module("image_intake")
 LIMIT = 1024 * 1024  # --max-file-size 1mb
 META = {"_type": "gradio.FileData"}
 #: each named endpoint's inputs around an image
@@ -229,41 +239,22 @@ def test_inline_images_that_are_not_base64_images_get_a_message(site):
     assert "not valid base64" in error_of(site, "caption", [{"url": "data:image/png;base64,***"}])
 
 
-def _peak_rss_during(action) -> tuple[Any, float]:
-    """``action()``'s result and the largest rise of this process's memory while it ran, in MB."""
-    process, peak, done = psutil.Process(), [0], threading.Event()
-    base = process.memory_info().rss
-
-    def watch():
-        while not done.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss - base)
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        result = action()
-    finally:
-        done.set()
-        watcher.join()
-    return result, peak[0] / 1024 / 1024
-
-
 def test_a_12000_pixel_square_is_refused_from_its_header_either_way(site):
     """A real 12000x12000 PNG (about 420 KB, 432 MB decoded): refused from its header as an upload and as a
     data: URL, and the server's memory barely moves (the full figures: bench/image_intake.py)."""
-    big = odd_images.black_png(12000, 12000)
+    big = intake.black_png(12000, 12000)
     assert len(big) < LIMIT
     path = upload(site, "big.png", big)
     for image in ({"path": path, "meta": META, "orig_name": "big.png"}, {"url": data_url(big)}):
-        message, rise = _peak_rss_during(lambda image=image: error_of(site, "pbc", ENDPOINTS["pbc"](image)))
+        message, rise, _ = intake.Memory(os.getpid()).measure(
+            lambda image=image: error_of(site, "pbc", ENDPOINTS["pbc"](image)), settle=0)
         assert "The image is too large" in message, message
         assert rise < 200, f"{rise:.0f} MB more memory while refusing {list(image)}"
 
 
 def test_a_large_image_comes_back_at_a_bounded_size(site):
     """Downscaled once on entry: the heatmap of a 3000x2000 picture is 1024x683."""
-    path = upload(site, "wide.png", odd_images.black_png(3000, 2000))
+    path = upload(site, "wide.png", intake.black_png(3000, 2000))
     event, (heatmap, _) = call(site, "pbc", ENDPOINTS["pbc"]({"path": path, "meta": META}))
     assert event == "complete"
     assert Image.open(io.BytesIO(requests.get(heatmap["url"], timeout=30).content)).size == (1024, 683)
