@@ -152,10 +152,17 @@ def restore_matmul_precision():
 
 def test_the_app_loads_every_model_in_the_gpus_half_type_with_tf32_on(fake_gpus, recorded_loaders,
                                                                       restore_matmul_precision):
+    """On a T4-class GPU (no native bf16) VLE and BLIP run in fp16, the LLM in fp32: instruct LLMs overflow in
+    fp16 (Qwen2.5: NaN logits). On an A100-class GPU all three in bf16."""
     torch.set_float32_matmul_precision("highest")
     parts = loading.load_components(replace(BASE, device="cuda:1"))  # a T4-class GPU
     vle, blip, chat = recorded_loaders.vle.calls[0], recorded_loaders.blip.calls[0], recorded_loaders.llm.calls[0]
-    assert vle["dtype"] == blip["dtype"] == chat["dtype"] == torch.float16
+    assert vle["dtype"] == blip["dtype"] == torch.float16 and chat["dtype"] == torch.float32
+    loading.load_components(replace(BASE, device="cuda:0"))  # A100-class
+    assert recorded_loaders.llm.calls[1]["dtype"] == recorded_loaders.vle.calls[1]["dtype"] == torch.bfloat16
+    loading.load_components(replace(LARGE, device="cuda:1"))  # 4-bit on a T4: computing in fp32, not fp16
+    assert recorded_loaders.llm.calls[2]["dtype"] == torch.float32
+    assert recorded_loaders.llm.calls[2]["quantization"] == "4bit"
     assert blip["device"] == chat["device"] == "cuda:1" and parts.vqa_model.moved_to == "cuda:1"
     assert torch.get_float32_matmul_precision() == "high"  # TF32 for what stays in fp32
 
@@ -507,16 +514,30 @@ def test_evaluation_is_sharded_across_processes(colour_set, tmp_path):
 
 
 # ------------------------------------------------------------------------------- 7. bench/gpu_check.py
-@pytest.mark.slow
-def test_gpu_check_smoke_runs_the_apps_loaders_for_both_profiles(monkeypatch, capsys):
-    """The CPU smoke run of the GPU check goes through the app's loaders (4-bit asked for by 'large'), streams
-    one answer and runs a batch of 16 per profile, and ends with a JSON line."""
-    import json
+@pytest.fixture
+def gpu_check(monkeypatch):
+    """The ``bench/gpu_check.py`` module, with ``sys.argv`` as a script run would have it."""
     import sys
 
     monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py"])
     import gpu_check
 
+    return gpu_check
+
+
+def _last_json_line(out: str) -> dict:
+    import json
+
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_every_check_and_passes(gpu_check, monkeypatch, capsys):
+    """The CPU smoke run of the GPU acceptance check: the bundled models loaded through the app's loaders answer
+    with the LLM and agree with the CPU reference, the evaluator is interrupted and resumed without losing or
+    repeating a question, fine-tuning steps lower the loss, and the random-weight profile shapes answer end to end
+    ('large' asking for 4 bit); exit 0 and one JSON line that says passed."""
     asked = []
     real = TransformersChatLLM.from_pretrained.__func__
 
@@ -525,11 +546,83 @@ def test_gpu_check_smoke_runs_the_apps_loaders_for_both_profiles(monkeypatch, ca
         return real(cls, *args, **kwargs)
 
     monkeypatch.setattr(TransformersChatLLM, "from_pretrained", classmethod(spy))
-    monkeypatch.setattr(sys, "argv", ["gpu_check.py"])
-    assert gpu_check.main(["--smoke", "--device", "cpu", "--max-new-tokens", "3"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert asked == [(None, torch.float32), ("4bit", torch.float32)]
-    assert summary["ok"] and summary["gpus"] == [] and set(summary["profiles"]) == {"base", "large"}
-    for report in summary["profiles"].values():
+    assert gpu_check.main(["--smoke", "--device", "cpu", "--shapes", "base,large"]) == 0
+    summary = _last_json_line(capsys.readouterr().out)
+
+    assert summary["passed"] is True and summary["failures"] == []
+    assert set(summary) >= {"device", "smoke", "gpus", "sample", "cpu_reference", "bundled", "evaluator", "finetune",
+                            "shapes", "checks", "failures", "passed", "wall_s"}
+    assert summary["gpus"] == [] and summary["sample"]["questions"] == 4
+    sections = {name.split(".")[0] for name in summary["checks"]}
+    assert sections == {"sample", "cpu_reference", "bundled_fp32", "evaluator", "finetune_no", "shapes_base",
+                        "shapes_large"}
+    assert all(summary["checks"].values()) and len(summary["checks"]) >= 25
+
+    fp32 = summary["bundled"]["fp32"]
+    assert set(fp32["parameters"]) == {"vqa", "captioner", "llm"}
+    assert all(p["count"] > 0 and p["wrong"] == 0 for p in fp32["parameters"].values())
+    assert fp32["top1_agreement"] == 1.0 and fp32["raw_accuracy"] >= 0.99 and fp32["finite_scores"] is True
+    assert fp32["llm_used"] == 4 and fp32["llm_fallback_rate"] < 0.05
+
+    evaluator = summary["evaluator"]
+    assert (evaluator["first_exit"], evaluator["written_before_interrupt"], evaluator["kept_after_cut"]) == (130, 2, 1)
+    assert (evaluator["resume_exit"], evaluator["answered_on_resume"]) == (0, 2)
+    assert evaluator["records"] == evaluator["unique"] == 3 and evaluator["missing"] == evaluator["extra"] == []
+
+    finetune = summary["finetune"]["no"]
+    assert len(finetune["losses"]) == 4 and finetune["last_mean"] < finetune["first_mean"]
+    assert finetune["head_dtypes"] == ["torch.float32"] and finetune["weights_changed"] is True
+
+    assert (None, torch.float32) in asked and ("4bit", torch.float32) in asked  # large asks for 4 bit (CPU: ignored)
+    for report in summary["shapes"].values():
         assert report["batch16"]["errors"] == 0 and report["stream"]["first_llm_chunk_s"] is not None
-        assert report["dtypes"]["vqa"] == "torch.float32" and set(report["batch16"]["stages_s"]) >= {"llm", "caption"}
+
+
+def test_gpu_check_names_parameters_off_the_device_or_in_another_dtype(gpu_check):
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    assert gpu_check.parameter_report(model, "cpu", torch.float32)["wrong"] == 0
+    model[1].half()
+    report = gpu_check.parameter_report(model, "cpu", torch.float32)
+    assert (report["count"], report["wrong"]) == (4, 2) and report["examples"][0] == "1.weight: torch.float16 on cpu"
+    model[1].float()
+    model[0].to("meta")
+    assert gpu_check.parameter_report(model, "cpu", torch.float32)["wrong"] == 2
+
+
+def test_gpu_check_fails_with_exit_1_when_a_figure_fails_or_a_check_raises(gpu_check, monkeypatch, capsys):
+    """One figure out of bounds and one section that raises (as CUDA out of memory would): the other sections
+    still run, the JSON line lists both failures, ``passed`` is false and the exit status 1."""
+
+    def low_accuracy(sample, sizes, checks, answers):
+        checks.expect("cpu_reference", "raw_accuracy", False, "50.00% of 4")
+        return {}
+
+    def out_of_memory(*args):
+        raise RuntimeError("CUDA out of memory")
+
+    def passes(section):
+        def check(*args):
+            checks = next(a for a in args if isinstance(a, gpu_check.Checks))
+            checks.expect(section, "ok", True, "fine")
+            return {}
+        return check
+
+    monkeypatch.setattr(gpu_check, "easy_vqa_sample", lambda n: [SimpleNamespace(question_id=i) for i in range(n)])
+    monkeypatch.setattr(gpu_check, "cpu_reference", low_accuracy)
+    monkeypatch.setattr(gpu_check, "check_precision", out_of_memory)
+    monkeypatch.setattr(gpu_check, "check_evaluator", passes("evaluator"))
+    monkeypatch.setattr(gpu_check, "check_finetune", passes("finetune_no"))
+    assert gpu_check.main(["--smoke", "--device", "cpu"]) == 1
+    summary = _last_json_line(capsys.readouterr().out)
+    assert summary["passed"] is False
+    assert summary["failures"] == ["cpu_reference.raw_accuracy: 50.00% of 4",
+                                   "bundled_fp32.completed: raised RuntimeError: CUDA out of memory"]
+    assert summary["checks"]["evaluator.ok"] and summary["checks"]["finetune_no.ok"]
+    assert summary["bundled"]["fp32"]["error"] == "RuntimeError: CUDA out of memory"
+
+
+def test_gpu_check_without_cuda_says_so_and_exits_0(gpu_check, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main([]) == 0
+    assert "No CUDA GPU here" in capsys.readouterr().out
+    assert gpu_check.main(["--device", "cpu"]) == 2  # the full run is for the GPU; --smoke for the CPU
