@@ -19,11 +19,15 @@ class FakeServer(ThreadingHTTPServer):
     """Records requests; ``script`` is a list of behaviours consumed one per request (the last one repeats)."""
 
     daemon_threads = True
+    request_queue_size = 64  # room for every connection a concurrent batch opens at once
 
     def __init__(self):
         super().__init__(("127.0.0.1", 0), Handler)
         self.requests: list[dict] = []
         self.script: list[str] = ["plain"]
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.lock = threading.Lock()
 
     def handle_error(self, request, client_address) -> None:
         """Clients that gave up (the timeout tests) make late writes fail; that is expected, keep quiet."""
@@ -98,6 +102,14 @@ class Handler(BaseHTTPRequestHandler):
         elif action == "sleep":
             time.sleep(3)
             self._json(200, {"choices": [{"message": {"content": "too late"}}]})
+        elif action == "busy":  # a server working on each request for a while, counting how many it holds
+            with self.server.lock:
+                self.server.in_flight += 1
+                self.server.most_in_flight = max(self.server.most_in_flight, self.server.in_flight)
+            time.sleep(0.5)
+            with self.server.lock:
+                self.server.in_flight -= 1
+            self._json(200, {"choices": [{"message": {"content": f"echo: {last_user}"}}]})
 
 
 @pytest.fixture()
@@ -219,3 +231,31 @@ def test_bad_messages_fail_before_any_request(server):
     with pytest.raises(LLMError, match="max_new_tokens"):
         client(server).stream(MESSAGES, max_new_tokens=0)  # raised when called, not when iterated
     assert server.requests == []
+
+
+@pytest.mark.parametrize("concurrency", [1, 3, 8])
+def test_a_batch_keeps_n_requests_in_flight(server, concurrency):
+    """--llm-concurrency N: a batch of 12 chats keeps N requests in flight (a server working 0.5 s on each), the
+    replies in order."""
+    server.script = ["busy"]
+    batch = [[{"role": "user", "content": f"question {i}"}] for i in range(12)]
+    replies = client(server, max_workers=concurrency).generate_batch(batch)
+    assert replies == [f"echo: question {i}" for i in range(12)]
+    assert server.most_in_flight == concurrency
+
+
+def test_the_profile_sets_the_concurrency_of_an_openai_endpoint(server, monkeypatch):
+    from vqa_llm import BadSettingError, resolve_profile
+    from vqa_llm.loading import load_chat_llm
+    from vqa_llm.profiles import DEFAULT_LLM_CONCURRENCY
+
+    overrides = {"openai_base_url": server.url, "openai_model": "m"}
+    default, _ = resolve_profile("bundled", overrides, environ={})
+    assert load_chat_llm(default, "cpu").max_workers == DEFAULT_LLM_CONCURRENCY
+    from_env, _ = resolve_profile("bundled", overrides, environ={"VQA_LLM_LLM_CONCURRENCY": "32"})
+    assert load_chat_llm(from_env, "cpu").max_workers == 32
+    flag, _ = resolve_profile("bundled", {**overrides, "llm_concurrency": 2}, environ={"VQA_LLM_LLM_CONCURRENCY": "32"})
+    assert load_chat_llm(flag, "cpu").max_workers == 2
+    for bad in ("0", "many", "-3"):
+        with pytest.raises(BadSettingError, match="LLM concurrency must be a whole number >= 1"):
+            resolve_profile("bundled", overrides, environ={"VQA_LLM_LLM_CONCURRENCY": bad})

@@ -245,8 +245,9 @@ def load_chat_llm(profile: Profile, device: str, dtype: torch.dtype | str | None
         if not model:
             raise ModelUnavailableError("An OpenAI-compatible endpoint needs a model name: pass --openai-model "
                                         "(or set VQA_LLM_OPENAI_MODEL).")
-        logger.info("Using the LLM %s at %s", model, profile.openai_base_url)
-        return OpenAIChatLLM(profile.openai_base_url, model)
+        logger.info("Using the LLM %s at %s (%d requests in flight at most)", model, profile.openai_base_url,
+                    profile.llm_concurrency)
+        return OpenAIChatLLM(profile.openai_base_url, model, max_workers=profile.llm_concurrency)
     if not profile.llm:
         raise ModelUnavailableError("The profile names no LLM: pass --llm (or set VQA_LLM_LLM), or use --no-llm.")
     llm_id, gguf_file = profile.llm, profile.llm_gguf_file

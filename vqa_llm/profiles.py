@@ -59,7 +59,11 @@ ENV_VARS: dict[str, str] = {
     "device": "VQA_LLM_DEVICE",
     "vqa_precision": "VQA_LLM_VQA_PRECISION",
     "vle_pretrained": "VQA_LLM_VLE_PRETRAINED",
+    "llm_concurrency": "VQA_LLM_LLM_CONCURRENCY",
 }
+#: requests kept in flight to an OpenAI-compatible server unless told otherwise (vLLM, TGI and llama.cpp's server
+#: answer several at once; one that does not queues them)
+DEFAULT_LLM_CONCURRENCY = 8
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,8 @@ class Profile:
     forbids downloads (set under ``HF_HUB_OFFLINE=1``). ``vqa_precision`` ``"int8"`` quantises the VLE
     model's Linear layers (CPU fast mode, see :mod:`vle.quantization`); ``"fp32"`` is exact. ``llm_runtime``
     runs a local LLM with ``transformers``, ``llama.cpp`` or ``auto`` (llama.cpp for a local GGUF file on the CPU
-    when it is installed, see :mod:`llm.runtime`).
+    when it is installed, see :mod:`llm.runtime`). ``llm_concurrency``: how many requests a batch keeps in flight
+    to ``openai_base_url`` at once.
     """
 
     name: str
@@ -95,6 +100,7 @@ class Profile:
     vle_pretrained: str | None = None
     vqa_precision: str = "auto"
     llm_runtime: str = "auto"
+    llm_concurrency: int = DEFAULT_LLM_CONCURRENCY
 
     @property
     def llm_id(self) -> str | None:
@@ -217,6 +223,12 @@ def _clean_value(field_name: str, value: Any, source: str) -> Any:
             return normalise_runtime(str(value))
         except LLMError as exc:
             raise BadSettingError(f"{exc} (from {source})") from None
+    if field_name == "llm_concurrency":
+        if value in (None, ""):
+            return None
+        if isinstance(value, bool) or not str(value).isdigit() or int(value) < 1:
+            raise BadSettingError(f"The LLM concurrency must be a whole number >= 1, got {value!r} from {source}.")
+        return int(value)
     if field_name == "device" and value in ("", "auto"):
         return None
     if field_name == "vle_pretrained" and isinstance(value, str) and value.lower() == "none":
@@ -302,6 +314,9 @@ def add_profile_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     group.add_argument("--openai-base-url", help="use an OpenAI-compatible endpoint for the LLM "
                        "($VQA_LLM_OPENAI_BASE_URL; key from $OPENAI_API_KEY)")
     group.add_argument("--openai-model", help="model name sent to that endpoint ($VQA_LLM_OPENAI_MODEL)")
+    group.add_argument("--llm-concurrency", type=int, metavar="N",
+                       help=f"requests kept in flight to that endpoint by a batch (default: "
+                       f"{DEFAULT_LLM_CONCURRENCY}; $VQA_LLM_LLM_CONCURRENCY)")
     group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available; $VQA_LLM_DEVICE)")
     group.add_argument("--vqa-precision", choices=VQA_PRECISIONS, type=str.lower,
                        help="VLE weights: auto (default: half precision on CUDA, fp32 on CPU), fp32 (exact "
@@ -329,6 +344,8 @@ def overrides_from_args(ns: argparse.Namespace) -> dict[str, Any]:
         overrides["llm_runtime"] = ns.llm_runtime
     if getattr(ns, "vqa_precision", None):
         overrides["vqa_precision"] = ns.vqa_precision
+    if getattr(ns, "llm_concurrency", None) is not None:
+        overrides["llm_concurrency"] = ns.llm_concurrency
     if ns.no_llm:
         overrides["use_llm"] = False
     if ns.trust_remote_code:
