@@ -472,6 +472,7 @@ dataset = VQATrainingSet(examples, VLEProcessor.from_pretrained(model_dir),
 result = evaluate(model, dataset, batch_size=4, accelerator=accelerator)
 json.dump({"rank": accelerator.process_index, "rows": sum(rows), "result": result},
           open(out + str(accelerator.process_index), "w"))
+accelerator.end_training()  # the process group closed before exit: gloo may abort at exit otherwise
 """
 
 

@@ -322,6 +322,14 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def _close_process_group() -> None:
+    """Close the processes' group after a run that had several (gloo can abort at exit when it is left open)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the evaluator; return the exit status (0 done, 2 user error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
@@ -331,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("vqa_llm").setLevel(logging.WARNING if args.quiet or rank else logging.INFO)
     try:
         evaluate(args)
+        _close_process_group()
     except (VQALLMError, VQADataError) as exc:
         if not rank:  # every process meets the same error: say it once
             print(f"Error: {exc}", file=sys.stderr, flush=True)
