@@ -11,7 +11,6 @@ runs in this process with a 1 MB image limit.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import os
@@ -37,6 +36,7 @@ from robustness_testing import (
     serve_pipeline,
     tiny_pipeline_fixtures,
 )
+from script_modules import load_script
 from tiny_models import single_thread_fixture
 from vqa_llm.tasks import load_tasks
 from vqa_llm.uploads import NOT_UPLOADED
@@ -44,15 +44,7 @@ from vqa_llm.uploads import NOT_UPLOADED
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _bench_module(name: str) -> Any:
-    """A script of bench/ as a module (its image builder and memory sampler serve these tests too)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-intake = _bench_module("image_intake")
+intake = load_script("bench/image_intake.py")  # its image builder and memory sampler serve here too
 LIMIT = 1024 * 1024  # --max-file-size 1mb
 META = {"_type": "gradio.FileData"}
 #: each named endpoint's inputs around an image

@@ -8,7 +8,6 @@ reaches the Hub: ``HF_HUB_OFFLINE=1``, no ``HF_TOKEN`` and an empty ``HF_HOME`` 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -17,21 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from script_modules import load_script
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("deploy_space.sh", "deploy_space.py")
 LFS_POINTER = b"version https://git-lfs.github.com/spec"
 MiB = 1024 * 1024
 
 
-def _load_module():
-    spec = importlib.util.spec_from_file_location("deploy_space", REPO_ROOT / "scripts" / "deploy_space.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-deploy_space = _load_module()
+deploy_space = load_script("scripts/deploy_space.py")
 
 
 @pytest.fixture

@@ -1,19 +1,9 @@
 """bench/fewshot_table.py's tables: finished runs, and runs in progress compared on their shared questions."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_table_module():
-    spec = importlib.util.spec_from_file_location("bench_fewshot_table", REPO / "bench" / "fewshot_table.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from script_modules import load_script
 
 
 def record(question_id, kind, raw, llm, total, question="what is it?"):
@@ -35,7 +25,7 @@ def row_of(text, label):
 
 
 def test_runs_in_progress_are_compared_on_the_questions_all_have_answered(tmp_path, capsys):
-    table = load_table_module()
+    table = load_script("bench/fewshot_table.py")
     write_run(tmp_path / "raw", [record(1, "shape", 0.0, None, 0.01), record(2, "yes/no", 1.0, None, 0.01),
                                  record(3, "color", 1.0, None, 0.03), record(4, "yes/no", 0.0, None, 0.02),
                                  record(5, "yes/no", 1.0, None, 0.01)])
@@ -59,7 +49,7 @@ def test_runs_in_progress_are_compared_on_the_questions_all_have_answered(tmp_pa
 
 
 def test_finished_table_counts_seconds_over_the_sessions_that_finished(tmp_path, capsys):
-    table = load_table_module()
+    table = load_script("bench/fewshot_table.py")
     records = [record(1, "shape", 1.0, 0.0, 1.0), record(2, "yes/no", 1.0, 1.0, 1.0)]
     summary = {"use_llm": True, "questions_per_s": 0.25, "sessions": [{"wall_time_s": 8.0, "answered": 2}],
                "overall": {"n": 2, "llm_accuracy": 50.0, "fixed": 0, "broke": 1, "latency_s": {"total": 1.0}},
@@ -74,7 +64,7 @@ def test_finished_table_counts_seconds_over_the_sessions_that_finished(tmp_path,
 
 
 def test_seconds_per_question_count_every_process_of_a_session(tmp_path, capsys):
-    table = load_table_module()
+    table = load_script("bench/fewshot_table.py")
     records = [record(i, "yes/no", 1.0, 1.0, 1.0) for i in range(1, 5)]
     # 300 questions in one 1-process session of 600 s, the other 100 in a 2-process session of 100 s wall:
     # (600 + 2 * 100) / 400 = 2 process seconds per question (not 700 / 400 = 1.75)
@@ -89,7 +79,7 @@ def test_seconds_per_question_count_every_process_of_a_session(tmp_path, capsys)
 
 
 def test_several_processes_run_the_evaluator_through_accelerate_launch():
-    table = load_table_module()
+    table = load_script("bench/fewshot_table.py")
     args = table.build_parser().parse_args(["--processes", "2"])
     command = table.evaluator_command("fewshot-t3", args, Path("runs/x"))
     launch = command.index("accelerate.commands.launch")
@@ -101,7 +91,7 @@ def test_several_processes_run_the_evaluator_through_accelerate_launch():
 
 
 def test_broken_answers_are_counted_by_kind_with_negated_yes_no_questions_apart(tmp_path, capsys):
-    table = load_table_module()
+    table = load_script("bench/fewshot_table.py")
     write_run(tmp_path / "raw", [record(i, "yes/no", 1.0, None, 0.01) for i in range(1, 6)])
     write_run(tmp_path / "fewshot-t1", [
         record(1, "yes/no", 1.0, 0.0, 5.0, "is no red shape present?"),             # negated, broken

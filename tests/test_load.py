@@ -11,35 +11,24 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import psutil
 from gradio_client import Client, handle_file
 
 from llm import ChatLLM
 from robustness_testing import QUESTION, pipeline_like, serve_pipeline, tiny_pipeline_fixtures
+from script_modules import load_script
 from tiny_models import single_thread_fixture
 from vqa_llm import ImageCache
 
-REPO = Path(__file__).resolve().parents[1]
 CLIENTS, QUESTIONS = 4, 2
 CACHE_ENTRIES = 2
 
 
-def load_bench_module():
-    spec = importlib.util.spec_from_file_location("bench_load", REPO / "bench" / "load.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_bench_module()
+bench = load_script("bench/load.py")
 
 
 class HoldingLLM(ChatLLM):
