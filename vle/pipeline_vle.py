@@ -30,9 +30,10 @@ from transformers import Pipeline
 from .errors import VLEInputError
 from .heatmap import paint_relevance
 from .image_io import ImageSource, load_image_with_geometry
-from .patch_geometry import AxisMap, PlaneMap, box_patch_ids, loading_map, patch_grid_map, processor_map
+from .patch_geometry import patch_grid_map, processor_map
 from .processing_vle import VLEProcessor
-from .vcr_inputs import MAX_TEXT_LEN, encode_tagged, object_token_types, q2a_texts, qa2r_texts
+from .vcr_encoding import choice_texts, collate_vcr, encode_vcr_item
+from .vcr_inputs import MAX_TEXT_LEN
 
 SCORE_FUNCTIONS = ("softmax", "sigmoid")
 
@@ -294,47 +295,18 @@ class _VLEForVCRPipeline(_VLEPipeline):
         inputs = {"annotation": meta_inputs, "image": image, "metadata": metadata}
         return self._run(inputs, kwargs)
 
+    #: ``q2a`` or ``qa2r`` (:data:`vle.vcr_encoding.VCR_TASKS`)
+    vcr_task: str
+
     def choice_texts(self, annotation: Mapping[str, Any]) -> list:
-        raise NotImplementedError
+        """The tagged choice texts of ``annotation`` (see :mod:`vle.vcr_inputs`)."""
+        return choice_texts(annotation, self.vle_processor.tokenizer, self.vcr_task, self.max_text_len)
 
     def preprocess(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        tokenizer = self.vle_processor.tokenizer
-        texts = self.choice_texts(inputs["annotation"])
-        image, geometry = load_image_with_geometry(inputs["image"])
-        pixel_values = torch.from_numpy(self.vle_processor.preprocess_images([image]))
-        box_to_grid = self._box_to_grid(inputs["metadata"], geometry, image.size)
-        grid_h, grid_w = (side // self.model.config.vision_config.patch_size for side in pixel_values.shape[-2:])
-        boxes = _metadata_boxes(inputs["metadata"])
-        limit = getattr(self.model.config, "num_token_types", None)
-
-        columns: dict[str, list] = {"input_ids": [], "attention_mask": [], "token_type_ids": []}
-        patch_ids, extend_token_type_ids = [], []
-        for text in texts:
-            for key, values in encode_tagged(text, tokenizer, self.max_text_len).items():
-                columns[key].append(torch.tensor([values]))
-            object_ids, added_types, text_types = object_token_types(text)
-            if limit is not None and added_types and max(added_types) >= limit:
-                raise VLEInputError(
-                    f"A choice names {len(object_ids)} different objects; this model tells apart at most "
-                    f"{limit - 2}: shorten the annotation."
-                )
-            for obj in object_ids:
-                if obj >= len(boxes):
-                    raise VLEInputError(f"Object {obj} has no box: the metadata lists {len(boxes)} boxes.")
-            patch_ids.append([[box_patch_ids(boxes[obj], box_to_grid, grid_w, grid_h) for obj in object_ids]])
-            extend_token_type_ids.append([[added_types], [text_types]])
-        model_inputs = {**columns, "pixel_values": pixel_values, "patch_ids": patch_ids,
-                        "extend_token_type_ids": extend_token_type_ids}
-        return {"model_inputs": model_inputs}
-
-    def _box_to_grid(self, metadata: Mapping[str, Any], geometry: Any, loaded_size: tuple[int, int]) -> PlaneMap:
-        """Box coordinates (in the metadata's width x height frame) -> patch-grid units."""
-        src_w, src_h = geometry.source_size
-        meta_w, meta_h = metadata.get("width", src_w), metadata.get("height", src_h)
-        to_source = PlaneMap(AxisMap(src_w / float(meta_w)), AxisMap(src_h / float(meta_h)))
-        to_pixels, _ = processor_map(self.vle_processor.image_processor, *loaded_size)
-        to_grid = patch_grid_map(to_pixels, self.model.config.vision_config.patch_size)
-        return to_source.then(loading_map(geometry)).then(to_grid)
+        item = encode_vcr_item(inputs["annotation"], inputs["image"], inputs["metadata"], self.vle_processor,
+                               self.model.config, self.vcr_task, self.max_text_len)
+        pad_id = self.vle_processor.tokenizer.pad_token_id or 0
+        return {"model_inputs": collate_vcr([item], pad_id=pad_id, pad_to=self.max_text_len)}
 
     def postprocess(self, model_outputs: dict[str, Any]) -> list[dict[str, Any]]:
         logits = model_outputs["logits"].float()
@@ -348,15 +320,13 @@ class _VLEForVCRPipeline(_VLEPipeline):
 class VLEForVCRQ2APipeline(_VLEForVCRPipeline):
     """VCR Q->A: which of the ``answer_choices`` answers the ``question``? (see ``__call__``)."""
 
-    def choice_texts(self, annotation: Mapping[str, Any]) -> list:
-        return q2a_texts(annotation, self.vle_processor.tokenizer, self.max_text_len)
+    vcr_task = "q2a"
 
 
 class VLEForVCRQA2RPipeline(_VLEForVCRPipeline):
     """VCR QA->R: which of the ``rationale_choices`` explains the right answer (``answer_label``)?"""
 
-    def choice_texts(self, annotation: Mapping[str, Any]) -> list:
-        return qa2r_texts(annotation, self.vle_processor.tokenizer, self.max_text_len)
+    vcr_task = "qa2r"
 
 
 def _vcr_path(root: str | os.PathLike | None, annotation: Mapping[str, Any], key: str) -> str:
@@ -367,10 +337,3 @@ def _vcr_path(root: str | os.PathLike | None, annotation: Mapping[str, Any], key
             f"vcr_image_root=... with an annotation that has {key!r}."
         )
     return os.path.join(os.fspath(root), str(annotation[key]))
-
-
-def _metadata_boxes(metadata: Mapping[str, Any]) -> list[Sequence[float]]:
-    boxes = metadata.get("boxes")
-    if not isinstance(boxes, (list, tuple, np.ndarray)):
-        raise VLEInputError("The VCR box metadata has no 'boxes' list ([x1, y1, x2, y2, score] per object).")
-    return list(boxes)

@@ -35,6 +35,9 @@ BUNDLED_VQA_DIR = REPO_ROOT / "assets" / "models" / "vle-easyvqa"
 BUNDLED_CAPTIONER_DIR = REPO_ROOT / "assets" / "models" / "blip-easyvqa"
 #: VLE pretraining checkpoint (ITM, PBC, MLM heads) of the matching, classification and relevance tabs
 BUNDLED_PRETRAIN_DIR = REPO_ROOT / "assets" / "models" / "vle-easyvqa-pretrain"
+#: VLE VCR checkpoints (question -> answer, question + answer -> rationale) of the VCR tab and evaluator
+BUNDLED_VCR_Q2A_DIR = REPO_ROOT / "assets" / "models" / "vle-shapes-vcr-q2a"
+BUNDLED_VCR_QA2R_DIR = REPO_ROOT / "assets" / "models" / "vle-shapes-vcr-qa2r"
 BUNDLED_LLM = "smollm2"
 #: LoRA adapter that makes the bundled SmolLM2 an answer refiner (built by ``python -m training.bundle``)
 BUNDLED_REFINER_DIR = REPO_ROOT / "assets" / "models" / "smollm2-easyvqa-refiner"
@@ -60,6 +63,8 @@ ENV_VARS: dict[str, str] = {
     "vqa_precision": "VQA_LLM_VQA_PRECISION",
     "vle_pretrained": "VQA_LLM_VLE_PRETRAINED",
     "llm_concurrency": "VQA_LLM_LLM_CONCURRENCY",
+    "vcr_q2a": "VQA_LLM_VCR_Q2A",
+    "vcr_qa2r": "VQA_LLM_VCR_QA2R",
 }
 #: requests kept in flight to an OpenAI-compatible server unless told otherwise (vLLM, TGI and llama.cpp's server
 #: answer several at once; one that does not queues them)
@@ -101,6 +106,9 @@ class Profile:
     vqa_precision: str = "auto"
     llm_runtime: str = "auto"
     llm_concurrency: int = DEFAULT_LLM_CONCURRENCY
+    #: VLE VCR checkpoints, question -> answer and question + answer -> rationale (None: no VCR)
+    vcr_q2a: str | None = None
+    vcr_qa2r: str | None = None
 
     @property
     def llm_id(self) -> str | None:
@@ -127,6 +135,8 @@ BASE = Profile(
     captioner="Salesforce/blip-image-captioning-base",
     llm="Qwen/Qwen2.5-1.5B-Instruct",
     vle_pretrained="hfl/vle-base",
+    vcr_q2a="hfl/vle-base-for-vcr-q2a",
+    vcr_qa2r="hfl/vle-base-for-vcr-qa2r",
     description="VLE base (VQAv2) + BLIP base captions + Qwen2.5-1.5B-Instruct, from the Hugging Face Hub.",
 )
 LARGE = Profile(
@@ -136,6 +146,8 @@ LARGE = Profile(
     llm="Qwen/Qwen2.5-7B-Instruct",
     quantization="4bit",
     vle_pretrained="hfl/vle-large",
+    vcr_q2a="hfl/vle-large-for-vcr-q2a",
+    vcr_qa2r="hfl/vle-large-for-vcr-qa2r",
     description="VLE large (VQAv2) + BLIP large captions + Qwen2.5-7B-Instruct in 4-bit; needs a CUDA GPU.",
 )
 HUB_PROFILES: dict[str, Profile] = {"base": BASE, "large": LARGE}
@@ -155,6 +167,8 @@ def bundled_profile() -> Profile:
         llm_gguf_file=gguf_file,
         llm_adapter=str(BUNDLED_REFINER_DIR) if BUNDLED_REFINER_DIR.is_dir() else None,
         vle_pretrained=str(BUNDLED_PRETRAIN_DIR),
+        vcr_q2a=str(BUNDLED_VCR_Q2A_DIR) if BUNDLED_VCR_Q2A_DIR.is_dir() else None,
+        vcr_qa2r=str(BUNDLED_VCR_QA2R_DIR) if BUNDLED_VCR_QA2R_DIR.is_dir() else None,
         description="Offline: VLE and BLIP trained on easy-VQA (repo assets) + SmolLM2-135M-Instruct (GGUF) "
                     "with the easy-VQA refiner adapter (--llm smollm2 for the plain model).",
         is_bundled=True,
@@ -231,7 +245,7 @@ def _clean_value(field_name: str, value: Any, source: str) -> Any:
         return int(value)
     if field_name == "device" and value in ("", "auto"):
         return None
-    if field_name == "vle_pretrained" and isinstance(value, str) and value.lower() == "none":
+    if field_name in ("vle_pretrained", "vcr_q2a", "vcr_qa2r") and isinstance(value, str) and value.lower() == "none":
         return None
     if field_name in ("use_llm", "trust_remote_code", "local_files_only"):
         return bool(value)
@@ -321,6 +335,10 @@ def add_profile_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     group.add_argument("--vqa-precision", choices=VQA_PRECISIONS, type=str.lower,
                        help="VLE weights: auto (default: half precision on CUDA, fp32 on CPU), fp32 (exact "
                        "everywhere) or int8 (dynamic quantisation, faster on CPU; $VQA_LLM_VQA_PRECISION)")
+    group.add_argument("--vcr-q2a", help="VLE VCR question->answer model: Hub id, folder or 'none' "
+                       "($VQA_LLM_VCR_Q2A)")
+    group.add_argument("--vcr-qa2r", help="VLE VCR question+answer->rationale model: Hub id, folder or 'none' "
+                       "($VQA_LLM_VCR_QA2R)")
     group.add_argument("--no-llm", action="store_true", help="do not load or run the LLM (raw VQA answers only)")
     group.add_argument("--trust-remote-code", action="store_true",
                        help="allow custom model code from the Hub for the LLM (off by default)")
@@ -339,6 +357,8 @@ def overrides_from_args(ns: argparse.Namespace) -> dict[str, Any]:
         "openai_base_url": ns.openai_base_url,
         "openai_model": ns.openai_model,
         "device": ns.device,
+        "vcr_q2a": getattr(ns, "vcr_q2a", None),
+        "vcr_qa2r": getattr(ns, "vcr_qa2r", None),
     }
     if getattr(ns, "llm_runtime", None):
         overrides["llm_runtime"] = ns.llm_runtime
