@@ -132,13 +132,16 @@ def test_shared_flags_round_trip_into_overrides():
     ns = parser.parse_args(["--profile", "bundled", "--vqa-model", "v", "--captioner", "c", "--llm", "l",
                             "--gguf-file", "g.gguf", "--llm-adapter", "a", "--quantization", "4bit",
                             "--openai-base-url", "http://x",
-                            "--openai-model", "m", "--device", "cpu", "--no-llm", "--trust-remote-code"])
+                            "--openai-model", "m", "--device", "cpu", "--no-llm", "--trust-remote-code",
+                            "--vcr-q2a", "q", "--vcr-qa2r", "none"])
     overrides = overrides_from_args(ns)
     assert overrides == {"vqa_model": "v", "captioner": "c", "llm": "l", "llm_gguf_file": "g.gguf",
                          "llm_adapter": "a", "quantization": "4bit", "openai_base_url": "http://x", "openai_model": "m",
-                         "device": "cpu", "use_llm": False, "trust_remote_code": True}
+                         "device": "cpu", "use_llm": False, "trust_remote_code": True, "vcr_q2a": "q",
+                         "vcr_qa2r": "none"}
     profile, _ = resolve_profile(ns.profile, overrides, {})
     assert not profile.use_llm and profile.trust_remote_code and profile.model_ids()["llm"] is None
+    assert profile.vcr_q2a == "q" and profile.vcr_qa2r is None  # "none": no VCR model
     defaults = overrides_from_args(parser.parse_args([]))
     assert all(v is None for v in defaults.values()) and "trust_remote_code" not in defaults
     assert resolve_profile("base", defaults, {})[0] == BASE  # trust_remote_code stays off by default
@@ -158,3 +161,9 @@ def test_bundled_profile_uses_the_refiner_and_another_llm_drops_it(tmp_path, mon
     assert off.llm_adapter is None
     other = tmp_path / "other"
     assert resolve_profile("bundled", {}, {"VQA_LLM_LLM_ADAPTER": str(other)})[0].llm_adapter == str(other)
+
+
+def test_hub_profiles_name_the_published_vcr_checkpoints_and_the_environment_overrides_them():
+    assert (BASE.vcr_q2a, BASE.vcr_qa2r) == ("hfl/vle-base-for-vcr-q2a", "hfl/vle-base-for-vcr-qa2r")
+    large, _ = resolve_profile("large", environ={"VQA_LLM_VCR_QA2R": "/models/r"})
+    assert (large.vcr_q2a, large.vcr_qa2r) == ("hfl/vle-large-for-vcr-q2a", "/models/r")
