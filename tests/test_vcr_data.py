@@ -35,6 +35,15 @@ def test_the_fixture_is_read_with_its_boxes_and_labels():
     assert first.annotation()["answer_label"] == 2 and "img_fn" not in first.annotation()
 
 
+def test_a_question_kind_is_read_when_the_record_has_one_as_text(tmp_path):
+    assert [item.question_kind for item in load_vcr(FIXTURE / "val.jsonl", IMAGES)] == [None, None]
+    first, second = [json.loads(line) for line in (FIXTURE / "val.jsonl").read_text().splitlines()]
+    path = tmp_path / "val.jsonl"
+    path.write_text(json.dumps(_edit(first, question_kind="colour")) + "\n"
+                    + json.dumps(_edit(second, question_kind=3)) + "\n")
+    assert [item.question_kind for item in load_vcr(path, IMAGES)] == ["colour", None]
+
+
 def test_a_test_file_is_read_for_prediction_and_refused_for_training():
     items = load_vcr(FIXTURE / "test.jsonl", IMAGES)
     assert not any(item.labelled for item in items) and "answer_label" not in items[0].annotation()

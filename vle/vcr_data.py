@@ -43,7 +43,8 @@ class VCRDataError(ValueError):
 @dataclass(frozen=True)
 class VCRItem:
     """One VCR item: the question about an image, four answers, four rationales and (except in test files) which
-    of them are right. ``boxes``, ``width`` and ``height`` come from the item's metadata file."""
+    of them are right. ``boxes``, ``width`` and ``height`` come from the item's metadata file. ``question_kind``: the
+    record's ``question_kind`` when it has one as a string (generated shape scenes do; real VCR files do not)."""
 
     annot_id: str
     objects: tuple[str, ...]
@@ -56,6 +57,7 @@ class VCRItem:
     boxes: list
     width: float
     height: float
+    question_kind: str | None = None
 
     @property
     def labelled(self) -> bool:
@@ -149,9 +151,10 @@ def _item(record: Any, root: Path, require_labels: bool | None) -> VCRItem:
         labels = dict.fromkeys(labels)
     image = _inside(root, record["img_fn"], "image")
     boxes, width, height = _read_metadata(_inside(root, record["metadata_fn"], "metadata file"), len(objects))
+    kind = record.get("question_kind")
     return VCRItem(record["annot_id"], tuple(objects), record["question"], record["answer_choices"],
                    record["rationale_choices"], labels["answer_label"], labels["rationale_label"], str(image),
-                   boxes, width, height)
+                   boxes, width, height, kind if isinstance(kind, str) else None)
 
 
 def _check_text(tokens: Any, what: str, num_objects: int) -> None:

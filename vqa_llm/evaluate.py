@@ -6,6 +6,8 @@
     python -m vqa_llm.evaluate ... --out runs/val --resume          # continue an interrupted run
     python -m vqa_llm.evaluate ... --template fewshot --runs 3 --examples 8 --example-bank DIR   # Prophet-style
     accelerate launch --num_processes 4 -m vqa_llm.evaluate ...     # one process per GPU
+    python -m vqa_llm.evaluate --dataset vcr --annotations val.jsonl --images vcr1images/ --profile base \
+        --out runs/vcr                                              # VCR models: see vqa_llm.evaluate_vcr
 
 Writes into ``--out``: ``predictions.jsonl`` (one record per question, see
 :mod:`vqa_llm.evaluation.records`), ``summary.json`` and ``summary.md`` (overall, per answer type and per
@@ -40,7 +42,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -49,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 from vle.vqa_data import VQADataError, VQAExample
 
 from .errors import VQALLMError
-from .evaluation.data import add_dataset_arguments, examples_from_args
+from .evaluation.data import DATASETS, VCR_DATASET, add_dataset_arguments, examples_from_args
 from .evaluation.errors import EvaluationError
 from .evaluation.report import render_markdown, write_chart
 from .evaluation.store import (
@@ -90,10 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``python -m vqa_llm.evaluate`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="python -m vqa_llm.evaluate",
-        description="Evaluate raw VQA answers and LLM-refined answers on a VQA dataset (official VQA accuracy).",
+        description="Evaluate raw VQA answers and LLM-refined answers on a VQA dataset (official VQA accuracy), "
+                    "or VCR models on VCR files (--dataset vcr: Q→A, QA→R, Q→AR accuracy).",
         epilog="Several processes/GPUs: accelerate launch [--num_processes N] -m vqa_llm.evaluate ...",
     )
-    add_dataset_arguments(parser.add_argument_group("data"), split="test")
+    add_dataset_arguments(parser.add_argument_group("data"), split="test", datasets=DATASETS)
     run = parser.add_argument_group("answering")
     add_template_arguments(run)
     run.add_argument("--top-k", type=int, default=5, help="VQA candidates given to the LLM (default: 5)")
@@ -191,17 +194,22 @@ def _accelerate_state(args: argparse.Namespace) -> PartialState:
     return PartialState(cpu=use_cpu, timeout=SHARD_WAIT)  # timeout: used only when several processes run
 
 
-def resolve_run_profile(args: argparse.Namespace, state: PartialState, use_llm: bool) -> tuple[Profile, str]:
+def resolve_run_profile(args: argparse.Namespace, state: PartialState, use_llm: bool,
+                        hub_check: Callable[[Profile], tuple[Profile, str]] | None = None) -> tuple[Profile, str]:
     """The run's profile and why it was chosen, decided once by the main process (``auto`` asks the Hub, and
     processes that asked it separately could disagree and mix two profiles in one run) and shared with the
-    others; each process then runs it on its own device (unless ``--device`` names one for all)."""
+    others; each process then runs it on its own device (unless ``--device`` names one for all). ``hub_check``:
+    what checks the Hub for the run's models (default: the VQA pipeline's, :func:`check_profile_hub`)."""
     from accelerate.utils import broadcast_object_list
 
     chosen: list[Any] = [None]
     if state.is_main_process:
         try:
             profile, reason = resolve_profile(args.profile, overrides_from_args(args))
-            profile, note = check_profile_hub(profile, use_llm=use_llm and profile.use_llm)  # seconds without a Hub
+            if hub_check is not None:
+                profile, note = hub_check(profile)
+            else:  # seconds without a Hub
+                profile, note = check_profile_hub(profile, use_llm=use_llm and profile.use_llm)
             chosen = [(profile, reason + (f"; {note}" if note else ""))]
         except VQALLMError as exc:  # every process stops with the same message
             chosen = [exc]
@@ -269,6 +277,10 @@ def fewshot_bank(args: argparse.Namespace, profile: Profile, use_llm: bool) -> E
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run (or resume) the evaluation ``args`` describe; return the summary (on the main process; ``{}``
     on the others)."""
+    if args.dataset == VCR_DATASET:
+        from .evaluate_vcr import evaluate_vcr
+
+        return evaluate_vcr(args)
     check_options(args)
     check_output_folder(args.out)
     started, clock = datetime.now(timezone.utc), time.perf_counter()
