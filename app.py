@@ -7,12 +7,13 @@ The Ask tab shows, side by side, BLIP's caption, VLE's top-k answers with scores
 streaming token by token, a mark when the LLM changed VLE's top-1 answer, the exact prompt, the raw reply
 and per-stage timings. Three more tabs run VLE's pretraining heads (image-text matching, zero-shot
 classification through matching, patch relevance) when the profile has that checkpoint (every profile does:
-``bundled`` carries its own, ``assets/models/vle-easyvqa-pretrain``). This file is UI only: the models come
-from :mod:`vqa_llm` (the pipeline, and the VLE tasks of :mod:`vqa_llm.tasks`).
+``bundled`` carries its own, ``assets/models/vle-easyvqa-pretrain``). A "Visual commonsense (VCR)" tab appears
+when the profile has both VCR models (:mod:`vqa_llm.vcr_tab`). This file is UI only: the models come from
+:mod:`vqa_llm` (the pipeline, the VLE tasks of :mod:`vqa_llm.tasks`, the VCR models of :mod:`vqa_llm.vcr`).
 
-Named API endpoints (``gradio_client``): ``/answer``, ``/caption``, ``/itm``, ``/classify``, ``/pbc``. All exist
-on every profile; without a VLE pretraining checkpoint (``--vle-pretrained none``) ``/itm``, ``/classify`` and
-``/pbc`` answer with an error message saying so.
+Named API endpoints (``gradio_client``): ``/answer``, ``/caption``, ``/itm``, ``/classify``, ``/pbc``, ``/vcr``. All
+exist on every profile; without a VLE pretraining checkpoint (``--vle-pretrained none``) ``/itm``, ``/classify`` and
+``/pbc`` answer with an error message saying so, and ``/vcr`` without the two VCR models.
 
 Every event takes the request's raw values (``preprocess=False``) and checks them itself: images through
 :class:`vqa_llm.uploads.UploadPolicy` (only files a visitor uploaded, inline images under the same limits),
@@ -53,6 +54,8 @@ from vqa_llm.profiles import ENV_VARS
 from vqa_llm.sources import model_source, public_text
 from vqa_llm.tasks import VLETasks, load_tasks, no_tasks_note
 from vqa_llm.uploads import NOT_UPLOADED, RequestSizeLimit, UploadPolicy
+from vqa_llm.vcr import VCRModels
+from vqa_llm.vcr_tab import add_vcr_tab
 from vqa_llm.zerogpu import BASE_SECONDS, answer_seconds, gpu_call
 
 logger = logging.getLogger("app")
@@ -472,15 +475,16 @@ class DemoPage(gr.Blocks):
 
 # ------------------------------------------------------------------------------------------- page
 def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: VLETasks | None = None,
-               examples: list[list[str]] | None = None,
-               max_file_size: int = file_size(DEFAULT_MAX_FILE_SIZE)) -> DemoPage:
+               examples: list[list[str]] | None = None, max_file_size: int = file_size(DEFAULT_MAX_FILE_SIZE),
+               vcr: VCRModels | None = None) -> DemoPage:
     """Build the page around ``pipeline`` (any :class:`VQALLMPipeline`, real or with fake models).
 
     ``tasks`` holds the ITM/PBC tasks (their tabs are hidden with a note when absent); ``examples`` is
     ``[[image_path, question], ...]`` (default: :func:`load_examples`); ``max_file_size`` the largest image
-    in bytes, uploaded or inline.
+    in bytes, uploaded or inline; ``vcr`` the VCR models (default: the profile's, loaded at their first use).
     """
     tasks = tasks if tasks is not None else VLETasks(note=no_tasks_note(profile))
+    vcr = vcr if vcr is not None else VCRModels.from_profile(profile)
     examples = load_examples() if examples is None else examples
     uploads = default_upload_policy(max_file_size)
     handlers = DemoHandlers(pipeline, tasks, uploads)
@@ -492,7 +496,8 @@ def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: V
     heavy = {"concurrency_id": "models", "preprocess": False}
 
     with DemoPage(uploads, title="VLE VQA + LLM", analytics_enabled=False) as demo:
-        gr.Markdown(banner_markdown(profile, reason, pipeline.model_ids, tasks), elem_id="banner")
+        vcr_ids = {f"VCR {task}": ident for task, ident in vcr.model_ids.items()} if vcr.available else {}
+        gr.Markdown(banner_markdown(profile, reason, {**pipeline.model_ids, **vcr_ids}, tasks), elem_id="banner")
         with gr.Tab("Ask", id="ask"):
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1) as ask_column:
@@ -568,6 +573,8 @@ def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: V
                     cls_button = gr.Button("Classify", variant="primary", elem_id="classify-button")
                     cls_ranked = gr.Label(label="Ranked labels (probability)", elem_id="classify-ranked")
             cls_button.click(handlers.classify, [cls_image, cls_labels], cls_ranked, api_name="classify", **heavy)
+
+        add_vcr_tab(vcr, uploads, user_errors, heavy)  # the VCR tab (with both VCR models) and /vcr
 
         if not tasks.available:
             gr.Markdown(f"*{_md_plain(tasks.note or no_tasks_note(profile))}*", elem_id="tasks-note")

@@ -1,12 +1,15 @@
 """Take a README screenshot with real output (bundled profile by default, offline).
 
-    .venv/bin/python scripts/screenshot.py [--tab ask|pbc] [--out PNG] [-- app flags...]
+    .venv/bin/python scripts/screenshot.py [--tab ask|pbc|vcr] [--out PNG] [-- app flags...]
 
 Starts ``app.py`` in-process on a free port, opens it in Debian's chromium (Playwright, never
 ``playwright install``), uploads the first example image and saves a full-page screenshot: ``ask`` (default,
 ``assets/screenshots/ask_tab.png``) asks the example's question and waits for the streamed LLM answer to
 finish; ``pbc`` (``assets/screenshots/pbc_tab.png``) shows the patch relevance of the text "a <colour> <shape>"
-naming what the image shows.
+naming what the image shows; ``vcr`` (``assets/screenshots/vcr_tab.png``) opens the "Visual commonsense (VCR)"
+tab, picks its first example (a generated shape scene) and waits for the answers, the rationales and the numbered
+boxes. That tab needs the profile's two VCR models (the bundled ones in ``assets/models/vle-shapes-vcr-*``, or
+``-- --vcr-q2a DIR --vcr-qa2r DIR``).
 """
 
 from __future__ import annotations
@@ -50,9 +53,22 @@ def show_relevance(page, image: str) -> None:
     expect(page.locator("#pbc-heatmap img").first).to_be_visible(timeout=60_000)
 
 
+def show_vcr(page) -> None:
+    """The VCR tab with its first example answered and explained."""
+    from vqa_llm.vcr import load_vcr_examples
+    from vqa_llm.vcr_tab import TITLE
+
+    page.get_by_role("tab", name=TITLE).click()
+    page.get_by_text(load_vcr_examples()[0].label, exact=True).click()
+    expect(page.locator("#vcr-image img").first).to_be_visible(timeout=60_000)
+    page.locator("#vcr-button").click()
+    expect(page.locator("#vcr-boxes img").first).to_be_visible(timeout=180_000)
+    expect(page.locator("#vcr-summary textarea").first).to_have_value(re.compile(r"^Answer [A-D]"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tab", choices=["ask", "pbc"], default="ask", help="the tab to show (default: ask)")
+    parser.add_argument("--tab", choices=["ask", "pbc", "vcr"], default="ask", help="the tab to show (default: ask)")
     parser.add_argument("--out", help="PNG to write (default: assets/screenshots/<tab>_tab.png)")
     parser.add_argument("app_args", nargs="*", help="flags for app.py (after --)")
     args = parser.parse_args()
@@ -60,6 +76,9 @@ def main() -> int:
     app_argv = args.app_args or ["--profile", "bundled"]
     app_args = app.build_parser().parse_args(app_argv + ["--port", str(free_port())])
     demo = app.create_app(app_args)
+    if args.tab == "vcr" and not any(getattr(block, "label", None) == "Visual commonsense (VCR)"
+                                     for block in demo.blocks.values()):
+        raise SystemExit("The profile has no VCR models: pass -- --vcr-q2a DIR --vcr-qa2r DIR (see --help).")
     _, url, _ = app.serve(demo, app_args, prevent_thread_lock=True)
     example = json.loads((REPO / "assets" / "examples" / "examples.json").read_text())["examples"][0]
     with sync_playwright() as playwright:
@@ -69,6 +88,8 @@ def main() -> int:
         image = str(REPO / "assets" / "examples" / example["image"])
         if args.tab == "pbc":
             show_relevance(page, image)
+        elif args.tab == "vcr":
+            show_vcr(page)
         else:
             page.set_input_files("input[type=file]", image)
             page.get_by_label("Question").fill(example["question"])

@@ -1,11 +1,12 @@
 """The app's API probed over raw HTTP, the way an attacker would send requests (gradio_client uploads any local
 path it is given, so it cannot send these): every named endpoint x every way of naming a file that no visitor
-uploaded, inline images over the limits, bad settings, hidden characters, a wrong number of inputs.
+uploaded, inline images over the limits, bad settings, hidden characters, a wrong number of inputs; and for
+``/vcr`` bad records, and a record naming server files as its ``img_fn``/``metadata_fn`` (never opened).
 
 Every reply is checked as it comes (:func:`call`): an error carries a message (never ``{"error": null}``), and
 no reply holds an absolute path of this machine (Gradio's own file objects for output images aside: their
-``path``/``url`` name Gradio's cache, which is how a client downloads them). Tiny random models; the server
-runs in this process with a 1 MB image limit.
+``path``/``url`` name Gradio's cache, which is how a client downloads them). Tiny random models (VCR ones too); the
+server runs in this process with a 1 MB image limit.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from robustness_testing import (
 )
 from script_modules import load_script
 from tiny_models import single_thread_fixture
+from vcr_testing import build_tiny_vcr_model
 from vqa_llm.tasks import load_tasks
 from vqa_llm.uploads import NOT_UPLOADED
 
@@ -47,6 +49,11 @@ REPO = Path(__file__).resolve().parents[1]
 intake = load_script("bench/image_intake.py")  # its image builder and memory sampler serve here too
 LIMIT = 1024 * 1024  # --max-file-size 1mb
 META = {"_type": "gradio.FileData"}
+#: a VCR record with inline boxes that fit every image the endpoints are sent here (24 x 24 and larger)
+VCR_RECORD = {"objects": ["circle", "rectangle"], "question": ["What", "color", "is", [1], "?"],
+              "answer_choices": [["It", "is", color, "."] for color in ("red", "green", "blue", "gray")],
+              "rationale_choices": [[[i], "is", "filled", "with", "red", "."] for i in (0, 1, 0, 1)],
+              "boxes": [[1, 1, 10, 10], [12, 12, 23, 23]]}
 #: each named endpoint's inputs around an image
 ENDPOINTS = {
     "answer": lambda image: [image, QUESTION, 3, False, "short", 0, 16, 1],
@@ -54,6 +61,7 @@ ENDPOINTS = {
     "itm": lambda image: [image, "a red circle"],
     "classify": lambda image: [image, "a red circle\na blue square"],
     "pbc": lambda image: [image, "the red circle", 0.5],
+    "vcr": lambda image: [image, json.dumps(VCR_RECORD)],
 }
 
 one_thread = single_thread_fixture()
@@ -79,12 +87,16 @@ class CountingLLM(ChatLLM):
 
 @pytest.fixture(scope="module")
 def site(pipe, argv, tmp_path_factory):
-    """The app with every endpoint live (a tiny VLE pretraining checkpoint for the matching/relevance tabs)."""
+    """The app with every endpoint live (a tiny VLE pretraining checkpoint for the matching/relevance tabs, tiny
+    VCR models for /vcr)."""
     pretrained = build_tiny_vle_pretrained(tmp_path_factory.mktemp("vle_pretrained"))
     tasks = load_tasks(profile_from_argv([*argv, "--vle-pretrained", pretrained])[0])
     assert tasks.available
+    vcr = tmp_path_factory.mktemp("vcr_models")
+    vcr_argv = [*argv, *(arg for task in ("q2a", "qa2r")
+                         for arg in (f"--vcr-{task}", build_tiny_vcr_model(vcr / task, task)))]
     llm = CountingLLM()
-    with serve_pipeline(pipeline_like(pipe, llm=llm), argv, "--max-file-size", "1mb", tasks=tasks) as (_, url):
+    with serve_pipeline(pipeline_like(pipe, llm=llm), vcr_argv, "--max-file-size", "1mb", tasks=tasks) as (_, url):
         yield SimpleNamespace(url=url, llm=llm)
 
 
@@ -336,3 +348,41 @@ def test_results_name_models_without_server_paths(site):
     event, (decoded,) = call(site, "answer", ENDPOINTS["answer"]({"url": data_url(odd_images.one_pixel_png())}))
     assert event == "complete"
     assert decoded["models"]["vqa"] == "vle-vqa (local folder)", decoded["models"]
+
+
+# ----------------------------------------------------------------------------------------------- VCR
+BAD_VCR_RECORDS = [
+    # (the record as sent, the message it gets)
+    ("{'objects': 1}", "The VCR record is not valid JSON"),
+    ("[]", "must be a JSON object"),
+    (dict(VCR_RECORD, question=["Is", [2], "red", "?"]), "question refers to object 2, but the record has 2 objects"),
+    (dict(VCR_RECORD, boxes=[[1, 1, 10, 10], [12, 12, 23, 40]]), "Box 1 [12, 12, 23, 40] lies outside the image"),
+    (dict(VCR_RECORD, rationale_choices=VCR_RECORD["rationale_choices"] * 2), "rationale_choices must be a list of 4"),
+    (dict(VCR_RECORD, boxes=[[1, 1, 10, 10]]), "has 1 boxes for 2 objects"),
+    (dict(VCR_RECORD, boxes=[[1, 1, 10, float("nan")], [12, 12, 23, 23]]), "box 0 in the record is"),
+    ({k: v for k, v in VCR_RECORD.items() if k != "boxes"}, "The VCR record has no boxes"),
+    (dict(VCR_RECORD, note="x" * 30_000), "the limit is 20000"),
+    (5, "The VCR record must be JSON text, not int"),
+    (None, "No VCR record was given"),
+]
+
+
+@pytest.mark.parametrize("record, message", BAD_VCR_RECORDS, ids=[m[:30] for _, m in BAD_VCR_RECORDS])
+def test_bad_vcr_records_get_one_message_each(site, record, message):
+    image = {"url": data_url(odd_images.encode(odd_images.noise(24, 24)))}
+    sent = record if record is None or isinstance(record, (str, int)) else json.dumps(record)
+    assert message in error_of(site, "vcr", [image, sent])
+    event, (result,) = call(site, "vcr", ENDPOINTS["vcr"](image))  # and the next good request is answered
+    assert event == "complete" and len(result["answer_scores"]) == len(result["rationale_scores"]) == 4
+
+
+@pytest.mark.parametrize("named", ["/etc/passwd", "../../../../etc/passwd", "file:///etc/passwd",
+                                   "http://127.0.0.1:1/x.png"])
+def test_vcr_never_opens_the_files_a_record_names(site, named):
+    """The image comes with the request and the boxes inline: img_fn and metadata_fn are ignored."""
+    image = {"url": data_url(odd_images.encode(odd_images.noise(24, 24)))}
+    record = dict(VCR_RECORD, img_fn=named, metadata_fn=named)
+    event, (result,) = call(site, "vcr", [image, json.dumps(record)])  # call() fails on any server path shown
+    assert event == "complete" and "root:" not in json.dumps(result)
+    _, (plain,) = call(site, "vcr", ENDPOINTS["vcr"](image))
+    assert (result["answer_scores"], result["rationale_scores"]) == (plain["answer_scores"], plain["rationale_scores"])

@@ -17,6 +17,10 @@ labels in range, every object reference naming an object that has a box, the ima
 The first bad record stops the read with a :class:`VCRDataError` naming the file, the line and the ``annot_id``.
 Images are never decoded here. :meth:`VCRItem.annotation` and :meth:`VCRItem.metadata` are what the VCR pipelines
 (:class:`~vle.VLEForVCRQ2APipeline`, :class:`~vle.VLEForVCRQA2RPipeline`) take.
+
+:func:`inline_item` checks one record held in memory whose ``boxes`` (and optionally ``width``/``height``) come
+with it, with the same checks (:func:`check_record`, :func:`check_metadata`) and without looking at any file:
+``img_fn`` and ``metadata_fn`` are not needed there and never opened.
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NUM_CHOICES", "VCRDataError", "VCRItem", "load_vcr"]
+__all__ = ["NUM_CHOICES", "VCRDataError", "VCRItem", "check_metadata", "check_record", "inline_item", "load_vcr"]
 
 #: answers and rationales per item
 NUM_CHOICES = 4
 _REQUIRED = ("annot_id", "objects", "img_fn", "metadata_fn", "question", "answer_choices", "rationale_choices")
+#: fields an inline record (:func:`inline_item`) may leave out
+_INLINE_OPTIONAL = ("annot_id", "img_fn", "metadata_fn")
 
 
 class VCRDataError(ValueError):
@@ -126,16 +132,34 @@ def load_vcr(annotations: str | os.PathLike, images_root: str | os.PathLike,
 
 
 def _item(record: Any, root: Path, require_labels: bool | None) -> VCRItem:
+    labels = check_record(record, require_labels)
+    objects = record["objects"]
+    image = _inside(root, record["img_fn"], "image")
+    boxes, width, height = _read_metadata(_inside(root, record["metadata_fn"], "metadata file"), len(objects))
+    kind = record.get("question_kind")
+    return VCRItem(record["annot_id"], tuple(objects), record["question"], record["answer_choices"],
+                   record["rationale_choices"], labels["answer_label"], labels["rationale_label"], str(image),
+                   boxes, width, height, kind if isinstance(kind, str) else None)
+
+
+def check_record(record: Any, require_labels: bool | None = None, inline: bool = False) -> dict[str, int | None]:
+    """Check one record's fields (see the module docstring) and return its labels, ``{"answer_label": ...,
+    "rationale_label": ...}`` (``None`` where it has none; all ``None`` when ``require_labels`` is ``False``).
+
+    ``inline``: a record whose image and boxes come with it (:func:`inline_item`): ``annot_id``, ``img_fn`` and
+    ``metadata_fn`` may be left out, and the file names are not looked at. Raises VCRDataError saying what is
+    wrong; the caller names the record.
+    """
     if not isinstance(record, dict):
         raise VCRDataError(f"a record must be a JSON object, not {type(record).__name__}.")
-    missing = [key for key in _REQUIRED if key not in record]
+    missing = [key for key in _REQUIRED if key not in record and not (inline and key in _INLINE_OPTIONAL)]
     if missing:
         raise VCRDataError(f"missing field(s) {', '.join(missing)}.")
     objects = record["objects"]
     if not isinstance(objects, list) or not all(isinstance(o, str) and o for o in objects):
         raise VCRDataError("objects must be a list of object names (strings).")
-    for key in ("annot_id", "img_fn", "metadata_fn"):
-        if not isinstance(record[key], str) or not record[key]:
+    for key in ("annot_id",) if inline else ("annot_id", "img_fn", "metadata_fn"):
+        if key in record and (not isinstance(record[key], str) or not record[key]):
             raise VCRDataError(f"{key} must be a non-empty string.")
     _check_text(record["question"], "question", len(objects))
     for key in ("answer_choices", "rationale_choices"):
@@ -149,12 +173,23 @@ def _item(record: Any, root: Path, require_labels: bool | None) -> VCRItem:
         raise VCRDataError("no answer_label/rationale_label: this use needs labelled items (a train or val file).")
     if require_labels is False:
         labels = dict.fromkeys(labels)
-    image = _inside(root, record["img_fn"], "image")
-    boxes, width, height = _read_metadata(_inside(root, record["metadata_fn"], "metadata file"), len(objects))
+    return labels
+
+
+def inline_item(record: Any, default_size: tuple[float, float] | None = None,
+                require_labels: bool | None = None) -> VCRItem:
+    """One record held in memory, with its ``boxes`` (and optionally ``width``/``height``, the boxes' frame) in
+    the record itself, checked like a line of a file (see the module docstring) without looking at any file.
+
+    ``default_size``: the frame when the record names none (the image's size). ``image_path`` is empty: the
+    caller has the image. Raises VCRDataError saying what is wrong.
+    """
+    labels = check_record(record, require_labels, inline=True)
+    boxes, width, height = check_metadata(record, len(record["objects"]), "the record", default_size)
     kind = record.get("question_kind")
-    return VCRItem(record["annot_id"], tuple(objects), record["question"], record["answer_choices"],
-                   record["rationale_choices"], labels["answer_label"], labels["rationale_label"], str(image),
-                   boxes, width, height, kind if isinstance(kind, str) else None)
+    return VCRItem(str(record.get("annot_id", "")), tuple(record["objects"]), record["question"],
+                   record["answer_choices"], record["rationale_choices"], labels["answer_label"],
+                   labels["rationale_label"], "", boxes, width, height, kind if isinstance(kind, str) else None)
 
 
 def _check_text(tokens: Any, what: str, num_objects: int) -> None:
@@ -198,17 +233,27 @@ def _read_metadata(path: Path, num_objects: int) -> tuple[list, float, float]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise VCRDataError(f"the metadata file {path.name} is not readable JSON ({exc}).") from None
-    if not isinstance(data, dict):
-        raise VCRDataError(f"the metadata file {path.name} must hold a JSON object with boxes, width, height.")
+    return check_metadata(data, num_objects, f"{path.name} (metadata file)")
+
+
+def check_metadata(data: Any, num_objects: int, where: str,
+                   default_size: tuple[float, float] | None = None) -> tuple[list, float, float]:
+    """``(boxes, width, height)`` of VCR box metadata (a metadata file's object, or a record with inline boxes):
+    one box ``[x1, y1, x2, y2(, score)]`` per object at least, in a positive ``width`` x ``height`` frame
+    (``default_size`` when the data names neither and it is given). ``where`` names the data in messages."""
+    if not isinstance(data, Mapping):
+        raise VCRDataError(f"{where} must hold a JSON object with boxes, width, height.")
     width, height, boxes = data.get("width"), data.get("height"), data.get("boxes")
+    if default_size is not None and width is None and height is None:
+        width, height = default_size
     if not all(_positive(v) for v in (width, height)):
-        raise VCRDataError(f"the metadata file {path.name} needs a positive width and height.")
+        raise VCRDataError(f"{where} needs a positive width and height.")
     if not isinstance(boxes, list) or len(boxes) < num_objects:
-        raise VCRDataError(f"the metadata file {path.name} has {len(boxes) if isinstance(boxes, list) else 'no'} "
-                           f"boxes for {num_objects} objects: every object needs its box.")
+        raise VCRDataError(f"{where} has {len(boxes) if isinstance(boxes, list) else 'no'} boxes for "
+                           f"{num_objects} objects: every object needs its box.")
     for index, box in enumerate(boxes[:num_objects]):
         if not _is_box(box):
-            raise VCRDataError(f"box {index} in {path.name} is {box!r}: a box is [x1, y1, x2, y2] or "
+            raise VCRDataError(f"box {index} in {where} is {box!r}: a box is [x1, y1, x2, y2] or "
                                "[x1, y1, x2, y2, score] with x1 <= x2 and y1 <= y2.")
     return boxes, float(width), float(height)
 
