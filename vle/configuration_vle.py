@@ -60,6 +60,8 @@ class VLEConfig(PretrainedConfig):
             or ``"eager"`` (explicit softmax(QK^T)V, kept for comparison); the encoders use transformers'
             own attention selection.
         tie_word_embeddings: tie the MLM decoder to the text word embeddings.
+        vcr_object_tokens: VCR only; ``False`` drops the objects' extra image tokens and token types (an
+            ablation: the choices are fused with the image alone, object mentions as plain text).
     """
 
     model_type = "vle"
@@ -82,6 +84,7 @@ class VLEConfig(PretrainedConfig):
         classifier_dropout: float | None = None,
         fusion_attn_implementation: str = "sdpa",
         tie_word_embeddings: bool = True,
+        vcr_object_tokens: bool = True,
         **kwargs: Any,
     ):
         # Files written by the original code carry a few keys that are not configuration.
@@ -107,6 +110,7 @@ class VLEConfig(PretrainedConfig):
         self.fusion_attn_implementation = fusion_attn_implementation
         # The MLM decoder shares the text word embeddings (transformers 4.x's default, which VLE relied on).
         self.tie_word_embeddings = tie_word_embeddings
+        self.vcr_object_tokens = vcr_object_tokens
         super().__init__(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:

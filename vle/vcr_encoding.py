@@ -65,7 +65,8 @@ def encode_vcr_item(
     """Encode one VCR item for a model with ``config`` (a :class:`~vle.VLEConfig`).
 
     ``metadata`` holds ``boxes`` (``[x1, y1, x2, y2(, score)]`` per object) in its ``width`` x ``height`` frame
-    (the image's own size when absent). Raises VLEInputError when a choice names more objects than the model has
+    (the image's own size when absent). A config with ``vcr_object_tokens=False`` gets no object tokens or types.
+    Raises VLEInputError when a choice names more objects than the model has
     token types for, or an object without a box.
     """
     tokenizer = processor.tokenizer
@@ -76,11 +77,14 @@ def encode_vcr_item(
     grid_h, grid_w = (side // patch_size for side in pixel_values.shape[-2:])
     box_to_grid = _box_to_grid(metadata, geometry, loaded.size, processor.image_processor, patch_size)
     boxes = metadata_boxes(metadata)
-    limit = getattr(config, "num_token_types", None)
+    limit = config.num_token_types
+    with_objects = config.vcr_object_tokens
     choices = []
     for text in texts:
         object_ids, added_types, text_types = object_token_types(text)
-        if limit is not None and added_types and max(added_types) >= limit:
+        if not with_objects:  # the ablation: no object image tokens, object mentions typed as text
+            object_ids, added_types, text_types = [], [], [0] * len(text_types)
+        if added_types and max(added_types) >= limit:
             raise VLEInputError(
                 f"A choice names {len(object_ids)} different objects; this model tells apart at most "
                 f"{limit - 2}: shorten the annotation."
