@@ -227,7 +227,7 @@ def test_models_load_at_first_use_and_say_when_they_are_missing(vcr_dirs, argv, 
     assert not VCRModels.from_profile(none).available and "has only one" in VCRModels.from_profile(none).note
     gone, _ = profile_from_argv([*argv, "--vcr-q2a", str(tmp_path / "gone")])
     note = VCRModels.from_profile(gone).note
-    assert note.startswith("Visual commonsense (VCR) is off: No VLE VCR question->answer model folder")
+    assert note.startswith("Visual commonsense (VCR) is off: No VCR Q→A model folder")
     assert str(tmp_path) not in note
 
     later = tmp_path / "removed"  # there at start-up, gone at the first request: a message, no traceback

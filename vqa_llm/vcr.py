@@ -36,29 +36,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from vle import VLEError, VLEForVCRQ2A, VLEForVCRQ2APipeline, VLEForVCRQA2R, VLEForVCRQA2RPipeline, quantize_int8
+from vle import VLEError, VLEForVCRQ2APipeline, VLEForVCRQA2RPipeline
 from vle.image_io import ImageSource, load_image_with_geometry
-from vle.processing_vle import VLEProcessor
 from vle.vcr_data import NUM_CHOICES, VCRDataError, VCRItem, inline_item
+from vle.vcr_encoding import VCR_TASKS
 from vle.vcr_inputs import object_names
 
 from .errors import BadImageError, BadSettingError, ModelUnavailableError
 from .inputs import clean_text
-from .loading import _Step, check_model_dir, describe_load_failure, resolve_device, resolve_dtype
+from .loading import check_model_dir, resolve_device
 from .paths import REPO_ROOT
 from .profiles import Profile
 from .sources import model_source, public_text
+from .vcr_loading import WHAT, load_vcr_model
 
 logger = logging.getLogger(__name__)
 
-#: the two models, in the order they run: name -> (what it is called in messages, model class, pipeline class)
-VCR_MODELS = {
-    "q2a": ("VLE VCR question->answer model", VLEForVCRQ2A, VLEForVCRQ2APipeline),
-    "qa2r": ("VLE VCR question+answer->rationale model", VLEForVCRQA2R, VLEForVCRQA2RPipeline),
-}
+#: the two models' pipelines, in the order they run
+PIPELINES = {"q2a": VLEForVCRQ2APipeline, "qa2r": VLEForVCRQA2RPipeline}
 #: the longest record a request may send, as JSON text (a real VCR record with 30 boxes is about 3,000)
 MAX_RECORD_CHARS = 20_000
 #: the most objects (and boxes) one record may name
@@ -258,29 +255,10 @@ class VCRPrediction:
 
 def load_vcr_pipeline(id_or_path: str, task: str, device: str, local_files_only: bool = False,
                       precision: str = "auto") -> Any:
-    """The pipeline of VCR model ``task`` (``q2a`` or ``qa2r``) from a Hub id or folder, in eval mode on ``device``,
-    in the VQA model's ``precision`` (``--vqa-precision``). Raises ModelUnavailableError naming the model when it is
-    missing, incomplete or damaged, BadSettingError for int8 off the CPU."""
-    what, model_class, pipeline_class = VCR_MODELS[task]
-    if precision == "int8" and not str(device).startswith("cpu"):
-        raise BadSettingError(f"VQA precision int8 runs on the CPU only, not on {device}: use --vqa-precision "
-                              "fp32 there, or --device cpu.")
-    check_model_dir(id_or_path, what)
-    with _Step(what, id_or_path):
-        try:
-            processor = VLEProcessor.from_pretrained(id_or_path, local_files_only=local_files_only)
-            dtype = resolve_dtype(torch.float32 if precision == "fp32" else None, device)
-            model = model_class.from_pretrained(id_or_path, local_files_only=local_files_only, dtype=dtype)
-        except Exception as exc:  # transformers/safetensors raise many types for missing or corrupt files
-            raise ModelUnavailableError(f"{describe_load_failure(what, id_or_path, exc)} Check that it is a VLE "
-                                        f"VCR checkpoint ({task}), or pass --vcr-{task} none.") from exc
-    model = model.to(device).eval()
-    if precision == "int8":
-        try:
-            quantize_int8(model)
-        except VLEError as exc:
-            raise BadSettingError(f"{exc} Or use --vqa-precision fp32.") from exc
-    return pipeline_class(model=model, device=device, vle_processor=processor)
+    """The pipeline of VCR model ``task`` (``q2a`` or ``qa2r``) from a Hub id or folder, loaded and checked by
+    :func:`vqa_llm.vcr_loading.load_vcr_model` (ModelUnavailableError, BadSettingError)."""
+    loaded = load_vcr_model(task, id_or_path, device, local_files_only, precision)
+    return PIPELINES[task](model=loaded.model, device=device, vle_processor=loaded.processor)
 
 
 def no_vcr_note(profile: Profile) -> str:
@@ -298,7 +276,7 @@ class VCRModels:
     ``pipelines``: the loaded pipelines by name (pass them to use models already in memory).
     """
 
-    model_ids: dict[str, str | None] = field(default_factory=lambda: dict.fromkeys(VCR_MODELS))
+    model_ids: dict[str, str | None] = field(default_factory=lambda: dict.fromkeys(VCR_TASKS))
     device: str = "cpu"
     local_files_only: bool = False
     precision: str = "auto"
@@ -319,7 +297,7 @@ class VCRModels:
             return cls(ids, note=no_vcr_note(profile), **settings)
         try:
             for task, ident in ids.items():
-                check_model_dir(ident, VCR_MODELS[task][0])
+                check_model_dir(ident, WHAT[task])
         except ModelUnavailableError as exc:
             logger.warning("Visual commonsense (VCR) disabled: %s", exc)
             return cls(ids, note=f"Visual commonsense (VCR) is off: {public_text(str(exc))}", **settings)
@@ -328,12 +306,12 @@ class VCRModels:
     @property
     def available(self) -> bool:
         """Whether both models are named (and their folders looked usable at start-up)."""
-        return not self.note and all(self.model_ids.get(task) or task in self.pipelines for task in VCR_MODELS)
+        return not self.note and all(self.model_ids.get(task) or task in self.pipelines for task in VCR_TASKS)
 
     @property
     def sources(self) -> dict[str, str | None]:
         """The models' names and origins for people (:func:`vqa_llm.sources.model_source`)."""
-        return {task: model_source(self.model_ids.get(task)) for task in VCR_MODELS}
+        return {task: model_source(self.model_ids.get(task)) for task in VCR_TASKS}
 
     def load(self) -> dict[str, Any]:
         """Both pipelines, loaded now unless they are already (one load at a time). Raises BadSettingError when
@@ -341,7 +319,7 @@ class VCRModels:
         if not self.available:
             raise BadSettingError(self.note or "Visual commonsense (VCR) is not available here.")
         with self._lock:
-            for task in VCR_MODELS:
+            for task in VCR_TASKS:
                 if task not in self.pipelines:
                     self.pipelines[task] = load_vcr_pipeline(self.model_ids[task], task, self.device,
                                                              self.local_files_only, self.precision)

@@ -16,31 +16,25 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from vle import VLEError, VLEForVCRQ2A, VLEForVCRQA2R, VLEPreTrainedModel, quantize_int8
-from vle.processing_vle import VLEProcessor
+from vle import VLEError
 from vle.vcr_data import VCRItem
 from vle.vcr_encoding import VCR_TASKS, VCREncodedItem, collate_vcr, encode_vcr_item
 
-from ..errors import BadSettingError, ModelUnavailableError
+from ..errors import ModelUnavailableError
 from ..hub_access import check_hub
-from ..loading import _Step, check_model_dir, describe_load_failure, enable_tf32, resolve_device, resolve_dtype
+from ..loading import enable_tf32, resolve_device
 from ..profiles import Profile
+from ..vcr_loading import FLAGS, WHAT, VCRModel, load_vcr_model
 from .store import RecordWriter
 from .vcr import failed_vcr_record, vcr_record
 
 logger = logging.getLogger(__name__)
-
-#: per task: what the model is called in messages, its flag, its class and the head it must have
-WHAT = {"q2a": "VCR Q→A model", "qa2r": "VCR QA→R model"}
-FLAGS = {"q2a": "--vcr-q2a", "qa2r": "--vcr-qa2r"}
-MODEL_CLASSES: dict[str, type[VLEPreTrainedModel]] = {"q2a": VLEForVCRQ2A, "qa2r": VLEForVCRQA2R}
-
 
 def vcr_model_ids(profile: Profile) -> dict[str, Any]:
     """``{"vcr_q2a": ..., "vcr_qa2r": ...}`` (plus ``vqa_precision`` for int8, whose scores differ slightly);
@@ -63,55 +57,6 @@ def check_vcr_hub(profile: Profile) -> tuple[Profile, str]:
     if found.local_only and not profile.local_files_only:
         profile = replace(profile, local_files_only=True)
     return profile, found.note
-
-
-@dataclass
-class VCRModel:
-    """One task's model (eval mode, on its device) and processor."""
-
-    task: str
-    model: VLEPreTrainedModel
-    processor: VLEProcessor
-
-    @property
-    def device_dtype(self) -> tuple[torch.device, torch.dtype]:
-        param = next(self.model.parameters())
-        return param.device, param.dtype
-
-
-def load_vcr_model(task: str, id_or_path: str, device: str, local_files_only: bool = False,
-                   precision: str = "auto") -> VCRModel:
-    """The ``task`` (``q2a``/``qa2r``) model and its processor; ModelUnavailableError when it is missing,
-    damaged or has no ``task`` head, BadSettingError for int8 off the CPU."""
-    what = WHAT[task]
-    if precision == "int8" and not str(device).startswith("cpu"):
-        raise BadSettingError(f"VQA precision int8 runs on the CPU only, not on {device}: use --vqa-precision "
-                              "fp32 there, or --device cpu.")
-    check_model_dir(id_or_path, what)
-    model_class = MODEL_CLASSES[task]
-    with _Step(what, id_or_path):
-        try:
-            processor = VLEProcessor.from_pretrained(id_or_path, local_files_only=local_files_only)
-            model, info = model_class.from_pretrained(
-                id_or_path, local_files_only=local_files_only, output_loading_info=True,
-                dtype=resolve_dtype(torch.float32 if precision == "fp32" else None, device))
-        except Exception as exc:  # transformers/safetensors raise many types for missing or corrupt files
-            raise ModelUnavailableError(
-                f"{describe_load_failure(what, id_or_path, exc)} Check that it is a complete VLE VCR checkpoint "
-                f"(config.json, weights, spm.model, preprocessor_config.json).") from exc
-    head = model_class.head_name
-    if any(key.startswith(head + ".") or f".{head}." in key for key in info.get("missing_keys", ())):
-        raise ModelUnavailableError(
-            f"{id_or_path} has no {head} head: it is not a {what} checkpoint (a VQA, pretraining or other-task "
-            f"checkpoint would be scored with a random head). Pass a {task} checkpoint with {FLAGS[task]} "
-            f"(e.g. hfl/vle-base-for-vcr-{task}).")
-    model = model.to(device).eval()
-    if precision == "int8":
-        try:
-            model = quantize_int8(model)
-        except VLEError as exc:
-            raise BadSettingError(f"{exc} Or use --vqa-precision fp32.") from exc
-    return VCRModel(task, model, processor)
 
 
 def load_vcr_models(profile: Profile) -> dict[str, VCRModel]:
