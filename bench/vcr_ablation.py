@@ -20,10 +20,15 @@ import argparse
 import json
 from pathlib import Path
 
-from training.vcr_bundle import EPOCHS, TEST_ITEMS, TEST_SEED, VCR_DIR_NAMES, scenes, vcr_run_arguments
+from training.vcr_bundle import (
+    EPOCHS,
+    VCR_DIR_NAMES,
+    evaluate_vcr_models,
+    held_out_scenes,
+    scenes,
+    vcr_run_arguments,
+)
 from training.vcr_finetune import train
-from training.vcr_scenes import write_scenes
-from vqa_llm.evaluate import main as evaluate_main
 
 ARMS = ("with", "without")
 START = Path(__file__).resolve().parents[1] / "assets" / "models" / "vle-easyvqa-pretrain"
@@ -44,15 +49,11 @@ def model_dirs(arm: str, out: Path, data: Path, epochs: int, with_models: Path |
 
 
 def measure(models: dict[str, Path], test: Path, out: Path) -> dict:
-    """The evaluator's summary of ``models`` on the held-out scenes."""
+    """The evaluator's summary of ``models`` on the held-out scenes (kept in ``out/eval`` and reused)."""
     run = out / "eval"
-    if not (run / "summary.json").is_file():
-        status = evaluate_main(["--dataset", "vcr", "--annotations", str(test / "test.jsonl"), "--images",
-                                str(test / "images"), "--profile", "bundled", "--vcr-q2a", str(models["q2a"]),
-                                "--vcr-qa2r", str(models["qa2r"]), "--device", "cpu", "--out", str(run), "-q"])
-        if status != 0:
-            raise SystemExit(status)
-    return json.loads((run / "summary.json").read_text())
+    if (run / "summary.json").is_file():
+        return json.loads((run / "summary.json").read_text())
+    return evaluate_vcr_models(models["q2a"], models["qa2r"], test, run)
 
 
 def table(summaries: dict[str, dict]) -> str:
@@ -77,9 +78,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=EPOCHS, help=f"epochs of each arm (default: {EPOCHS})")
     args = parser.parse_args()
     data = scenes(args.out)
-    test = args.out / "test-scenes"
-    if not (test / "test.jsonl").is_file():
-        write_scenes(test, TEST_SEED, TEST_ITEMS, "test")
+    test = held_out_scenes(args.out)
     summaries = {}
     for arm in ARMS:
         models = model_dirs(arm, args.out, data, args.epochs, args.with_models if args.epochs == EPOCHS else None)

@@ -48,7 +48,7 @@ from vqa_llm.evaluation.store import check_output_folder
 from vqa_llm.paths import REPO_ROOT, portable_path
 
 from .processor_files import write_processor_files
-from .vcr_bundle import VCR_DIR_NAMES, build_vcr
+from .vcr_bundle import VCR_DIR_NAMES, build_vcr, evaluate_vcr_bundle, write_vcr_cards
 from .vision_pretrain import pretrain_vision_tower
 from .vqa_finetune import TrainingConfig, answer_vocabulary, train_vqa
 
@@ -471,8 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
                               help="folder holding the model folders (default: %(default)s)")
     evaluate_cmd.add_argument("--limit", type=int, help="first N questions/images only")
     evaluate_cmd.add_argument("--write-cards", action="store_true", help="write the figures into the model cards")
-    evaluate_cmd.add_argument("--only", choices=["pretrain"],
-                              help="measure one model only: pretrain, the VLE pretraining checkpoint (default: all)")
+    evaluate_cmd.add_argument("--only", choices=["pretrain", "vcr"],
+                              help="measure one model only: pretrain, the VLE pretraining checkpoint; vcr, the two VCR "
+                                   "checkpoints on held-out scenes (default: all)")
+    evaluate_cmd.add_argument("--work", default=str(REPO_ROOT / "build_cache" / "bundle"),
+                              help="intermediate files: the VCR test scenes and evaluation run (default: %(default)s)")
     return parser
 
 
@@ -500,10 +503,23 @@ def _evaluate_pretrain(models: Path, limit: int | None, write_card: bool) -> dic
     return result
 
 
+def _evaluate_vcr(models: Path, work: Path, write_cards: bool) -> dict[str, Any]:
+    missing = [str(models / name) for name in VCR_DIR_NAMES.values() if not (models / name).is_dir()]
+    if missing:
+        raise BadSettingError(f"No model folder at {', '.join(missing)}: build them (--only vcr) or pass --models.")
+    summary = evaluate_vcr_bundle(models, work / "vcr")
+    if write_cards:
+        write_vcr_cards(models, summary)
+    return {"overall": summary["overall"], "per_question_kind": summary.get("per_question_kind")}
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     models = Path(args.models)
     if args.only == "pretrain":
         print(json.dumps({"pretrain": _evaluate_pretrain(models, args.limit, args.write_cards)}, indent=1))
+        return 0
+    if args.only == "vcr":
+        print(json.dumps({"vcr": _evaluate_vcr(models, Path(args.work), args.write_cards)}, indent=1))
         return 0
     missing = [str(models / name) for name in (VLE_DIR_NAME, BLIP_DIR_NAME) if not (models / name).is_dir()]
     if missing:
@@ -515,6 +531,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         results["weak"] = evaluate_vle(models / WEAK_VLE_DIR_NAME, args.limit)
     if (models / PRETRAIN_DIR_NAME).is_dir():
         results["pretrain"] = _evaluate_pretrain(models, args.limit, args.write_cards)
+    if all((models / name).is_dir() for name in VCR_DIR_NAMES.values()):
+        results["vcr"] = _evaluate_vcr(models, Path(args.work), args.write_cards)
     print(json.dumps(results, indent=1))
     if args.write_cards:
         write_model_cards(models, results)

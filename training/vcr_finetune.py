@@ -88,6 +88,10 @@ class VCRFinetuneArguments:
     num_token_types: int = field(default=VCR_TOKEN_TYPES, metadata={
         "help": "token-type table size: text, image and one per object a choice may name (default: 83, as the "
                 "published VCR checkpoints)"})
+    object_type_std: float = field(default=1.0, metadata={
+        "help": "standard deviation of the random part of each new object token type (default: 1.0, so that the "
+                "objects' types are told apart from the start: the small pretrained rows have norms near 0.25 "
+                "beside embeddings near 8)"})
     image_size: int | None = field(default=None, metadata={
         "help": "train at this image size (the vision position embeddings and the processor are resized)"})
     extend_vocabulary: bool = field(default=False, metadata={
@@ -95,6 +99,9 @@ class VCRFinetuneArguments:
                 "only, such as the bundled models'); each new word gets its own embedding"})
     object_tokens: bool = field(default=True, metadata={
         "help": "the objects' image tokens and token types (--object_tokens false: the ablation without them)"})
+    backbone_lr_factor: float = field(default=1.0, metadata={
+        "help": "learning rate factor of the pretrained parts (encoders and fusion; 0 freezes them); the VCR head, "
+                "the token types and the word embeddings learn at --learning_rate"})
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in --output_dir"})
     max_steps_this_run: int | None = field(default=None, metadata={
         "help": "stop after this many optimiser steps, the schedule unchanged (smoke tests)"})
@@ -153,10 +160,10 @@ def accuracy_by_kind(items: Sequence[VCRItem], indices: Sequence[int], predictio
 
 
 # ------------------------------------------------------------------------------------------- the model
-def grow_token_types(model: nn.Module, num_token_types: int) -> None:
+def grow_token_types(model: nn.Module, num_token_types: int, noise_std: float = 0.02) -> None:
     """Grow the fusion's token-type table to ``num_token_types`` rows; the old rows (text, image) are kept and
-    each new (object) row starts as the image row plus a little noise, so objects start out as image tokens
-    that the model can tell apart."""
+    each new (object) row starts as the image row plus Gaussian noise of ``noise_std``, so objects start out as
+    image tokens that the model can tell apart."""
     vle = model.vle
     old = vle.token_type_embeddings
     if num_token_types <= old.num_embeddings:
@@ -165,7 +172,7 @@ def grow_token_types(model: nn.Module, num_token_types: int) -> None:
     with torch.no_grad():
         grown.weight[: old.num_embeddings] = old.weight
         new_rows = num_token_types - old.num_embeddings
-        noise = torch.randn(new_rows, old.embedding_dim) * model.config.initializer_range
+        noise = torch.randn(new_rows, old.embedding_dim) * noise_std
         grown.weight[old.num_embeddings:] = old.weight[IMAGE_TOKEN_TYPE] + noise
     vle.token_type_embeddings = grown
     model.config.num_token_types = num_token_types
@@ -252,7 +259,7 @@ def starting_model(args: VCRFinetuneArguments, local_files_only: bool = False) -
     except (OSError, ValueError) as exc:  # transformers: no such folder or repo, no config, damaged weights
         raise VCRFinetuneError(f"Could not load the starting model {args.init!r} ({exc}). Pass a VLE folder saved "
                                "with save_pretrained or a Hub id such as hfl/vle-base.") from None
-    grow_token_types(model, args.num_token_types)
+    grow_token_types(model, args.num_token_types, args.object_type_std)
     model.config.vcr_object_tokens = args.object_tokens
     if args.image_size:
         resize_images(model, processor, args.image_size)
@@ -298,6 +305,7 @@ def train(args: VCRFinetuneArguments, training_args: Any) -> dict[str, Any]:
         eval_items = eval_items[: args.eval_limit]
     output_dir = Path(training_args.output_dir)
     model, processor = starting_model(args, local_files_only=_local_only(args.init))
+    vocabulary_before = len(processor.tokenizer)
     if args.extend_vocabulary:
         names = sorted({name for item in train_items for name in _object_names(item)})
         with tempfile.TemporaryDirectory() as work:
@@ -312,11 +320,13 @@ def train(args: VCRFinetuneArguments, training_args: Any) -> dict[str, Any]:
         return accuracy_by_kind(eval_set.items, indices.tolist(), prediction.predictions.tolist(), labels.tolist())
 
     initial_weights = common.weights_fingerprint(model)
+    optimizer = torch.optim.AdamW(parameter_groups(model, training_args, args.backbone_lr_factor),
+                                  lr=training_args.learning_rate)
     trainer = VCRTrainer(
         model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
         data_collator=lambda batch: collate(batch, pad_id=processor.tokenizer.pad_token_id or 0),
         processing_class=processor, compute_metrics=compute_metrics if eval_set is not None else None,
-        preprocess_logits_for_metrics=_top1,
+        preprocess_logits_for_metrics=_top1, optimizers=(optimizer, None),
         callbacks=[StopAfterSteps(args.max_steps_this_run)] if args.max_steps_this_run else None,
     )
     found = common.latest_trainer_checkpoint(output_dir) if args.resume else None
@@ -325,6 +335,8 @@ def train(args: VCRFinetuneArguments, training_args: Any) -> dict[str, Any]:
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(found) if found else None)
     log = {"task": args.task, "init": args.init, "train_items": len(train_items),
+           "new_words": len(processor.tokenizer) - vocabulary_before, "num_token_types": args.num_token_types,
+           "object_type_std": args.object_type_std, "object_tokens": args.object_tokens,
            "epochs": _epoch_records(trainer.state.log_history), "seconds": round(time.perf_counter() - started, 1),
            "weights_changed": not torch.equal(initial_weights, common.weights_fingerprint(model))}
     if trainer.is_world_process_zero():  # save_pretrained: no pickled training_args.bin beside the model
@@ -332,6 +344,26 @@ def train(args: VCRFinetuneArguments, training_args: Any) -> dict[str, Any]:
         processor.save_pretrained(output_dir)
         (output_dir / "training_log.json").write_text(json.dumps(log, indent=1))
     return log
+
+
+#: parameters new to a VCR model (or resized for it), which learn at the full rate
+NEW_PARAMETERS = ("vcr_q2a_logit.", "vcr_qa2r_logit.", "vle.token_type_embeddings.",
+                  "vle.text_model.embeddings.word_embeddings.")
+
+
+def parameter_groups(model: nn.Module, training_args: Any, backbone_lr_factor: float) -> list[dict[str, Any]]:
+    """AdamW groups: the new parameters at the full learning rate, the pretrained ones at ``backbone_lr_factor``
+    times it (frozen at 0); no weight decay on biases and norm weights."""
+    groups: dict[tuple[float, float], list[nn.Parameter]] = defaultdict(list)
+    for name, param in model.named_parameters():
+        factor = 1.0 if name.startswith(NEW_PARAMETERS) else backbone_lr_factor
+        if factor == 0:
+            param.requires_grad_(False)
+            continue
+        decay = 0.0 if param.ndim < 2 else training_args.weight_decay
+        groups[(factor, decay)].append(param)
+    return [{"params": params, "lr": training_args.learning_rate * factor, "weight_decay": decay}
+            for (factor, decay), params in groups.items()]
 
 
 def _object_names(item: VCRItem) -> list[str]:
