@@ -9,7 +9,7 @@ and a token type shared by that token and the words naming the object. This trai
 measures both arms on the same held-out scenes (seed :data:`training.vcr_bundle.TEST_SEED`, never used in
 training) through the evaluator (``python -m vqa_llm.evaluate --dataset vcr``). ``--with-models`` takes the
 "with" arm from already built models (the bundled ones are built by exactly this recipe); without it both arms
-are trained here. ``--epochs`` shortens both arms alike.
+are trained here. ``--epochs`` and ``--train-items`` shorten both arms alike.
 
 Prints a Markdown table (overall and per question kind: Q->A, QA->R, Q->AR per arm) and, last, a JSON line.
 """
@@ -34,7 +34,8 @@ ARMS = ("with", "without")
 START = Path(__file__).resolve().parents[1] / "assets" / "models" / "vle-easyvqa-pretrain"
 
 
-def model_dirs(arm: str, out: Path, data: Path, epochs: int, with_models: Path | None) -> dict[str, Path]:
+def model_dirs(arm: str, out: Path, data: Path, epochs: int, with_models: Path | None,
+               train_annotations: Path | None = None) -> dict[str, Path]:
     """The arm's Q->A and QA->R model folders, trained unless they are there already."""
     if arm == "with" and with_models is not None:
         return {task: with_models / name for task, name in VCR_DIR_NAMES.items()}
@@ -42,7 +43,8 @@ def model_dirs(arm: str, out: Path, data: Path, epochs: int, with_models: Path |
     for task in VCR_DIR_NAMES:
         folder = out / f"{arm}-{task}"
         if not (folder / "config.json").is_file():
-            args, training = vcr_run_arguments(task, START, data, folder, object_tokens=arm == "with", epochs=epochs)
+            args, training = vcr_run_arguments(task, START, data, folder, object_tokens=arm == "with", epochs=epochs,
+                                               train_annotations=train_annotations)
             train(args, training)
         folders[task] = folder
     return folders
@@ -76,12 +78,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for scenes, models and evaluation runs")
     parser.add_argument("--with-models", type=Path, help="folder holding the built vle-shapes-vcr-* models")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help=f"epochs of each arm (default: {EPOCHS})")
+    parser.add_argument("--train-items", type=int, help="train each arm on the first N training scenes only "
+                        "(both arms alike; then --with-models is not used)")
     args = parser.parse_args()
     data = scenes(args.out)
     test = held_out_scenes(args.out)
+    subset = None
+    if args.train_items:
+        subset = args.out / f"train-first-{args.train_items}.jsonl"
+        lines = (data / "train.jsonl").read_text().splitlines()[: args.train_items]
+        subset.write_text("\n".join(lines) + "\n")
+    same_recipe = args.epochs == EPOCHS and not args.train_items
     summaries = {}
     for arm in ARMS:
-        models = model_dirs(arm, args.out, data, args.epochs, args.with_models if args.epochs == EPOCHS else None)
+        models = model_dirs(arm, args.out, data, args.epochs, args.with_models if same_recipe else None, subset)
         summaries[arm] = measure(models, test, args.out / arm)
     print(table(summaries))
     print(json.dumps({arm: summaries[arm]["overall"] for arm in ARMS}))

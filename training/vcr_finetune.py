@@ -295,21 +295,26 @@ def train(args: VCRFinetuneArguments, training_args: Any) -> dict[str, Any]:
     """Fine-tune as ``args`` and ``training_args`` (``transformers.TrainingArguments``) say; save the model and
     its processor to ``training_args.output_dir``; return the training log (per epoch the loss, the evaluation
     accuracy overall and per question kind, the wall time)."""
-    from .vcr_trainer import VCRTrainer
-    from .vqa_trainer import StopAfterSteps
-
     check_arguments(args, training_args)
     train_items = _load(args.train_annotations, args.train_images, "training")
     eval_items = _load(args.eval_annotations, args.eval_images, "evaluation") if args.eval_annotations else None
     if eval_items and args.eval_limit:
         eval_items = eval_items[: args.eval_limit]
-    output_dir = Path(training_args.output_dir)
     model, processor = starting_model(args, local_files_only=_local_only(args.init))
     vocabulary_before = len(processor.tokenizer)
-    if args.extend_vocabulary:
-        names = sorted({name for item in train_items for name in _object_names(item)})
-        with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as work:  # the extended vocabulary's files live until the model is saved
+        if args.extend_vocabulary:
+            names = sorted({name for item in train_items for name in _object_names(item)})
             processor = extend_vocabulary(model, processor, training_texts(train_items), Path(work), names)
+        return _train(args, training_args, model, processor, train_items, eval_items, vocabulary_before)
+
+
+def _train(args: VCRFinetuneArguments, training_args: Any, model: nn.Module, processor: VLEProcessor,
+           train_items: list[VCRItem], eval_items: list[VCRItem] | None, vocabulary_before: int) -> dict[str, Any]:
+    from .vcr_trainer import VCRTrainer
+    from .vqa_trainer import StopAfterSteps
+
+    output_dir = Path(training_args.output_dir)
     train_set = VCRTrainingSet(train_items, processor, model.config, args.task)
     eval_set = VCRTrainingSet(eval_items, processor, model.config, args.task) if eval_items else None
     if eval_set is None:
