@@ -37,7 +37,7 @@ def test_vcr_checkpoints_are_small_documented_and_in_the_published_layout(task):
     model = CLASSES[task].from_pretrained(folder, local_files_only=True)
     processor = VLEProcessor.from_pretrained(folder, local_files_only=True)
     assert model.config.num_token_types == 83 and hasattr(model, f"vcr_{task}_logit")
-    words = processor.tokenizer("which shape is left of the circle ? it is teal .", add_special_tokens=False)
+    words = processor.tokenizer("which shape is left of the circle it is teal", add_special_tokens=False)
     assert processor.tokenizer.unk_token_id not in words["input_ids"]  # the scenes' words are in its vocabulary
 
 
