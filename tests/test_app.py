@@ -334,7 +334,7 @@ def test_tabs_hidden_and_note_shown_without_pretraining_checkpoint(reference):
     demo = app.build_demo(reference, profile, reason, tasks=None, examples=[])
     tabs = {b.label: b.visible for b in demo.blocks.values() if isinstance(b, gr.Tab)}
     assert tabs == {"Ask": True, "Image-text matching": False, "Patch relevance": False,
-                    "Zero-shot classification": False}
+                    "Zero-shot classification": False, "Visual commonsense (VCR)": True}  # VCR has its own models
     texts = " ".join(str(b.value) for b in demo.blocks.values() if isinstance(b, gr.Markdown))
     assert "pretraining checkpoint" in texts and "easy-VQA" in texts and reason.split(";")[0] in texts
     checkbox = next(b for b in demo.blocks.values() if isinstance(b, gr.Checkbox))
@@ -345,7 +345,7 @@ def test_bundled_profile_shows_every_tab_with_its_default_labels(server):
     demo, _, _ = server
     tabs = {b.label: b.visible for b in demo.blocks.values() if isinstance(b, gr.Tab)}
     assert tabs == {"Ask": True, "Image-text matching": True, "Patch relevance": True,
-                    "Zero-shot classification": True}
+                    "Zero-shot classification": True, "Visual commonsense (VCR)": True}
     labels = next(b.value for b in demo.blocks.values() if getattr(b, "elem_id", None) == "classify-labels")
     if bundled_pretrain_present():
         assert sorted(labels.splitlines()) == sorted(_colour_shape_labels())
@@ -353,7 +353,8 @@ def test_bundled_profile_shows_every_tab_with_its_default_labels(server):
 
 
 def test_examples_are_offered_when_given(reference, image_path):
-    profile, reason = resolve_profile("bundled", {"vqa_model": "x", "captioner": "y"})
+    no_vcr = {"vcr_q2a": "none", "vcr_qa2r": "none"}  # the VCR tab has examples of its own
+    profile, reason = resolve_profile("bundled", {"vqa_model": "x", "captioner": "y", **no_vcr})
     demo = app.build_demo(reference, profile, reason, examples=[[image_path, "what shape is it?"]])
     datasets = [b for b in demo.blocks.values() if isinstance(b, gr.Dataset)]
     assert len(datasets) == 1 and datasets[0].raw_samples[0][1] == "what shape is it?"
@@ -426,7 +427,8 @@ def test_examples_are_answered_once_and_cached_on_spaces(reference, image_path, 
     made, real = [], gr.Examples
     monkeypatch.setattr(app.gr, "Examples", lambda *args, **kwargs: made.append(real(*args, **kwargs)) or made[-1])
     monkeypatch.chdir(tmp_path)  # Gradio caches under ./.gradio
-    profile, reason = resolve_profile("bundled", {"vqa_model": "x", "captioner": "y"})
+    no_vcr = {"vcr_q2a": "none", "vcr_qa2r": "none"}  # the VCR tab has examples of its own
+    profile, reason = resolve_profile("bundled", {"vqa_model": "x", "captioner": "y", **no_vcr})
     app.build_demo(reference, profile, reason, examples=[[image_path, QUESTION]])
     assert made[-1].cache_examples is False
     monkeypatch.setenv("SPACE_ID", "hfl/vle-demo")

@@ -173,13 +173,19 @@ def test_bundle_build_refuses_existing_model_folders_without_overwrite(tmp_path)
     from training.bundle import BUILDS, check_build_targets
     from vqa_llm.errors import BadSettingError
 
-    (tmp_path / BUILDS["blip"]).mkdir()
-    check_build_targets(tmp_path, tmp_path / "work", list(BUILDS.values()), overwrite=False)  # empty folder: fine
-    (tmp_path / BUILDS["blip"] / "config.json").write_text("{}")
+    names = [name for folders in BUILDS.values() for name in folders]
+    (blip,) = BUILDS["blip"]
+    (tmp_path / blip).mkdir()
+    check_build_targets(tmp_path, tmp_path / "work", names, overwrite=False)  # empty folder: fine
+    (tmp_path / blip / "config.json").write_text("{}")
     with pytest.raises(BadSettingError, match="blip-easyvqa already hold"):
-        check_build_targets(tmp_path, tmp_path / "work", list(BUILDS.values()), overwrite=False)
+        check_build_targets(tmp_path, tmp_path / "work", names, overwrite=False)
+    (tmp_path / BUILDS["vcr"][1]).mkdir()
+    (tmp_path / BUILDS["vcr"][1] / "config.json").write_text("{}")
+    with pytest.raises(BadSettingError, match="vle-shapes-vcr-qa2r already hold"):
+        check_build_targets(tmp_path, tmp_path / "work", BUILDS["vcr"], overwrite=False)
     check_build_targets(tmp_path, tmp_path / "work", list(BUILDS.values()), overwrite=True)
-    check_build_targets(tmp_path, tmp_path / "work", [BUILDS["vle"]], overwrite=False)  # another model: fine
+    check_build_targets(tmp_path, tmp_path / "work", BUILDS["vle"], overwrite=False)  # another model: fine
 
 
 # ---------------------------------------------------------------------------------------------- --help
@@ -236,5 +242,5 @@ def test_app_hint_names_the_share_flag(capsys, tmp_path):
 
 def test_app_docs_say_itm_classify_and_pbc_exist_on_every_profile():
     doc = " ".join(app.__doc__.split())
-    assert "``/itm``, ``/classify``, ``/pbc``. All exist on every profile" in doc
+    assert "``/itm``, ``/classify``, ``/pbc``, ``/vcr``. All exist on every profile" in doc
     assert "``/itm``, ``/classify`` and ``/pbc`` answer with an error" in doc
