@@ -184,7 +184,7 @@ def test_bundle_build_refuses_existing_model_folders_without_overwrite(tmp_path)
     (tmp_path / BUILDS["vcr"][1] / "config.json").write_text("{}")
     with pytest.raises(BadSettingError, match="vle-shapes-vcr-qa2r already hold"):
         check_build_targets(tmp_path, tmp_path / "work", BUILDS["vcr"], overwrite=False)
-    check_build_targets(tmp_path, tmp_path / "work", list(BUILDS.values()), overwrite=True)
+    check_build_targets(tmp_path, tmp_path / "work", names, overwrite=True)
     check_build_targets(tmp_path, tmp_path / "work", BUILDS["vle"], overwrite=False)  # another model: fine
 
 
