@@ -174,6 +174,19 @@ def _check_output(layout: OutputLayout, settings: dict[str, Any], models: dict[s
 
 
 # ------------------------------------------------------------------------------------------- finishing
+def record_session(layout: OutputLayout, run_info: dict[str, Any], args: argparse.Namespace, state: PartialState,
+                   profile: Profile, reason: str, started: datetime, clock: float, answered: int) -> None:
+    """Append this session (start, wall time, how many answered, processes, device, why this profile) to
+    ``run_info`` and write run.json (main process)."""
+    run_info["sessions"].append({
+        "started": started.isoformat(timespec="seconds"), "wall_time_s": round(time.perf_counter() - clock, 3),
+        "answered": answered, "processes": state.num_processes, "batch_size": args.batch_size,
+        "device": str(state.device) if state.num_processes > 1 else (args.device or profile.device or "default"),
+        "profile_reason": reason,
+    })
+    write_atomically(layout.run_info, json.dumps(run_info, indent=2) + "\n")
+
+
 def finalise(layout: OutputLayout, run_info: dict[str, Any]) -> dict[str, Any]:
     """Merge every record into predictions.jsonl (sorted by question id) and write the summary files from it."""
     records = merge_records(layout)
@@ -319,13 +332,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     state.wait_for_everyone()
     if not state.is_main_process:
         return {}
-    run_info["sessions"].append({
-        "started": started.isoformat(timespec="seconds"), "wall_time_s": round(time.perf_counter() - clock, 3),
-        "answered": len(remaining), "processes": state.num_processes, "batch_size": args.batch_size,
-        "device": str(state.device) if state.num_processes > 1 else (args.device or profile.device or "default"),
-        "profile_reason": reason,
-    })
-    write_atomically(layout.run_info, json.dumps(run_info, indent=2) + "\n")
+    record_session(layout, run_info, args, state, profile, reason, started, clock, len(remaining))
     summary = finalise(layout, run_info)
     overall = summary["overall"]
     logger.info("Done: %d questions, raw accuracy %.2f%%%s. Results in %s", overall["n"], overall["raw_accuracy"],

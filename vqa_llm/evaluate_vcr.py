@@ -21,7 +21,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .evaluate import _accelerate_state, _check_output, build_parser, check_options, resolve_run_profile
+from .evaluate import (
+    _accelerate_state,
+    _check_output,
+    build_parser,
+    check_options,
+    record_session,
+    resolve_run_profile,
+)
 from .evaluation.store import (
     OutputLayout,
     RecordWriter,
@@ -99,13 +106,7 @@ def evaluate_vcr(args: argparse.Namespace) -> dict[str, Any]:
     state.wait_for_everyone()
     if not state.is_main_process:
         return {}
-    run_info["sessions"].append({
-        "started": started.isoformat(timespec="seconds"), "wall_time_s": round(time.perf_counter() - clock, 3),
-        "answered": len(remaining), "processes": state.num_processes, "batch_size": args.batch_size,
-        "device": str(state.device) if state.num_processes > 1 else (args.device or profile.device or "default"),
-        "profile_reason": reason,
-    })
-    write_atomically(layout.run_info, json.dumps(run_info, indent=2) + "\n")
+    record_session(layout, run_info, args, state, profile, reason, started, clock, len(remaining))
     summary = finalise_vcr(layout, run_info)
     overall = summary["overall"]
     logger.info("Done: %d items, Q→A %.2f%%, QA→R %.2f%%, Q→AR %.2f%%. Results in %s", overall["n"],
