@@ -194,12 +194,7 @@ def load_vqa_model(id_or_path: str, device: str, local_files_only: bool = False,
     Linear layers (CPU only, :func:`vle.quantize_int8`), ``"fp32"`` keeps it exact on every device. Otherwise the
     weights' float type is :func:`resolve_dtype`'s ``dtype``: half precision on CUDA unless ``dtype="float32"``,
     fp32 on the CPU."""
-    if precision not in ("auto", "fp32", "int8"):
-        raise BadSettingError(f"Unknown VQA precision {precision!r}: use auto (half precision on CUDA), fp32 "
-                              "(exact) or int8 (faster on CPU).")
-    if precision == "int8" and not str(device).startswith("cpu"):
-        raise BadSettingError(f"VQA precision int8 runs on the CPU only, not on {device}: use --vqa-precision "
-                              "fp32 there, or --device cpu.")
+    check_precision(precision, device)
     check_model_dir(id_or_path, "VQA model")
     torch_dtype = resolve_dtype(torch.float32 if precision == "fp32" else dtype, device)
     with _Step("VQA model", id_or_path):
@@ -211,14 +206,31 @@ def load_vqa_model(id_or_path: str, device: str, local_files_only: bool = False,
                 f"{describe_load_failure('VQA model', id_or_path, exc)} Check that the folder holds a complete "
                 f"VLE VQA checkpoint (config.json, weights, spm.model, preprocessor_config.json). {_OFFLINE_HINT}"
             ) from exc
-    model = model.to(device).eval()
-    if precision == "int8":
-        try:
-            model = quantize_int8(model)
-        except VLEError as exc:
-            raise BadSettingError(f"{exc} Or use --vqa-precision fp32.") from exc
-        logger.info("VQA model quantised to int8 (dynamic, Linear layers)")
+    model = apply_precision(model.to(device).eval(), precision)
     return model, processor
+
+
+def check_precision(precision: str, device: str) -> None:
+    """BadSettingError for an unknown VLE precision, or int8 off the CPU."""
+    if precision not in ("auto", "fp32", "int8"):
+        raise BadSettingError(f"Unknown VQA precision {precision!r}: use auto (half precision on CUDA), fp32 "
+                              "(exact) or int8 (faster on CPU).")
+    if precision == "int8" and not str(device).startswith("cpu"):
+        raise BadSettingError(f"VQA precision int8 runs on the CPU only, not on {device}: use --vqa-precision "
+                              "fp32 there, or --device cpu.")
+
+
+def apply_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """``model`` with its Linear layers quantised to int8 when ``precision`` is ``int8`` (:func:`vle.quantize_int8`),
+    else unchanged; BadSettingError when it cannot be quantised."""
+    if precision != "int8":
+        return model
+    try:
+        model = quantize_int8(model)
+    except VLEError as exc:
+        raise BadSettingError(f"{exc} Or use --vqa-precision fp32.") from exc
+    logger.info("%s quantised to int8 (dynamic, Linear layers)", type(model).__name__)
+    return model
 
 
 def load_captioner(id_or_path: str, device: str, local_files_only: bool = False,

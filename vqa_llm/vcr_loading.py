@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from vle import VLEError, VLEForVCRQ2A, VLEForVCRQA2R, VLEPreTrainedModel, quantize_int8
+from vle import VLEForVCRQ2A, VLEForVCRQA2R, VLEPreTrainedModel
 from vle.processing_vle import VLEProcessor
 
-from .errors import BadSettingError, ModelUnavailableError
-from .loading import _Step, check_model_dir, describe_load_failure, resolve_dtype
+from .errors import ModelUnavailableError
+from .loading import _Step, apply_precision, check_model_dir, check_precision, describe_load_failure, resolve_dtype
 
 #: per task: what the model is called in messages, its flag, its class and the head it must have
 WHAT = {"q2a": "VCR Q→A model", "qa2r": "VCR QA→R model"}
@@ -44,9 +44,7 @@ def load_vcr_model(task: str, id_or_path: str, device: str, local_files_only: bo
     """The ``task`` (``q2a``/``qa2r``) model and its processor; ModelUnavailableError when it is missing,
     damaged or has no ``task`` head, BadSettingError for int8 off the CPU."""
     what = WHAT[task]
-    if precision == "int8" and not str(device).startswith("cpu"):
-        raise BadSettingError(f"VQA precision int8 runs on the CPU only, not on {device}: use --vqa-precision "
-                              "fp32 there, or --device cpu.")
+    check_precision(precision, device)
     check_model_dir(id_or_path, what)
     model_class = MODEL_CLASSES[task]
     with _Step(what, id_or_path):
@@ -65,12 +63,6 @@ def load_vcr_model(task: str, id_or_path: str, device: str, local_files_only: bo
             f"{id_or_path} has no {head} head: it is not a {what} checkpoint (a VQA, pretraining or other-task "
             f"checkpoint would be scored with a random head). Pass a {task} checkpoint with {FLAGS[task]} "
             f"(e.g. hfl/vle-base-for-vcr-{task}).")
-    model = model.to(device).eval()
-    if precision == "int8":
-        try:
-            model = quantize_int8(model)
-        except VLEError as exc:
-            raise BadSettingError(f"{exc} Or use --vqa-precision fp32.") from exc
-    return VCRModel(task, model, processor)
+    return VCRModel(task, apply_precision(model.to(device).eval(), precision), processor)
 
 
