@@ -494,6 +494,9 @@ def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: V
     top_k_max, defaults = handlers.top_k_max, handlers.defaults
     # all model work shares one concurrency limit; the handlers check the raw values themselves
     heavy = {"concurrency_id": "models", "preprocess": False}
+    # questions run together when the LLM works on several chats at once (continuous batching, a server)
+    batch = pipeline.llm.max_batch_size if has_llm else 1
+    answers = heavy if batch <= 1 else {"concurrency_id": "answers", "concurrency_limit": batch, "preprocess": False}
 
     with DemoPage(uploads, title="VLE VQA + LLM", analytics_enabled=False) as demo:
         vcr_ids = {f"VCR {task}": ident for task, ident in vcr.model_ids.items()} if vcr.available else {}
@@ -539,7 +542,7 @@ def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: V
                                 cache_examples=on_spaces, cache_mode="lazy", preprocess=False,
                                 api_visibility="private", label="Examples")
             for trigger in (ask_button.click, question.submit):
-                trigger(handlers.ask, ask_inputs, ask_outputs, api_visibility="private", **heavy)
+                trigger(handlers.ask, ask_inputs, ask_outputs, api_visibility="private", **answers)
 
         with gr.Tab("Image-text matching", id="itm", visible=tasks.available):
             with gr.Row():
@@ -585,7 +588,7 @@ def build_demo(pipeline: VQALLMPipeline, profile: Profile, reason: str, tasks: V
             api_caption = gr.Textbox(visible=False)
             answer_trigger = gr.Button(visible=False)
             caption_trigger = gr.Button(visible=False)
-        answer_trigger.click(handlers.answer, ask_inputs, api_answer, api_name="answer", **heavy)
+        answer_trigger.click(handlers.answer, ask_inputs, api_answer, api_name="answer", **answers)
         caption_trigger.click(handlers.caption, [image], api_caption, api_name="caption", **heavy)
     return demo
 

@@ -4,6 +4,7 @@
     .venv/bin/python bench/load.py --clients 4 --questions 2 --timeout 60 -- \\
         --profile bundled --vqa-model DIR --captioner DIR --llm DIR --max-queue 2
     .venv/bin/python bench/load.py --url http://127.0.0.1:7860/ --pid 1234   # an app that is already running
+    .venv/bin/python bench/load.py --compare                          # --max-batch-size 1 vs the default
 
 Without ``--url`` the app is started as ``python app.py ARGS --port FREE`` in a subprocess (ARGS: what follows
 ``--``; default ``--profile bundled``), the run waits until it serves, and the app is stopped at the end. Each
@@ -21,6 +22,13 @@ psutil sampled), whether the server is still alive and serving, and the image-ca
 exposes them (it does not over HTTP: in-process callers pass ``cache_stats``). ``--json PATH`` also writes the
 report as JSON. Exit status 0 when every request was answered or cleanly rejected, none hung and the server is
 alive at the end; 1 otherwise.
+
+``--compare`` runs the same load twice, each against a fresh app: first with ``--max-batch-size 1`` (one request
+at a time, the old behaviour), then with the arguments as given (the default batch size unless they name one).
+Before each load, one visitor alone asks ``--single`` questions, timed to the first streamed LLM text and to the
+final answer. Both rows are printed side by side, with the share of requests whose parsed LLM answers agree
+between the two runs; the last line is JSON: ``{"baseline_rps", "batched_rps", "speedup", "baseline_p95_s",
+"batched_p95_s", ...}``.
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ class Outcome:
     status: str
     seconds: float
     message: str = ""
+    answer: str | None = None  # the parsed LLM answer (else the VQA answer) of an answered request
 
 
 # --------------------------------------------------------------------------------------------- work
@@ -106,17 +115,42 @@ def ask_all(url: str, client_index: int, jobs: Sequence[tuple[str, str]], timeou
             result = job.result(timeout=timeout)
             ok = isinstance(result, dict) and result.get("stage") == "done" and result.get("candidates")
             status, message = ("answered", "") if ok else ("error", f"unexpected result: {str(result)[:200]}")
+            answer = result.get("answer") if ok else None
         except concurrent.futures.TimeoutError:
+            answer = None
             job.cancel()
             status, message = "hung", f"no answer within {timeout:g} s"
         except QueueError as exc:
-            status, message = "rejected", str(exc)
+            status, message, answer = "rejected", str(exc), None
         except AppError as exc:
-            status, message = "error", str(exc)
+            status, message, answer = "error", str(exc), None
         except Exception as exc:  # a broken connection, a protocol error: the server did not answer properly
-            status, message = "error", f"{type(exc).__name__}: {exc}"
-        outcomes.append(Outcome(client_index, index, image, status, time.perf_counter() - began, message))
+            status, message, answer = "error", f"{type(exc).__name__}: {exc}", None
+        outcomes.append(Outcome(client_index, index, image, status, time.perf_counter() - began, message,
+                                answer if status == "answered" else None))
     return outcomes
+
+
+def one_visitor(url: str, jobs: Sequence[tuple[str, str]], timeout: float,
+                answer_args: Sequence[Any]) -> list[tuple[float | None, float]]:
+    """One visitor alone asks ``jobs`` one after the other; per question (seconds to the first streamed LLM text,
+    seconds to the final answer). The job is polled every 10 ms, so the first figure is that precise."""
+    client = Client(url, verbose=False)
+    timings = []
+    for image, question in jobs:
+        began = time.perf_counter()
+        job = client.submit(handle_file(image), question, *answer_args, api_name="/answer")
+        first = None
+        while not job.done():
+            if first is None and any(isinstance(o, dict) and o.get("stage") == "llm" for o in job.outputs()):
+                first = time.perf_counter() - began
+            if time.perf_counter() - began > timeout:
+                job.cancel()
+                raise RuntimeError(f"one visitor alone got no answer within {timeout:g} s")
+            time.sleep(0.01)
+        job.result()
+        timings.append((first, time.perf_counter() - began))
+    return timings
 
 
 def run_load(url: str, jobs: Sequence[Sequence[tuple[str, str]]], timeout: float,
@@ -292,22 +326,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--startup-timeout", type=float, default=900.0,
                         help="seconds the app may take to load its models (default: 900)")
     parser.add_argument("--json", dest="json_path", help="also write the report to this JSON file")
+    parser.add_argument("--compare", action="store_true",
+                        help="run the load against --max-batch-size 1 and against the app arguments as given, side "
+                        "by side (starts the app twice; not with --url)")
+    parser.add_argument("--single", type=int, default=5,
+                        help="with --compare: questions one visitor alone asks before each load (default: 5)")
     parser.add_argument("app_args", nargs="*", help="arguments for app.py (after --)")
     return parser
 
 
-def run_bench(args: argparse.Namespace, cache_stats: Callable[[], Any] | None = None) -> dict[str, Any]:
-    """Start (or use) the app, run the load, check the app is still serving; return the report."""
+def run_bench(args: argparse.Namespace, cache_stats: Callable[[], Any] | None = None,
+              app_args: Sequence[str] | None = None, single: int = 0) -> dict[str, Any]:
+    """Start (or use) the app, (optionally) time ``single`` questions of one visitor alone, run the load, check
+    the app is still serving; return the report. ``app_args`` replace ``args.app_args``."""
     if args.clients < 1 or args.questions < 1 or args.timeout <= 0:
         raise SystemExit("--clients and --questions must be at least 1 and --timeout positive.")
-    jobs = easy_vqa_jobs(args.clients, args.questions)
+    jobs = easy_vqa_jobs(args.clients + (1 if single else 0), max(args.questions, single))
+    alone = [pair for pair in jobs.pop()][:single] if single else []  # images the load does not use
+    jobs = [client_jobs[:args.questions] for client_jobs in jobs]
     answer_args = (args.top_k, not args.no_llm, "short", 0, args.max_new_tokens)
     proc = None
     with tempfile.TemporaryDirectory() as tmp:
         if args.url:
             url, pid = args.url.rstrip("/") + "/", args.pid
         else:
-            app_args = args.app_args or list(DEFAULT_APP_ARGS)
+            app_args = list(app_args if app_args is not None else args.app_args or DEFAULT_APP_ARGS)
             print(f"starting: python app.py {' '.join(app_args)}", flush=True)
             started = time.perf_counter()
             proc, url = start_app(app_args, Path(tmp) / "app.log", args.startup_timeout)
@@ -315,6 +358,7 @@ def run_bench(args: argparse.Namespace, cache_stats: Callable[[], Any] | None = 
             print(f"app serving at {url} after {time.perf_counter() - started:.1f} s (pid {pid})", flush=True)
         try:
             with RssWatcher(pid) if pid else contextlib.nullcontext() as watcher:
+                timings = one_visitor(url, alone, args.timeout, answer_args) if alone else []
                 outcomes, wall = run_load(url, jobs, args.timeout, answer_args)
                 alive = (proc is None or proc.poll() is None) and serving(url)
                 rss, rss_source = peak_rss(pid, watcher)
@@ -328,6 +372,9 @@ def run_bench(args: argparse.Namespace, cache_stats: Callable[[], Any] | None = 
         "server_alive": alive,
         "peak_rss_mb": rss, "peak_rss_source": rss_source,
         "cache": _as_dict(cache_stats()) if cache_stats else None,
+        "single_first_text_s": _round(statistics.median(t[0] for t in timings if t[0] is not None))
+        if any(t[0] is not None for t in timings) else None,
+        "single_answer_s": _round(statistics.median(t[1] for t in timings)) if timings else None,
         "outcomes": [asdict(o) for o in outcomes],
     }
     report["ok"] = (report["answered"] + report["rejected"] == report["requests"] and report["hung"] == 0
@@ -354,9 +401,63 @@ def print_report(report: dict[str, Any]) -> None:
     print("OK" if report["ok"] else "FAILED: some requests hung or failed, or the server is gone")
 
 
+def same_answers(first: dict[str, Any], second: dict[str, Any]) -> float | None:
+    """Share of requests answered in both runs whose answers agree (after trimming and lower-casing)."""
+    def answers(report: dict[str, Any]) -> dict[tuple[int, int], str]:
+        return {(o["client"], o["index"]): str(o["answer"]).strip().lower() for o in report["outcomes"]
+                if o["status"] == "answered" and o["answer"] is not None}
+
+    a, b = answers(first), answers(second)
+    both = a.keys() & b.keys()
+    return round(sum(a[k] == b[k] for k in both) / len(both), 4) if both else None
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """The load against ``--max-batch-size 1`` and against the app arguments as given; the side-by-side summary."""
+    if args.url:
+        raise SystemExit("--compare starts the app itself (twice); it cannot use --url.")
+    given = list(args.app_args or DEFAULT_APP_ARGS)
+    if "--max-batch-size" in given:
+        raise SystemExit("--compare sets --max-batch-size 1 for the baseline; name the batch size with "
+                         "VQA_LLM_MAX_BATCH_SIZE or leave the default.")
+    reports = {}
+    for name, app_args in (("baseline", [*given, "--max-batch-size", "1"]), ("batched", given)):
+        reports[name] = run_bench(args, app_args=app_args, single=args.single)
+        print(f"--- {name}: python app.py {' '.join(app_args)}")
+        print_report(reports[name])
+    base, new = reports["baseline"], reports["batched"]
+    rows = [("throughput (answers/s)", "throughput_rps"), ("latency p50 (s)", "latency_p50_s"),
+            ("latency p95 (s)", "latency_p95_s"), ("peak RSS (MiB)", "peak_rss_mb"),
+            ("one visitor: first LLM text (s)", "single_first_text_s"),
+            ("one visitor: answer (s)", "single_answer_s")]
+    print(f"\n{'':34} {'baseline':>10} {'batched':>10} {'ratio':>7}")
+    for label, key in rows:
+        ratio = new[key] / base[key] if base[key] and new[key] is not None else None
+        print(f"{label:34} {base[key]!s:>10} {new[key]!s:>10} {'' if ratio is None else f'{ratio:.2f}':>7}")
+    agree = same_answers(base, new)
+    print(f"same answers in both runs: {agree}")
+    summary = {
+        "baseline_rps": base["throughput_rps"], "batched_rps": new["throughput_rps"],
+        "speedup": round(new["throughput_rps"] / base["throughput_rps"], 3) if base["throughput_rps"] else None,
+        "baseline_p95_s": base["latency_p95_s"], "batched_p95_s": new["latency_p95_s"],
+        "baseline_peak_rss_mb": base["peak_rss_mb"], "batched_peak_rss_mb": new["peak_rss_mb"],
+        "baseline_single_first_text_s": base["single_first_text_s"],
+        "batched_single_first_text_s": new["single_first_text_s"],
+        "baseline_single_answer_s": base["single_answer_s"], "batched_single_answer_s": new["single_answer_s"],
+        "same_answers": agree, "ok": base["ok"] and new["ok"],
+    }
+    return {"summary": summary, "baseline": base, "batched": new}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the load test; 0 when every request was answered or cleanly rejected and the server survived."""
     args = build_parser().parse_args(argv)
+    if args.compare:
+        result = compare(args)
+        if args.json_path:
+            Path(args.json_path).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(json.dumps(result["summary"]))
+        return 0 if result["summary"]["ok"] else 1
     report = run_bench(args)
     print_report(report)
     if args.json_path:

@@ -68,7 +68,8 @@ class ChatLLM(ABC):
     """A chat model: ``generate`` (whole reply), ``stream`` (reply in text chunks), ``generate_batch``.
 
     Attributes: ``model_id`` (what was loaded), ``max_context`` (context length in tokens, or
-    ``None`` when unknown) and ``template_dir`` (the prompt templates of a fine-tuned model, or ``None``).
+    ``None`` when unknown), ``template_dir`` (the prompt templates of a fine-tuned model, or ``None``) and
+    ``max_batch_size`` (chats worked on at once).
     Under greedy decoding ``"".join(stream(m)) == generate(m)``.
 
     The public methods validate the options once into :class:`GenerationOptions` and hand them to the
@@ -80,6 +81,9 @@ class ChatLLM(ABC):
     max_context: int | None = None
     #: prompt templates this model was fine-tuned on (see :mod:`llm.adapters`); ``None``: the project's own
     template_dir: Path | None = None
+    #: chats the backend works on at once (decoded together, or in flight to a server); calls from more threads
+    #: than this wait their turn inside the backend
+    max_batch_size: int = 1
 
     def generate(
         self,

@@ -12,8 +12,11 @@ several times faster (``bench/llm_speed.py``, docs/speed.md). Behaviour matches
   under greedy decoding; a consumer that closes the stream stops generation at the next token;
 * ``timeout`` is checked after every token and raises :class:`~llm.errors.LLMTimeoutError`; too-long prompts
   raise :class:`~llm.errors.PromptTooLongError` before anything runs;
-* ``generate_batch`` answers the chats one after the other (``batch_size`` is accepted and has no effect), each
-  with its own deadline; one generation at a time per instance (a lock).
+* with ``max_batch_size`` > 1, generations run through a :class:`~llm.llamacpp_batching.ContinuousBatcher`:
+  ``generate_batch`` decodes its chats together, and ``stream``/``generate`` calls from several threads (the
+  app's visitors) share the decode steps, each reply still streamed to its own caller; a prompt too long for a
+  batch slot takes the one-sequence path. ``max_batch_size=1`` answers one chat at a time (a lock), each with
+  its own deadline (``batch_size`` is accepted and has no effect).
 
 A LoRA adapter (the bundled refiner) is applied by llama.cpp at run time from a GGUF copy of it written once
 (:mod:`llm.lora_gguf`). The key/value cache of the previous prompt is reused for the part a new prompt shares
@@ -34,6 +37,7 @@ from pathlib import Path
 from .adapters import adapter_templates
 from .base import ChatLLM, GenerationOptions, check_messages
 from .errors import LLMError, LLMTimeoutError, PromptTooLongError
+from .llamacpp_batching import ContinuousBatcher
 from .lora_gguf import cached_adapter_gguf, shape_from_metadata
 
 logger = logging.getLogger(__name__)
@@ -42,6 +46,8 @@ logger = logging.getLogger(__name__)
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 #: the context window used when the model's own is longer (key/value memory grows with it)
 DEFAULT_MAX_CONTEXT = 8192
+#: tokens per sequence of the batched context (prompt + reply); longer prompts take the one-sequence path
+DEFAULT_SLOT_CONTEXT = 1024
 INSTALL_HINT = ("llama-cpp-python is not installed; bash scripts/setup.sh builds it (or pip install "
                 "llama-cpp-python), else use --llm-runtime transformers.")
 
@@ -73,7 +79,10 @@ def render_chat(template: str, messages: list[dict], bos_token: str = "", eos_to
 class LlamaCppChatLLM(ChatLLM):
     """A chat model run by llama.cpp from a GGUF file. Build it with :meth:`from_gguf`."""
 
-    def __init__(self, llama, model_id: str, max_prompt_tokens: int | None = None):
+    def __init__(self, llama, model_id: str, max_prompt_tokens: int | None = None, max_batch_size: int = 1,
+                 slot_context: int = DEFAULT_SLOT_CONTEXT):
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise LLMError(f"max_batch_size must be a whole number >= 1, got {max_batch_size!r}.")
         self.llama = llama
         self.model_id = model_id
         self.max_prompt_tokens = max_prompt_tokens
@@ -85,6 +94,9 @@ class LlamaCppChatLLM(ChatLLM):
         self.eos_token = self._special_text(llama.token_eos())
         self.eos_token_ids = self._eos_ids()
         self._lock = threading.Lock()
+        self.max_batch_size = max_batch_size
+        self.batcher = (ContinuousBatcher(llama, max_batch_size, min(slot_context, self.max_context),
+                                          self.eos_token_ids) if max_batch_size > 1 else None)
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
@@ -96,10 +108,13 @@ class LlamaCppChatLLM(ChatLLM):
         max_context: int | None = None,
         max_prompt_tokens: int | None = None,
         seed: int = 0,
+        max_batch_size: int = 1,
+        slot_context: int = DEFAULT_SLOT_CONTEXT,
     ) -> "LlamaCppChatLLM":
         """Load the GGUF file ``path`` (with an optional peft LoRA ``adapter`` folder on top). ``n_threads``:
         torch's thread count unless given (so ``OMP_NUM_THREADS`` limits both runtimes alike); ``max_context``:
-        the model's context, capped at :data:`DEFAULT_MAX_CONTEXT` unless given. Raises LLMError (or
+        the model's context, capped at :data:`DEFAULT_MAX_CONTEXT` unless given; ``max_batch_size``: sequences
+        decoded together (1: one at a time), each in at most ``slot_context`` tokens. Raises LLMError (or
         :class:`~llm.lora_gguf.UnsupportedAdapterError` for an adapter llama.cpp cannot apply)."""
         llama_cpp = import_llama_cpp()
         path = Path(path).expanduser()
@@ -129,7 +144,8 @@ class LlamaCppChatLLM(ChatLLM):
             if temporary:
                 shutil.rmtree(Path(lora_path).parent, ignore_errors=True)
         model_id = str(path) + (f" + {Path(adapter).name}" if adapter is not None else "")  # as transformers names it
-        llm = cls(llama, model_id, max_prompt_tokens=max_prompt_tokens)
+        llm = cls(llama, model_id, max_prompt_tokens=max_prompt_tokens, max_batch_size=max_batch_size,
+                  slot_context=slot_context)
         llm.template_dir = adapter_templates(adapter) if adapter is not None else None
         return llm
 
@@ -192,8 +208,17 @@ class LlamaCppChatLLM(ChatLLM):
         return {"temp": float(opts.temperature), "top_k": 0, "top_p": float(opts.top_p or 1.0), "min_p": 0.0,
                 "repeat_penalty": 1.0}
 
+    def _batched(self, ids: list[int], opts: GenerationOptions) -> bool:
+        return self.batcher is not None and self.batcher.fits(len(ids), opts.max_new_tokens)
+
     def _tokens(self, ids: list[int], opts: GenerationOptions) -> Iterator[int]:
         """The reply's token ids (end-of-turn excluded); LLMTimeoutError once ``opts.timeout`` has passed."""
+        if self._batched(ids, opts):
+            return self.batcher.submit(ids, opts, self._timeout_error(opts)).tokens()
+        return self._one_by_one(ids, opts)
+
+    def _one_by_one(self, ids: list[int], opts: GenerationOptions) -> Iterator[int]:
+        """:meth:`_tokens` on the one-sequence context, one generation at a time."""
         end = time.monotonic() + opts.timeout if opts.timeout else None
         with self._lock:
             if end is not None and time.monotonic() > end:
@@ -225,10 +250,13 @@ class LlamaCppChatLLM(ChatLLM):
 
     def _generate_batch(self, batch: Sequence[Sequence[dict]], opts: GenerationOptions,
                         batch_size: int | None = None) -> list[str]:
-        """Replies to several chats, one after the other; every prompt is checked before the first runs."""
+        """Replies to several chats (decoded together with a batcher, else one after the other); every prompt is
+        checked before the first runs."""
         encoded = [self._encode(m, opts, f" (chat #{i} of the batch)" if len(batch) > 1 else "")
                    for i, m in enumerate(batch)]
-        return ["".join(self._text(self._tokens(ids, opts))) for ids in encoded]
+        started = [self._tokens(ids, opts) if self._batched(ids, opts) else None for ids in encoded]  # all queued
+        return ["".join(self._text(tokens if tokens is not None else self._tokens(ids, opts)))
+                for ids, tokens in zip(encoded, started)]
 
     def _stream(self, messages: Sequence[dict], opts: GenerationOptions) -> Iterator[str]:
         """Reply chunks as they are decoded. A too-long prompt raises here, before any streaming."""

@@ -74,6 +74,7 @@ class OpenAIChatLLM(ChatLLM):
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_workers = max_workers
+        self.max_batch_size = max(1, max_workers)
 
     # ------------------------------------------------------------------------------------- HTTP
     def _headers(self) -> dict:

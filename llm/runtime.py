@@ -71,8 +71,10 @@ def choose_runtime(requested: str | None, id_or_path: str, gguf_file: str | None
 
 def load_local_llm(id_or_path: str, gguf_file: str | None = None, runtime: str | None = "auto", *,
                    device: str = "cpu", quantization: str | None = None, adapter: str | Path | None = None,
-                   max_prompt_tokens: int | None = None, **transformers_kwargs: Any) -> ChatLLM:
-    """Load a local chat LLM with the runtime :func:`choose_runtime` picks; ``transformers_kwargs`` (dtype,
+                   max_prompt_tokens: int | None = None, max_batch_size: int = 1,
+                   **transformers_kwargs: Any) -> ChatLLM:
+    """Load a local chat LLM with the runtime :func:`choose_runtime` picks; ``max_batch_size``: chats llama.cpp
+    decodes together (transformers batches per ``generate_batch`` call instead); ``transformers_kwargs`` (dtype,
     trust_remote_code, local_files_only, ...) go to :meth:`TransformersChatLLM.from_pretrained`."""
     from .llamacpp_backend import LlamaCppChatLLM
     from .transformers_backend import TransformersChatLLM
@@ -82,7 +84,7 @@ def load_local_llm(id_or_path: str, gguf_file: str | None = None, runtime: str |
     if chosen == "llama.cpp":
         try:
             llm = LlamaCppChatLLM.from_gguf(gguf_path(id_or_path, gguf_file), adapter=adapter,
-                                            max_prompt_tokens=max_prompt_tokens)
+                                            max_prompt_tokens=max_prompt_tokens, max_batch_size=max_batch_size)
             logger.info("LLM runtime: llama.cpp (%s)", reason)
             return llm
         except LLMError as exc:

@@ -273,7 +273,7 @@ def load_chat_llm(profile: Profile, device: str, dtype: torch.dtype | str | None
                 llm_id, gguf_file, profile.llm_runtime, device=device, quantization=profile.quantization,
                 dtype=resolve_llm_dtype(dtype, device),
                 trust_remote_code=profile.trust_remote_code, local_files_only=profile.local_files_only,
-                adapter=profile.llm_adapter,
+                adapter=profile.llm_adapter, max_batch_size=profile.max_batch_size,
             )
     except (LLMError, OSError, ValueError) as exc:
         raise ModelUnavailableError(f"{exc} Or answer without the LLM: --no-llm.") from exc

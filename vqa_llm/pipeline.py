@@ -19,6 +19,7 @@ The class is a thin front over the stages of :mod:`vqa_llm.stages` (prepare, VQA
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -85,6 +86,7 @@ class VQALLMPipeline:
         self.id2label = {int(k): str(v) for k, v in vqa_model.config.id2label.items()}
         self.example_bank = open_example_bank(example_bank) if example_bank is not None else None
         self._llm_calls = LLMCalls(llm) if llm is not None else None
+        self._vle_lock = threading.Lock()  # concurrent requests take turns on the captioner and VLE
 
     @classmethod
     def from_profile(cls, profile: Profile, use_llm: bool = True, *, use_captioner: bool = True,
@@ -114,10 +116,12 @@ class VQALLMPipeline:
                                          str(self.model_ids["vqa"])))
 
     def _vle_stage(self, stage: Callable[..., Any], *args: Any) -> Any:
-        """``stage(parts, *args)`` with this pipeline's VLE models, captioner and cache."""
+        """``stage(parts, *args)`` with this pipeline's VLE models, captioner and cache, one call at a time (two
+        forward passes at once would only share the same cores)."""
         parts = VLEParts(self.vqa_model, self.processor, self.captioner, self.cache, self.id2label,
                          self.score_function)
-        return stage(parts, *args)
+        with self._vle_lock:
+            return stage(parts, *args)
 
     def _vqa(self, images: Images, questions: list[str], top_k: int, clock: Clock) -> VQAOutcome:
         """Stage 2: the VQA outcome of ``questions`` about ``images``, its timings added to ``clock``."""

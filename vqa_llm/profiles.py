@@ -63,12 +63,15 @@ ENV_VARS: dict[str, str] = {
     "vqa_precision": "VQA_LLM_VQA_PRECISION",
     "vle_pretrained": "VQA_LLM_VLE_PRETRAINED",
     "llm_concurrency": "VQA_LLM_LLM_CONCURRENCY",
+    "max_batch_size": "VQA_LLM_MAX_BATCH_SIZE",
     "vcr_q2a": "VQA_LLM_VCR_Q2A",
     "vcr_qa2r": "VQA_LLM_VCR_QA2R",
 }
 #: requests kept in flight to an OpenAI-compatible server unless told otherwise (vLLM, TGI and llama.cpp's server
 #: answer several at once; one that does not queues them)
 DEFAULT_LLM_CONCURRENCY = 8
+#: chats a local llama.cpp LLM decodes together (the app's visitors, an evaluation batch); docs/benchmarks.md#load
+DEFAULT_MAX_BATCH_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,8 @@ class Profile:
     model's Linear layers (CPU fast mode, see :mod:`vle.quantization`); ``"fp32"`` is exact. ``llm_runtime``
     runs a local LLM with ``transformers``, ``llama.cpp`` or ``auto`` (llama.cpp for a local GGUF file on the CPU
     when it is installed, see :mod:`llm.runtime`). ``llm_concurrency``: how many requests a batch keeps in flight
-    to ``openai_base_url`` at once.
+    to ``openai_base_url`` at once. ``max_batch_size``: how many chats a local llama.cpp LLM decodes together
+    (continuous batching, see :mod:`llm.llamacpp_batching`; 1 answers them one at a time).
     """
 
     name: str
@@ -106,6 +110,7 @@ class Profile:
     vqa_precision: str = "auto"
     llm_runtime: str = "auto"
     llm_concurrency: int = DEFAULT_LLM_CONCURRENCY
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     #: VLE VCR checkpoints, question -> answer and question + answer -> rationale (None: no VCR)
     vcr_q2a: str | None = None
     vcr_qa2r: str | None = None
@@ -237,11 +242,12 @@ def _clean_value(field_name: str, value: Any, source: str) -> Any:
             return normalise_runtime(str(value))
         except LLMError as exc:
             raise BadSettingError(f"{exc} (from {source})") from None
-    if field_name == "llm_concurrency":
+    if field_name in ("llm_concurrency", "max_batch_size"):
         if value in (None, ""):
             return None
         if isinstance(value, bool) or not str(value).isdigit() or int(value) < 1:
-            raise BadSettingError(f"The LLM concurrency must be a whole number >= 1, got {value!r} from {source}.")
+            what = "The LLM concurrency" if field_name == "llm_concurrency" else "The LLM batch size"
+            raise BadSettingError(f"{what} must be a whole number >= 1, got {value!r} from {source}.")
         return int(value)
     if field_name == "device" and value in ("", "auto"):
         return None
@@ -331,6 +337,9 @@ def add_profile_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     group.add_argument("--llm-concurrency", type=int, metavar="N",
                        help=f"requests kept in flight to that endpoint by a batch (default: "
                        f"{DEFAULT_LLM_CONCURRENCY}; $VQA_LLM_LLM_CONCURRENCY)")
+    group.add_argument("--max-batch-size", type=int, metavar="N",
+                       help=f"chats a local llama.cpp LLM decodes together; 1 answers one at a time (default: "
+                       f"{DEFAULT_MAX_BATCH_SIZE}; $VQA_LLM_MAX_BATCH_SIZE)")
     group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available; $VQA_LLM_DEVICE)")
     group.add_argument("--vqa-precision", choices=VQA_PRECISIONS, type=str.lower,
                        help="VLE weights: auto (default: half precision on CUDA, fp32 on CPU), fp32 (exact "
@@ -366,6 +375,8 @@ def overrides_from_args(ns: argparse.Namespace) -> dict[str, Any]:
         overrides["vqa_precision"] = ns.vqa_precision
     if getattr(ns, "llm_concurrency", None) is not None:
         overrides["llm_concurrency"] = ns.llm_concurrency
+    if getattr(ns, "max_batch_size", None) is not None:
+        overrides["max_batch_size"] = ns.max_batch_size
     if ns.no_llm:
         overrides["use_llm"] = False
     if ns.trust_remote_code:

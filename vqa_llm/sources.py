@@ -12,6 +12,7 @@ The page shows these instead of the ids a result records (results keep the full 
 
 from __future__ import annotations
 
+
 import importlib.metadata
 import re
 from functools import lru_cache
@@ -68,6 +69,7 @@ def _origin(path: Path) -> str:
     return f"bundled, {folder.as_posix()}"
 
 
+@lru_cache(maxsize=256)  # called for every streamed update; the answer depends only on the id
 def model_source(model_id: str | None) -> str | None:
     """``"name (origin)"`` for a model id as the pipeline reports it: a Hub id, a local folder or GGUF file
     (``" + adapter"`` parts kept), or an ``"model @ url"`` endpoint (shown as it is); ``None`` unchanged."""
