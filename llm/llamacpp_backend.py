@@ -18,9 +18,10 @@ several times faster (``bench/llm_speed.py``, docs/speed.md). Behaviour matches
   batch slot takes the one-sequence path. ``max_batch_size=1`` answers one chat at a time (a lock), each with
   its own deadline (``batch_size`` is accepted and has no effect).
 
-A LoRA adapter (the bundled refiner) is applied by llama.cpp at run time from a GGUF copy of it written once
-(:mod:`llm.lora_gguf`). The key/value cache of the previous prompt is reused for the part a new prompt shares
-with it (llama.cpp's prefix match), so a fixed system prompt is read once.
+A LoRA adapter (the bundled refiner) is folded into a copy of the weights written once (:mod:`llm.lora_merge`),
+or, without a writable cache, applied by llama.cpp at run time from a GGUF copy of it (:mod:`llm.lora_gguf`).
+The key/value cache of the previous prompt is reused for the part a new prompt shares with it (llama.cpp's
+prefix match), so a fixed system prompt is read once.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .base import ChatLLM, GenerationOptions, check_messages
 from .errors import LLMError, LLMTimeoutError, PromptTooLongError
 from .llamacpp_batching import ContinuousBatcher
 from .lora_gguf import cached_adapter_gguf, shape_from_metadata
+from .lora_merge import cached_merged_gguf
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +112,11 @@ class LlamaCppChatLLM(ChatLLM):
         seed: int = 0,
         max_batch_size: int = 1,
         slot_context: int = DEFAULT_SLOT_CONTEXT,
+        merge_adapter: bool = True,
     ) -> "LlamaCppChatLLM":
-        """Load the GGUF file ``path`` (with an optional peft LoRA ``adapter`` folder on top). ``n_threads``:
+        """Load the GGUF file ``path`` (with an optional peft LoRA ``adapter`` folder on top: folded into a cached
+        copy of the weights with ``merge_adapter`` and a writable cache, see :mod:`llm.lora_merge`, else applied
+        at run time). ``n_threads``:
         torch's thread count unless given (so ``OMP_NUM_THREADS`` limits both runtimes alike); ``max_context``:
         the model's context, capped at :data:`DEFAULT_MAX_CONTEXT` unless given; ``max_batch_size``: sequences
         decoded together (1: one at a time), each in at most ``slot_context`` tokens. Raises LLMError (or
@@ -125,8 +130,13 @@ class LlamaCppChatLLM(ChatLLM):
             shape = shape_from_metadata(llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False).metadata)
         except (ValueError, RuntimeError, OSError) as exc:
             raise LLMError(f"llama.cpp could not read {path}: {exc}") from exc
+        model_file = path
         if adapter is not None:
-            lora_path, temporary = cached_adapter_gguf(adapter, shape)
+            merged = cached_merged_gguf(path, adapter, shape) if merge_adapter else None
+            if merged is not None:
+                model_file = merged
+            else:
+                lora_path, temporary = cached_adapter_gguf(adapter, shape)
         if n_threads is None:
             import torch
 
@@ -134,7 +144,7 @@ class LlamaCppChatLLM(ChatLLM):
         n_ctx = max_context or min(shape.context or DEFAULT_MAX_CONTEXT, DEFAULT_MAX_CONTEXT)
         try:
             llama = llama_cpp.Llama(
-                model_path=str(path), n_ctx=n_ctx, n_batch=512, n_threads=n_threads, n_threads_batch=n_threads,
+                model_path=str(model_file), n_ctx=n_ctx, n_batch=512, n_threads=n_threads, n_threads_batch=n_threads,
                 seed=seed, lora_path=str(lora_path) if lora_path else None, verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as exc:

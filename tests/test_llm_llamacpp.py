@@ -112,15 +112,61 @@ def test_lora_adapter_gives_the_merged_transformers_replies(gguf_file, adapter_d
                                                             monkeypatch):
     monkeypatch.setenv("VQA_LLM_CACHE", str(tmp_path / "cache"))
     merged = TransformersChatLLM.from_pretrained(str(gguf_file), device="cpu", adapter=adapter_dir)
-    tuned = LlamaCppChatLLM.from_gguf(gguf_file, adapter=adapter_dir, n_threads=1)
+    tuned = LlamaCppChatLLM.from_gguf(gguf_file, adapter=adapter_dir, n_threads=1, merge_adapter=False)
     replies = [tuned.generate(chat, max_new_tokens=16) for chat in CHATS]
     assert replies == [merged.generate(chat, max_new_tokens=16) for chat in CHATS]
     assert replies != [fast.generate(chat, max_new_tokens=16) for chat in CHATS]  # the adapter is applied
     assert tuned.model_id == merged.model_id == f"{gguf_file} + {adapter_dir.name}"
     files = list((tmp_path / "cache" / "lora-gguf").glob("*/adapter.gguf"))
     assert len(files) == 1  # converted once, cached
-    LlamaCppChatLLM.from_gguf(gguf_file, adapter=adapter_dir, n_threads=1)
+    LlamaCppChatLLM.from_gguf(gguf_file, adapter=adapter_dir, n_threads=1, merge_adapter=False)
     assert list((tmp_path / "cache" / "lora-gguf").glob("*/adapter.gguf")) == files
+
+
+def test_the_adapter_folded_into_a_cached_copy_gives_the_same_replies(gguf_file, adapter_dir, reference, tmp_path,
+                                                                      monkeypatch):
+    """The default: the adapter merged into a copy of the weights (F32 here, so exact up to rounding) answers
+    like transformers' merged model and like the adapter applied at run time; written once, per adapter."""
+    monkeypatch.setenv("VQA_LLM_CACHE", str(tmp_path / "cache"))
+    merged = TransformersChatLLM.from_pretrained(str(gguf_file), device="cpu", adapter=adapter_dir)
+    folded = LlamaCppChatLLM.from_gguf(gguf_file, adapter=adapter_dir, n_threads=1)
+    replies = [folded.generate(chat, max_new_tokens=16) for chat in CHATS]
+    assert replies == [merged.generate(chat, max_new_tokens=16) for chat in CHATS]
+    assert replies != [reference.generate(chat, max_new_tokens=16) for chat in CHATS]  # the adapter is in
+    assert folded.model_id == f"{gguf_file} + {adapter_dir.name}" and folded.template_dir is None
+    files = list((tmp_path / "cache" / "merged-gguf").glob("*/model.gguf"))
+    assert len(files) == 1 and not (tmp_path / "cache" / "lora-gguf").exists()
+    stamp = files[0].stat().st_mtime_ns
+    LlamaCppChatLLM.from_gguf(gguf_file, adapter=adapter_dir, n_threads=1)
+    assert files[0].stat().st_mtime_ns == stamp  # read from the cache, not written again
+
+
+def test_a_quantised_base_is_merged_into_q8_0(adapter_dir, tmp_path, monkeypatch):
+    """Q4_1 matrices (the bundled file's layout) come out as Q8_0 with the adapter in; the rest is copied."""
+    from gguf import GGMLQuantizationType, GGUFReader
+    from gguf.quants import dequantize
+
+    from llm import lora_merge
+
+    base_file = write_tiny_gguf(tmp_path / "q41.gguf", seed=3, scale=0.5, quantized=True)
+    shape = lora_gguf.BaseShape("llama", 4, 2)
+    out = lora_merge.write_merged_gguf(base_file, adapter_dir, shape, tmp_path / "merged.gguf")
+    before = {t.name: t for t in GGUFReader(str(base_file)).tensors}
+    after = {t.name: t for t in GGUFReader(str(out)).tensors}
+    assert before.keys() == after.keys()
+    lora = lora_gguf.adapter_tensors(adapter_dir, shape)
+    for name, tensor in after.items():
+        if f"{name}.lora_a" in lora:
+            assert tensor.tensor_type == GGMLQuantizationType.Q8_0
+            expected = (dequantize(before[name].data, before[name].tensor_type)
+                        + 2.0 * lora[f"{name}.lora_b"] @ lora[f"{name}.lora_a"])  # peft: alpha 8 / r 4
+            got = dequantize(tensor.data, tensor.tensor_type)
+            assert abs(got - expected).max() <= abs(expected).max() / 127  # one Q8_0 step at most
+        else:
+            assert tensor.tensor_type == before[name].tensor_type
+            assert bytes(tensor.data) == bytes(before[name].data)
+    monkeypatch.setenv("VQA_LLM_CACHE", "off")
+    assert lora_merge.cached_merged_gguf(base_file, adapter_dir, shape) is None  # caching off: run-time LoRA
 
 
 def test_a_retrained_adapter_gets_a_new_file_and_caching_off_leaves_nothing(gguf_file, adapter_dir, tmp_path,

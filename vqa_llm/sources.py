@@ -12,7 +12,6 @@ The page shows these instead of the ids a result records (results keep the full 
 
 from __future__ import annotations
 
-
 import importlib.metadata
 import re
 from functools import lru_cache
