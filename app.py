@@ -50,6 +50,7 @@ from vqa_llm.fewshot import FEWSHOT_TEMPLATE
 from vqa_llm.fewshot.locate import BANK_ENV_VAR, example_bank_path
 from vqa_llm.hub_access import check_profile_hub
 from vqa_llm.inputs import MAX_QUESTION_CHARS, check_flag, check_number, clean_lines, clean_text, template_names
+from vqa_llm.pacing import paced
 from vqa_llm.profiles import ENV_VARS
 from vqa_llm.sources import model_source, public_text
 from vqa_llm.tasks import VLETasks, load_tasks, no_tasks_note
@@ -296,7 +297,7 @@ class DemoHandlers:
         """The pipeline's updates for one question: its whole model work, one GPU call on ZeroGPU, where only a
         ``gr.Error`` keeps its message on the way out (hence :func:`user_errors` in here too)."""
         with user_errors():
-            yield from self.pipeline.stream(image, question, template=template, **options)
+            yield from paced(self.pipeline.stream(image, question, template=template, **options))
 
     def _answer_seconds(self, image: Image.Image, question: Any, template: Any, options: dict[str, Any]) -> int:
         """The GPU seconds :meth:`_updates` asks for on ZeroGPU: from the tokens the request may generate."""

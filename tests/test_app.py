@@ -35,6 +35,16 @@ QUESTION = "what is the color of the shape?"
 MAX_FILE_SIZE = "200kb"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def every_streamed_chunk():
+    """These tests follow the reply chunk by chunk: no pacing (tests/test_pacing.py checks it)."""
+    from vqa_llm import pacing
+
+    previous, pacing.STREAM_INTERVAL_S = pacing.STREAM_INTERVAL_S, 0.0
+    yield
+    pacing.STREAM_INTERVAL_S = previous
+
+
 @pytest.fixture(scope="module")
 def offline():
     old = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "GRADIO_ANALYTICS_ENABLED")}
@@ -441,3 +451,21 @@ def test_examples_are_answered_once_and_cached_on_spaces(reference, image_path, 
     expected = reference.run(image_path, QUESTION, top_k=5, use_llm=False)
     assert caption == expected.caption
     assert label.label == expected.candidates[0][0]
+
+
+def test_questions_run_together_up_to_what_the_llm_batches(reference):
+    """An LLM that works on several chats at once (continuous batching, a server) lets as many questions run at
+    the same time; the other model events keep the shared limit."""
+    profile, reason = resolve_profile("bundled", {"vqa_model": "x", "captioner": "y"})
+
+    def limits(batch: int) -> dict[str, tuple]:
+        llm = ScriptedLLM(["Answer: circle"])
+        llm.max_batch_size = batch
+        pipe = VQALLMPipeline(reference.vqa_model, reference.processor, reference.captioner, llm)
+        demo = app.build_demo(pipe, profile, reason, tasks=None, examples=[])
+        return {fn.api_name or fn.name: (fn.concurrency_id, fn.concurrency_limit) for fn in demo.fns.values()}
+
+    batched, single = limits(6), limits(1)
+    assert batched["answer"] == ("answers", 6) and batched["ask"] == ("answers", 6)
+    assert batched["caption"][0] == "models" and batched["itm"][0] == "models"
+    assert single["answer"][0] == single["ask"][0] == "models"
