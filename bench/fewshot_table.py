@@ -155,7 +155,6 @@ def table(out_root: Path, names: list[str], runs: dict[str, dict]) -> str:
 
 def read_runs(out_root: Path, names: list[str]) -> dict[str, dict]:
     """Per configuration with predictions (finished or not), its records by question id."""
-    sys.path.insert(0, str(REPO))
     from vqa_llm.evaluation.store import OutputLayout, current_records
 
     runs = {name: current_records(OutputLayout(out_root / name)) for name in names}

@@ -55,10 +55,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+import torch
 
-import torch  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------------------- thresholds
 MIN_TOP1_AGREEMENT = 0.99
@@ -494,7 +493,8 @@ def _build_on(device: torch.device) -> torch.device:
 
 def save_vle(folder: Path, profile: str, smoke: bool, device: torch.device) -> None:
     """A random VLEForVQA of the profile's sizes and its processor, saved like a checkpoint (fp32)."""
-    from bench.random_models import CORPUS
+    from random_models import CORPUS
+
     from training.processor_files import write_processor_files
     from vle import VLEConfig, VLEForVQA
 
@@ -507,9 +507,8 @@ def save_vle(folder: Path, profile: str, smoke: bool, device: torch.device) -> N
 
 def save_blip(folder: Path, profile: str, smoke: bool, device: torch.device) -> None:
     """A random BLIP captioner of blip-image-captioning-{base,large} sizes and its processor (fp32)."""
+    from random_models import blip_processor
     from transformers import BlipConfig, BlipForConditionalGeneration
-
-    from bench.random_models import blip_processor
 
     if smoke:
         config = BlipConfig(text_config={**SMOKE_SIZES, "vocab_size": 30524},
@@ -524,9 +523,8 @@ def save_blip(folder: Path, profile: str, smoke: bool, device: torch.device) -> 
 
 def save_llm(folder: Path, profile: str, smoke: bool, device: torch.device) -> None:
     """A random Qwen2.5-shaped chat LM (bf16 weights, as published) and a ChatML tokenizer."""
+    from random_models import CORPUS, chat_tokenizer
     from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from bench.random_models import CORPUS, chat_tokenizer
 
     sizes = dict(QWEN25[profile], max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1_000_000.0)
     if smoke:
@@ -549,7 +547,8 @@ def save_llm(folder: Path, profile: str, smoke: bool, device: torch.device) -> N
 def check_shapes(name: str, args: argparse.Namespace, checks: Checks, memory: GPUMemory,
                  workdir: Path) -> dict[str, Any]:
     """Random models at profile ``name``'s sizes, loaded as the app loads them: a streamed answer, a batch of 16."""
-    from bench.random_models import photo
+    from random_models import photo
+
     from vqa_llm import VQALLMPipeline
     from vqa_llm.loading import resolve_dtype, resolve_llm_dtype
     from vqa_llm.profiles import HUB_PROFILES

@@ -35,12 +35,10 @@ from typing import Any
 import numpy as np
 import psutil
 import requests
+from load import start_app, stop_app  # bench/load.py, beside this script: the app in a subprocess
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "bench"))
-
-from load import start_app, stop_app  # noqa: E402  (bench/load.py: the app in a subprocess)
 
 DEFAULT_APP_ARGS = ("--profile", "bundled", "--no-llm")
 META = {"_type": "gradio.FileData"}

@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llm.bundled import smollm2_gguf
+from llm.llamacpp_backend import LlamaCppChatLLM
+from llm.transformers_backend import TransformersChatLLM
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from llm.bundled import smollm2_gguf  # noqa: E402
-from llm.llamacpp_backend import LlamaCppChatLLM  # noqa: E402
-from llm.transformers_backend import TransformersChatLLM  # noqa: E402
 
 PATHS = ("transformers", "transformers-int8", "transformers-compile", "llama.cpp")
 DEFAULT_PATHS = ("transformers", "transformers-int8", "llama.cpp")

@@ -27,17 +27,14 @@ import io
 import json
 import resource
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-import sentencepiece as spm  # noqa: E402
-import torch  # noqa: E402
-from transformers import (  # noqa: E402
+import sentencepiece as spm
+import torch
+from random_models import CORPUS, blip_processor, chat_tokenizer, photo
+from transformers import (
     BlipConfig,
     BlipForConditionalGeneration,
     CLIPImageProcessorPil,
@@ -46,13 +43,14 @@ from transformers import (  # noqa: E402
     Qwen2ForCausalLM,
 )
 
-from bench.random_models import CORPUS, blip_processor, chat_tokenizer, photo  # noqa: E402
-from captioner import BlipCaptioner  # noqa: E402
-from llm import TransformersChatLLM  # noqa: E402
-from vle import VLEConfig, VLEForVQA  # noqa: E402
-from vle.processing_vle import VLEProcessor  # noqa: E402
-from vqa_llm.pipeline import VQALLMPipeline  # noqa: E402
-from vqa_llm.result import STAGES  # noqa: E402
+from captioner import BlipCaptioner
+from llm import TransformersChatLLM
+from vle import VLEConfig, VLEForVQA
+from vle.processing_vle import VLEProcessor
+from vqa_llm.pipeline import VQALLMPipeline
+from vqa_llm.result import STAGES
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 MANIFEST = REPO_ROOT / "tests" / "fixtures" / "vle_reference" / "manifests" / "vle-base-for-vqa.json"
 QUESTIONS = ("What is the man holding in his hand?", "How many dogs are on the grass?")

@@ -5,8 +5,8 @@
 * :func:`chat_tokenizer` — a word-level tokenizer with the ChatML template, for Qwen-shaped chat LMs.
 * :func:`photo` — a 640x480 noise "photo", different for each seed (so it starts uncached).
 
-Used by ``bench/pipeline_latency.py`` and ``bench/gpu_check.py`` as ``from bench.random_models import ...``
-(both put the repository root on ``sys.path``).
+Used by ``bench/pipeline_latency.py`` and ``bench/gpu_check.py`` as ``from random_models import ...`` (a script's
+own folder is on ``sys.path`` when it runs; pytest.ini puts ``bench`` there for the tests that load them).
 """
 
 from __future__ import annotations

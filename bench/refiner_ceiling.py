@@ -13,16 +13,14 @@ a refiner could learn from the prompt; the figures bound what training data and 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from training.refiner_data import caption_answer, collect_evidence
+from vqa_llm.evaluation.data import load_dataset, sample_examples
+from vqa_llm.metrics import vqa_accuracy
 
-from training.refiner_data import caption_answer, collect_evidence  # noqa: E402
-from vqa_llm.evaluation.data import load_dataset, sample_examples  # noqa: E402
-from vqa_llm.metrics import vqa_accuracy  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:

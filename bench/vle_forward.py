@@ -21,16 +21,14 @@ import argparse
 import copy
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vle import VLEConfig, VLEForVQA, quantize_int8  # noqa: E402
-from vle.quantization import INT8_BACKENDS, PRECISIONS  # noqa: E402
+from vle import VLEConfig, VLEForVQA, quantize_int8
+from vle.quantization import INT8_BACKENDS, PRECISIONS
 
 MANIFEST = Path(__file__).resolve().parents[1] / "tests/fixtures/vle_reference/manifests/vle-base-for-vqa.json"
 

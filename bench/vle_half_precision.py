@@ -17,11 +17,10 @@ import time
 from functools import partial
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+import torch
+from torch.utils.data import DataLoader
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def top1(model, batches: list[dict], device: str) -> torch.Tensor:

@@ -71,7 +71,7 @@ ENV_VARS: dict[str, str] = {
 #: answer several at once; one that does not queues them)
 DEFAULT_LLM_CONCURRENCY = 8
 #: chats a local llama.cpp LLM decodes together (the app's visitors, an evaluation batch); docs/benchmarks.md#load
-DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_MAX_BATCH_SIZE = 16
 
 
 @dataclass(frozen=True)
