@@ -106,3 +106,37 @@ def test_the_load_bench_runs_the_app_in_a_subprocess_and_reports(argv, tmp_path)
     assert report["cache"] is None  # not exposed by the app over HTTP
     # the bench stopped the app it started
     assert not psutil.pid_exists(report["pid"]) or psutil.Process(report["pid"]).status() == psutil.STATUS_ZOMBIE
+
+
+def test_compare_runs_both_settings_side_by_side(argv, tmp_path, capsys):
+    """``--compare``: a fresh app with ``--max-batch-size 1``, then one as given; one visitor alone timed first;
+    the summary's last line is JSON with both rows (tiny models: both runs give the same answers)."""
+    import json
+
+    code = bench.main(["--compare", "--clients", "2", "--questions", "1", "--single", "1", "--timeout", "120",
+                       "--max-new-tokens", "8", "--startup-timeout", "300", "--json", str(tmp_path / "both.json"),
+                       "--", *argv])
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and last["ok"]
+    assert last["baseline_rps"] > 0 and last["batched_rps"] > 0 and last["speedup"] > 0
+    assert last["baseline_p95_s"] > 0 and last["batched_p95_s"] > 0 and last["same_answers"] == 1.0
+    assert 0 < last["baseline_single_first_text_s"] <= last["baseline_single_answer_s"]
+    saved = json.loads((tmp_path / "both.json").read_text())
+    assert saved["summary"] == last and len(saved["baseline"]["outcomes"]) == 2
+
+
+def test_answer_agreement_and_compare_refusals():
+    def report(*answers):
+        return {"outcomes": [{"client": 0, "index": i, "status": "answered" if a else "error", "answer": a}
+                             for i, a in enumerate(answers)]}
+
+    assert bench.same_answers(report("Yes", "circle", "red"), report("yes ", "square", "red")) == round(2 / 3, 4)
+    assert bench.same_answers(report("yes", None), report("yes", "no")) == 1.0  # only requests answered in both
+    assert bench.same_answers(report(None), report(None)) is None
+    for argv in (["--compare", "--url", "http://127.0.0.1:1/"], ["--compare", "--", "--max-batch-size", "4"]):
+        try:
+            bench.main(argv)
+        except SystemExit as exc:
+            assert "--compare" in str(exc) or "max-batch-size" in str(exc)
+        else:
+            raise AssertionError(f"{argv} was accepted")
