@@ -416,11 +416,11 @@ def test_processes_wait_hours_for_the_slowest_block(monkeypatch):
     # torch's default barrier timeout (30 min) would kill a long sharded run whose blocks finish far apart
     import accelerate
 
-    import vqa_llm.evaluate as evaluate_module
+    from vqa_llm.evaluation import command
 
     seen = {}
     monkeypatch.setattr(accelerate, "PartialState", lambda **kwargs: seen.update(kwargs))
-    evaluate_module._accelerate_state(evaluate_module.build_parser().parse_args(["--out", "x"]))
+    command.accelerate_state(command.build_parser().parse_args(["--out", "x"]))
     assert seen["timeout"].total_seconds() >= 12 * 3600
 
 
@@ -461,7 +461,7 @@ def test_the_profile_is_resolved_once_and_shared_by_every_process(monkeypatch):
     main process decides, the others take its profile, each on its own device."""
     import accelerate.utils
 
-    import vqa_llm.evaluate as evaluate_module
+    import vqa_llm.evaluation.command as command_module
     from vqa_llm import BadSettingError
     from vqa_llm.profiles import BASE, bundled_profile
 
@@ -472,14 +472,14 @@ def test_the_profile_is_resolved_once_and_shared_by_every_process(monkeypatch):
         resolved.append(name)
         return next(answers), "the Hub answered"
 
-    monkeypatch.setattr(evaluate_module, "resolve_profile", resolve)
-    monkeypatch.setattr(evaluate_module, "check_profile_hub", lambda profile, use_llm: (profile, ""))
+    monkeypatch.setattr(command_module, "resolve_profile", resolve)
+    monkeypatch.setattr(command_module, "check_profile_hub", lambda profile, use_llm: (profile, ""))
     monkeypatch.setattr(accelerate.utils, "broadcast_object_list", _Broadcast())
-    args = evaluate_module.build_parser().parse_args(["--out", "x", "--profile", "auto"])
+    args = command_module.build_parser().parse_args(["--out", "x", "--profile", "auto"])
     main_process = SimpleNamespace(is_main_process=True, num_processes=2, device="cuda:0")
     other_process = SimpleNamespace(is_main_process=False, num_processes=2, device="cuda:1")
-    first, reason = evaluate_module.resolve_run_profile(args, main_process, use_llm=True)
-    second, _ = evaluate_module.resolve_run_profile(args, other_process, use_llm=True)
+    first, reason = command_module.resolve_run_profile(args, main_process, use_llm=True)
+    second, _ = command_module.resolve_run_profile(args, other_process, use_llm=True)
     assert resolved == ["auto"] and reason == "the Hub answered"
     assert first.name == second.name == "base" and (first.device, second.device) == ("cuda:0", "cuda:1")
 
@@ -487,8 +487,8 @@ def test_the_profile_is_resolved_once_and_shared_by_every_process(monkeypatch):
     def refuse(*args, **kwargs):
         raise BadSettingError("Unknown profile 'nope'")
 
-    monkeypatch.setattr(evaluate_module, "resolve_profile", refuse)
+    monkeypatch.setattr(command_module, "resolve_profile", refuse)
     monkeypatch.setattr(accelerate.utils, "broadcast_object_list", _Broadcast())
     for state in (main_process, other_process):
         with pytest.raises(BadSettingError, match="Unknown profile 'nope'"):
-            evaluate_module.resolve_run_profile(args, state, use_llm=True)
+            command_module.resolve_run_profile(args, state, use_llm=True)

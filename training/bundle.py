@@ -31,7 +31,6 @@ import re
 import shutil
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,11 +41,12 @@ from captioner.errors import CaptionerError
 from vle import VLEConfig, VLEForVQA
 from vle.errors import VLEError
 from vle.processing_vle import VLEProcessor
-from vle.vqa_data import EASY_VQA_COLORS, EASY_VQA_SHAPES, VQADataError, VQAExample, load_easy_vqa
+from vle.vqa_data import EASY_VQA_COLORS, EASY_VQA_SHAPES, VQADataError, load_easy_vqa
 from vqa_llm.errors import BadSettingError, VQALLMError
 from vqa_llm.evaluation.store import check_output_folder
 from vqa_llm.paths import REPO_ROOT, portable_path
 
+from .easyvqa_attributes import image_attributes
 from .processor_files import write_processor_files
 from .vcr_bundle import VCR_DIR_NAMES, build_vcr, evaluate_vcr_bundle, write_vcr_cards
 from .vision_pretrain import pretrain_vision_tower
@@ -87,35 +87,6 @@ DEFAULT_BUILD_DIR = REPO_ROOT / "build_cache" / "bundle" / "models"
 EXIT_USER_ERROR = 2
 SEED = 0
 PRETRAIN_EPOCHS = 6
-_NEGATION = re.compile(r"\b(not|no)\b")
-
-
-def image_attributes(examples: Sequence[VQAExample]) -> dict[str, dict[str, str]]:
-    """Shape and colour of each easy-VQA image (by image path), read from its questions and answers.
-
-    "what shape/color" questions give them directly; a yes/no question naming a shape or colour gives it when
-    the answer is yes to a plain question or no to a negated one.
-    """
-    found: dict[str, dict[str, str]] = defaultdict(dict)
-    for example in examples:
-        answer = example.answers[0]
-        attributes = found[example.image_path]
-        if example.question_type == "shape":
-            attributes["shape"] = answer
-        elif example.question_type == "color":
-            attributes["color"] = answer
-        else:
-            present = (answer == "yes") != bool(_NEGATION.search(example.question))
-            if not present:
-                continue
-            words = set(re.findall(r"[a-z]+", example.question))
-            for shape in EASY_VQA_SHAPES & words:
-                attributes["shape"] = shape
-            for color in set(EASY_VQA_COLORS) & words:
-                attributes["color"] = color
-    return dict(found)
-
-
 def caption_for(attributes: dict[str, str]) -> str:
     """The training caption of an image: ``"a blue rectangle"``."""
     return f"a {attributes['color']} {attributes['shape']}"

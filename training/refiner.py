@@ -49,6 +49,7 @@ from vqa_llm.evaluation.store import check_output_folder
 from vqa_llm.paths import REPO_ROOT, portable_path
 
 from .common import latest_trainer_checkpoint, mixed_precision_mode
+from .easyvqa_attributes import image_attributes
 from .refiner_data import add_caption_noise, build_examples, collect_evidence, select_chats
 
 logger = logging.getLogger("training.refiner")
@@ -194,7 +195,6 @@ def make_examples(args: argparse.Namespace) -> tuple[list[dict], list[dict], dic
     if args.dataset == "easy-vqa":
         from vle.vqa_data import load_easy_vqa
 
-        from .bundle import image_attributes
 
         attributes = image_attributes(load_easy_vqa(args.split))  # all questions of an image reveal it
         # images whose colour or shape no question reveals cannot get true sentences: leave them out

@@ -21,11 +21,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .evaluate import (
-    _accelerate_state,
-    _check_output,
+from .evaluation.command import (
+    accelerate_state,
     build_parser,
     check_options,
+    check_output,
     record_session,
     resolve_run_profile,
 )
@@ -79,14 +79,14 @@ def evaluate_vcr(args: argparse.Namespace) -> dict[str, Any]:
     check_options(args)
     check_output_folder(args.out)
     started, clock = datetime.now(timezone.utc), time.perf_counter()
-    state = _accelerate_state(args)
+    state = accelerate_state(args)
     profile, reason = resolve_run_profile(args, state, use_llm=False, hub_check=check_vcr_hub)
     models = vcr_model_ids(profile)
     sample = load_vcr_sample(args.annotations, args.images, args.limit, args.seed)
     settings = vcr_settings(args, len(sample))
     layout = OutputLayout(Path(args.out))
     records = current_records(layout)
-    previous = _check_output(layout, settings, models, args.resume, set(records) - {i.annot_id for i in sample})
+    previous = check_output(layout, settings, models, args.resume, set(records) - {i.annot_id for i in sample})
     done = done_question_ids(records, retry_errors=args.retry_errors)
     remaining = [item for item in sample if item.annot_id not in done]
     state.wait_for_everyone()  # every process has read the folder before anyone writes to it
