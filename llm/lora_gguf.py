@@ -26,9 +26,10 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -149,17 +150,29 @@ def write_adapter_gguf(folder: Path, base: BaseShape, path: Path) -> Path:
     scaling = check_config(config)
     tensors = adapter_tensors(folder, base)
     rank = int(config["r"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    os.close(handle)
-    try:
-        writer = GGUFWriter(temp, base.architecture)
+
+    def fill(writer: GGUFWriter) -> None:
         writer.add_type("adapter")
         writer.add_string("adapter.type", "lora")
         # llama.cpp scales each matrix pair by alpha / (its own rank): peft's alpha / r, rank_pattern included
         writer.add_float32("adapter.lora.alpha", scaling * rank)
         for name, array in sorted(tensors.items()):
             writer.add_tensor(name, array)
+
+    return write_gguf_atomically(path, base.architecture, fill)
+
+
+def write_gguf_atomically(path: Path, architecture: str, fill: Callable[[Any], None]) -> Path:
+    """A GGUF file at ``path`` whose metadata and tensors ``fill(writer)`` adds to a ``gguf.GGUFWriter``: written
+    to a temporary file beside it, then renamed, so a reader never sees half a file. Returns ``path``."""
+    from gguf import GGUFWriter
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    os.close(handle)
+    try:
+        writer = GGUFWriter(temp, architecture)
+        fill(writer)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

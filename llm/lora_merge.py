@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .adapters import ADAPTER_CONFIG, check_adapter_dir
 from .gguf_cache import cache_root
-from .lora_gguf import BaseShape, adapter_key, adapter_tensors, check_config
+from .lora_gguf import BaseShape, adapter_key, adapter_tensors, check_config, write_gguf_atomically
 
 FORMAT = 1
 KEY_DIGITS = 16
@@ -45,18 +43,15 @@ def merged_key(base_file: Path, folder: Path, base: BaseShape) -> str:
 def write_merged_gguf(base_file: Path, folder: Path, base: BaseShape, path: Path) -> Path:
     """Write ``base_file`` with the adapter ``folder`` folded in to ``path`` (atomically); return ``path``.
     Raises :class:`~llm.lora_gguf.UnsupportedAdapterError` for an adapter llama.cpp cannot apply."""
-    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
     from gguf.quants import dequantize, quantize
 
     scaling = check_config(json.loads((folder / ADAPTER_CONFIG).read_text()))
     lora = adapter_tensors(folder, base)
     reader = GGUFReader(str(base_file))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    os.close(handle)
     full = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
-    try:
-        writer = GGUFWriter(temp, base.architecture)
+
+    def fill(writer) -> None:
         for field in reader.fields.values():
             if field.name.startswith("GGUF.") or field.name == "general.architecture":
                 continue  # written by the writer itself
@@ -71,18 +66,13 @@ def write_merged_gguf(base_file: Path, folder: Path, base: BaseShape, path: Path
             weight = dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
             weight = weight.reshape(b.shape[0], a.shape[1]) + np.float32(scaling) * (b @ a)
             kind = tensor.tensor_type if tensor.tensor_type in full else GGMLQuantizationType.Q8_0
-            data = weight if kind == GGMLQuantizationType.F32 else quantize(weight, kind)
-            writer.add_tensor(tensor.name, data, raw_shape=data.shape if kind != GGMLQuantizationType.F32 else None,
-                              raw_dtype=kind if kind != GGMLQuantizationType.F32 else None)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
-    return path
+            if kind == GGMLQuantizationType.F32:
+                writer.add_tensor(tensor.name, weight)
+            else:
+                data = quantize(weight, kind)
+                writer.add_tensor(tensor.name, data, raw_shape=data.shape, raw_dtype=kind)
+
+    return write_gguf_atomically(path, base.architecture, fill)
 
 
 def cached_merged_gguf(base_file: str | Path, adapter: str | Path, base: BaseShape) -> Path | None:
