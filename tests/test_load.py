@@ -120,7 +120,9 @@ def test_compare_runs_both_settings_side_by_side(argv, tmp_path, capsys):
     assert code == 0 and last["ok"]
     assert last["baseline_rps"] > 0 and last["batched_rps"] > 0 and last["speedup"] > 0
     assert last["baseline_p95_s"] > 0 and last["batched_p95_s"] > 0 and last["same_answers"] == 1.0
-    assert 0 < last["baseline_single_first_text_s"] <= last["baseline_single_answer_s"]
+    for run in ("baseline", "batched"):  # a tiny random LLM may stream no text at all: then no first-text time
+        first, answer = last[f"{run}_single_first_text_s"], last[f"{run}_single_answer_s"]
+        assert answer > 0 and (first is None or 0 < first <= answer)
     saved = json.loads((tmp_path / "both.json").read_text())
     assert saved["summary"] == last and len(saved["baseline"]["outcomes"]) == 2
 
