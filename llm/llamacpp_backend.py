@@ -113,13 +113,15 @@ class LlamaCppChatLLM(ChatLLM):
         max_batch_size: int = 1,
         slot_context: int = DEFAULT_SLOT_CONTEXT,
         merge_adapter: bool = True,
+        model_id: str | None = None,
     ) -> "LlamaCppChatLLM":
         """Load the GGUF file ``path`` (with an optional peft LoRA ``adapter`` folder on top: folded into a cached
         copy of the weights with ``merge_adapter`` and a writable cache, see :mod:`llm.lora_merge`, else applied
         at run time). ``n_threads``:
         torch's thread count unless given (so ``OMP_NUM_THREADS`` limits both runtimes alike); ``max_context``:
         the model's context, capped at :data:`DEFAULT_MAX_CONTEXT` unless given; ``max_batch_size``: sequences
-        decoded together (1: one at a time), each in at most ``slot_context`` tokens. Raises LLMError (or
+        decoded together (1: one at a time), each in at most ``slot_context`` tokens; ``model_id``: the name it
+        reports (default: the path; a Hub GGUF gives ``REPO/FILE``). Raises LLMError (or
         :class:`~llm.lora_gguf.UnsupportedAdapterError` for an adapter llama.cpp cannot apply)."""
         llama_cpp = import_llama_cpp()
         path = Path(path).expanduser()
@@ -153,7 +155,8 @@ class LlamaCppChatLLM(ChatLLM):
         finally:
             if temporary:
                 shutil.rmtree(Path(lora_path).parent, ignore_errors=True)
-        model_id = str(path) + (f" + {Path(adapter).name}" if adapter is not None else "")  # as transformers names it
+        # named as transformers names it
+        model_id = (model_id or str(path)) + (f" + {Path(adapter).name}" if adapter is not None else "")
         llm = cls(llama, model_id, max_prompt_tokens=max_prompt_tokens, max_batch_size=max_batch_size,
                   slot_context=slot_context)
         llm.template_dir = adapter_templates(adapter) if adapter is not None else None

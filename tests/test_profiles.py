@@ -127,6 +127,36 @@ def test_llm_override_drops_the_bundled_gguf_file_unless_given():
     assert profile.quantization is None
 
 
+def test_hub_profiles_name_their_cpu_gguf_and_the_environment_or_a_flag_overrides_it():
+    assert BASE.llm_cpu_gguf == "Qwen/Qwen2.5-1.5B-Instruct-GGUF:qwen2.5-1.5b-instruct-q4_k_m.gguf"
+    assert LARGE.llm_cpu_gguf == "Qwen/Qwen2.5-7B-Instruct-GGUF:qwen2.5-7b-instruct-q4_k_m-00001-of-00002.gguf"
+    assert BASE.cpu_gguf_llm_id == "Qwen/Qwen2.5-1.5B-Instruct-GGUF/qwen2.5-1.5b-instruct-q4_k_m.gguf"
+    assert BASE.llm_id == "Qwen/Qwen2.5-1.5B-Instruct"  # the profile's own model, as before
+    mine = "me/My-GGUF:my-q5_k_m.gguf"
+    assert resolve_profile("base", {}, {"VQA_LLM_LLM_CPU_GGUF": mine})[0].llm_cpu_gguf == mine
+    assert resolve_profile("base", {}, {"VQA_LLM_LLM_CPU_GGUF": "none"})[0].llm_cpu_gguf is None
+    parser = add_profile_arguments(argparse.ArgumentParser())
+    for flag, expected in ((mine, mine), ("none", None), ("", None)):
+        overrides = overrides_from_args(parser.parse_args(["--llm-cpu-gguf", flag]))
+        profile, reason = resolve_profile("large", overrides, {"VQA_LLM_LLM_CPU_GGUF": "other/R:x.gguf"})
+        assert profile.llm_cpu_gguf == expected and "llm_cpu_gguf" in reason  # the flag wins over the variable
+    with pytest.raises(BadSettingError, match="write REPO:FILE.*Or none .*from VQA_LLM_LLM_CPU_GGUF"):
+        resolve_profile("base", {}, {"VQA_LLM_LLM_CPU_GGUF": "qwen.gguf"})
+    with pytest.raises(BadSettingError, match="write REPO:FILE, e.g. .*Or none .*the llm_cpu_gguf option"):
+        resolve_profile("base", {"llm_cpu_gguf": "Qwen/Qwen2.5-1.5B-Instruct-GGUF"}, {})
+
+
+def test_another_llm_or_a_gguf_file_drops_the_profiles_cpu_gguf_unless_given():
+    assert resolve_profile("base", {"llm": "Qwen/Qwen2.5-3B-Instruct"}, {})[0].llm_cpu_gguf is None
+    assert resolve_profile("base", {}, {"VQA_LLM_LLM": "/models/chat"})[0].llm_cpu_gguf is None
+    assert resolve_profile("base", {"llm": BASE.llm}, {})[0].llm_cpu_gguf == BASE.llm_cpu_gguf  # the same LLM
+    mine = "me/Q3B-GGUF:q4.gguf"
+    given, _ = resolve_profile("base", {"llm": "Qwen/Qwen2.5-3B-Instruct", "llm_cpu_gguf": mine}, {})
+    assert given.llm_cpu_gguf == mine
+    with_file, _ = resolve_profile("base", {"llm_gguf_file": "q8.gguf"}, {})
+    assert with_file.llm_cpu_gguf is None and with_file.llm_id == f"{BASE.llm}/q8.gguf"
+
+
 def test_shared_flags_round_trip_into_overrides():
     parser = add_profile_arguments(argparse.ArgumentParser())
     ns = parser.parse_args(["--profile", "bundled", "--vqa-model", "v", "--captioner", "c", "--llm", "l",
@@ -138,7 +168,7 @@ def test_shared_flags_round_trip_into_overrides():
     assert overrides == {"vqa_model": "v", "captioner": "c", "llm": "l", "llm_gguf_file": "g.gguf",
                          "llm_adapter": "a", "quantization": "4bit", "openai_base_url": "http://x", "openai_model": "m",
                          "device": "cpu", "use_llm": False, "trust_remote_code": True, "vcr_q2a": "q",
-                         "vcr_qa2r": "none"}
+                         "vcr_qa2r": "none", "llm_cpu_gguf": None}
     profile, _ = resolve_profile(ns.profile, overrides, {})
     assert not profile.use_llm and profile.trust_remote_code and profile.model_ids()["llm"] is None
     assert profile.vcr_q2a == "q" and profile.vcr_qa2r is None  # "none": no VCR model

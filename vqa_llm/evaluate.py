@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from vle.vqa_data import VQADataError, VQAExample
 
+from .cpu_gguf import cpu_gguf_runs
 from .errors import VQALLMError
 from .evaluation.command import (
     accelerate_state,
@@ -173,6 +174,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     if use_llm and chosen_llm_runtime(profile) == "llama.cpp":  # likewise for llama.cpp's replies
         models["llm_runtime"] = "llama.cpp"
+        if cpu_gguf_runs(profile):  # and for the GGUF llama.cpp runs in place of the Hub LLM
+            models["llm"] = profile.cpu_gguf_llm_id
     layout = OutputLayout(Path(args.out))
     records = current_records(layout)  # every record file, read once for both uses
     previous = check_output(layout, settings, models, args.resume, set(records) - {e.question_id for e in sample})

@@ -18,6 +18,10 @@ from typing import TYPE_CHECKING
 import requests
 from huggingface_hub import try_to_load_from_cache
 
+from llm import LLMError
+from llm.hub_gguf import HubGGUF
+
+from .cpu_gguf import cpu_gguf_runs
 from .errors import ModelUnavailableError
 
 if TYPE_CHECKING:
@@ -63,6 +67,16 @@ def is_cached(repo_id: str, environ: Mapping[str, str]) -> bool:
             return False
 
     return cached("config.json") and any(cached(name) for name in WEIGHT_FILES)
+
+
+def gguf_cached(spec: str, environ: Mapping[str, str]) -> bool:
+    """True when every part of the Hub GGUF ``spec`` (``"REPO:FILE"``, :mod:`llm.hub_gguf`) is in the local Hub
+    cache (False for a malformed spec)."""
+    try:
+        hub_file = HubGGUF.parse(spec)
+    except LLMError:
+        return False
+    return all(_cached_file(hub_file.repo, part, environ) for part in hub_file.parts)
 
 
 def hub_reachable(environ: Mapping[str, str], timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
@@ -132,15 +146,31 @@ def check_hub(repo_ids: Iterable[str | None], environ: Mapping[str, str] | None 
 
 def check_profile_hub(profile: Profile, *, use_llm: bool = True, use_captioner: bool = True,
                       extra_ids: Iterable[str | None] = (), environ: Mapping[str, str] | None = None,
-                      probe: Callable[[Mapping[str, str]], tuple[bool, str]] = hub_reachable) -> tuple[Profile, str]:
+                      probe: Callable[[Mapping[str, str]], tuple[bool, str]] = hub_reachable,
+                      cpu_gguf: bool | None = None) -> tuple[Profile, str]:
     """:func:`check_hub` for the models ``profile`` will load (plus ``extra_ids``, e.g. the app's VLE
     pretraining checkpoint); returns the profile (``local_files_only`` set when the Hub did not answer and
-    everything is cached) and a note to log (``""`` when there is nothing to say)."""
+    everything is cached) and a note to log (``""`` when there is nothing to say).
+
+    ``cpu_gguf``: whether llama.cpp runs the profile's ``llm_cpu_gguf`` here (the CPU, runtime not
+    ``transformers``, llama.cpp installed; :func:`vqa_llm.cpu_gguf.cpu_gguf_runs` decides when it is
+    ``None``). Then the LLM counts as cached when its CPU GGUF is (every part), or, under ``auto``, when its Hub
+    model is (``auto`` falls back to it when the GGUF cannot be had).
+    """
     ids: list[str | None] = [profile.vqa_model, profile.captioner if use_captioner else None, *extra_ids]
     gguf: dict[str, str] = {}
     if use_llm and profile.use_llm and not profile.openai_base_url:
-        ids += [profile.llm, getattr(profile, "llm_adapter", None)]
-        if profile.llm and profile.llm_gguf_file:
+        llm = profile.llm
+        if cpu_gguf is None:
+            cpu_gguf = cpu_gguf_runs(profile)
+        if cpu_gguf and profile.llm_cpu_gguf:
+            hub_file = HubGGUF.parse(profile.llm_cpu_gguf)
+            cache_env = os.environ if environ is None else environ
+            if profile.llm_runtime == "llama.cpp" or gguf_cached(profile.llm_cpu_gguf, cache_env):
+                llm = hub_file.repo
+                gguf[llm] = hub_file.first_part
+        ids += [llm, getattr(profile, "llm_adapter", None)]
+        if llm == profile.llm and profile.llm and profile.llm_gguf_file:
             gguf[profile.llm] = profile.llm_gguf_file
     found = check_hub(ids, environ, probe, gguf)
     if found.local_only and not profile.local_files_only:

