@@ -9,10 +9,14 @@ Prints, per (batch size, fusion attention): median ms per forward after warm-up,
 fp32 matmul peak of this machine measured in the same run (so the ratio means something on a noisy machine).
 ``--profile`` adds the operators where the time goes (torch.profiler, one batch-1 forward).
 
-``--precision fp32 int8`` instead times the model in each precision (``vle.quantize_int8`` for int8, backend
-``--int8-backend``) with SDPA fusion attention, forwards of the precisions interleaved so that a busy machine
-slows them alike, and reports how far int8's logits and top-1 answer move. Its last line is a JSON object:
-``{"fp32_s": ..., "int8_s": ..., "speedup": ..., ...}`` (seconds per forward at the first batch size).
+``--precision fp32 int8`` instead times the model in each precision with SDPA fusion attention, forwards of the
+precisions interleaved so that a busy machine slows them alike, and reports how far each one's logits and top-1
+answer move from fp32. ``int8`` is what ``--vqa-precision int8`` runs on this CPU (``vqa_llm.fast_vle``:
+OpenVINO static int8 where the CPU has VNNI/AMX and openvino is installed, else PyTorch dynamic int8);
+``int8-torch`` (``vle.quantize_int8``, backend ``--int8-backend``), ``int8-openvino`` and ``openvino-fp32``
+(``vle.openvino_vqa``, calibrated on ``--calibration`` random inputs; the export is cached in a temporary folder)
+name one mode each. Its last line is a JSON object: ``{"fp32_s": ..., "int8_s": ..., "speedup": ..., ...}``
+(seconds per forward at the first batch size; ``speedup`` is fp32 over ``int8``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import copy
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +33,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vle import VLEConfig, VLEForVQA, quantize_int8
-from vle.quantization import INT8_BACKENDS, PRECISIONS
+from vle.openvino_vqa import OpenVINOVLEForVQA
+from vle.quantization import INT8_BACKENDS
+from vqa_llm.fast_vle import int8_runtime
+
+PRECISIONS = ("fp32", "int8", "int8-torch", "int8-openvino", "openvino-fp32")
 
 MANIFEST = Path(__file__).resolve().parents[1] / "tests/fixtures/vle_reference/manifests/vle-base-for-vqa.json"
 
@@ -92,12 +101,29 @@ def time_forward(model: VLEForVQA, batch_inputs: dict[str, torch.Tensor], runs: 
     return statistics.median(times)
 
 
+def precision_model(model: VLEForVQA, precision: str, backend: str, calibration: int, cache: str):
+    """``model`` (fp32) in ``precision``: itself, PyTorch dynamic int8, or an OpenVINO export (int8 or fp32)."""
+    if precision == "int8":
+        precision = "int8-openvino" if int8_runtime() == "openvino" else "int8-torch"
+    if precision == "int8-torch":
+        return quantize_int8(copy.deepcopy(model), backend=backend)
+    if precision in ("int8-openvino", "openvino-fp32"):
+        size = model.config.vision_config.image_size
+        batches = [inputs(1, size) for _ in range(calibration)]
+        for batch in batches:
+            batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+        return OpenVINOVLEForVQA.from_model(model, cache, batches, quantize=precision == "int8-openvino")
+    return model
+
+
 def compare_precisions(model: VLEForVQA, precisions: list[str], batch_sizes: list[int], runs: int,
-                       backend: str) -> None:
+                       backend: str, calibration: int) -> None:
     """Time ``model`` in each precision, forwards interleaved; print a table, then the JSON summary line."""
     model.config.fusion_attn_implementation = "sdpa"
-    models = {p: quantize_int8(copy.deepcopy(model), backend=backend) if p == "int8" else model for p in precisions}
-    summary: dict[str, float | int | str | bool] = {"int8_backend": backend, "threads": torch.get_num_threads()}
+    cache = tempfile.mkdtemp(prefix="vle-openvino-bench-")
+    models = {p: precision_model(model, p, backend, calibration, cache) for p in precisions}
+    summary: dict[str, float | int | str | bool] = {"int8_mode": int8_runtime(), "int8_backend": backend,
+                                                     "threads": torch.get_num_threads()}
     print("\n| batch | precision | s / forward | speed-up vs fp32 | max abs logit diff | top-1 same |")
     print("|---:|---|---:|---:|---:|---:|")
     for index, batch in enumerate(batch_sizes):
@@ -140,7 +166,9 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS,
                         help="compare these VLE precisions (e.g. fp32 int8) instead of the attention variants")
     parser.add_argument("--int8-backend", choices=INT8_BACKENDS, default="auto",
-                        help="vle.quantize_int8 backend for --precision int8")
+                        help="vle.quantize_int8 backend for --precision int8-torch (and int8 where it is PyTorch's)")
+    parser.add_argument("--calibration", type=int, default=4,
+                        help="random inputs that calibrate the OpenVINO int8 export (default 4)")
     args = parser.parse_args()
 
     model = build_model()
@@ -149,7 +177,7 @@ def main() -> None:
               f"{model.config.vision_config.image_size} px, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads")
         compare_precisions(model, list(dict.fromkeys(args.precision)), args.batch_sizes or [1], args.runs,
-                           args.int8_backend)
+                           args.int8_backend, args.calibration)
         return
     args.batch_sizes = args.batch_sizes or [1, 8]
     size = model.config.vision_config.image_size

@@ -59,7 +59,8 @@ def test_precision_names_and_bad_values():
         quantize_int8(torch.nn.Linear(2, 2), backend="onnx")
 
 
-def test_load_vqa_model_in_int8_and_its_errors():
+def test_load_vqa_model_in_int8_and_its_errors(monkeypatch):
+    monkeypatch.setenv("VQA_LLM_INT8_RUNTIME", "torch.ao")  # the OpenVINO mode: tests/test_openvino_vqa.py
     model, _ = load_vqa_model(str(BUNDLED_VQA_DIR), "cpu", local_files_only=True, precision="int8")
     assert is_quantized(model)
     fp32, _ = load_vqa_model(str(BUNDLED_VQA_DIR), "cpu", local_files_only=True)
@@ -112,13 +113,20 @@ def test_app_parser_has_the_flag():
     assert resolve_profile("bundled", overrides, {})[0].vqa_precision == "int8"
 
 
-def test_evaluator_runs_in_int8_and_records_it(tmp_path, capsys):
+@pytest.mark.parametrize(("mode", "recorded", "other"), [("torch.ao", "int8", "openvino"),
+                                                        ("openvino", "int8-openvino", "torch.ao")])
+def test_evaluator_runs_in_int8_and_records_it(tmp_path, capsys, monkeypatch, mode, recorded, other):
+    monkeypatch.setenv("VQA_LLM_INT8_RUNTIME", mode)
     out = tmp_path / "run"
     code = evaluate_main(["-q", "--dataset", "easy-vqa", "--limit", "12", "--no-llm", "--profile", "bundled",
                           "--device", "cpu", "--vqa-precision", "int8", "--out", str(out)])
     assert code == 0
     run = json.loads((out / "run.json").read_text())
-    assert run["models"]["vqa_precision"] == "int8"
+    assert run["models"]["vqa_precision"] == recorded
+    monkeypatch.setenv("VQA_LLM_INT8_RUNTIME", other)
+    code = evaluate_main(["-q", "--dataset", "easy-vqa", "--limit", "12", "--no-llm", "--profile", "bundled",
+                          "--device", "cpu", "--vqa-precision", "int8", "--out", str(out), "--resume"])
+    assert code == 2 and "models" in capsys.readouterr().err  # the other int8 mode's answers differ too
     assert json.loads((out / "summary.json").read_text())["overall"]["n"] == 12
     code = evaluate_main(["-q", "--dataset", "easy-vqa", "--limit", "12", "--no-llm", "--profile", "bundled",
                           "--device", "cpu", "--out", str(out), "--resume"])

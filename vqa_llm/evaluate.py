@@ -70,6 +70,7 @@ from .evaluation.store import (
     write_atomically,
 )
 from .evaluation.summary import build_summary
+from .fast_vle import INT8_RECORDS, int8_runtime
 from .fewshot.bank import ExampleBank
 from .fewshot.locate import example_bank_path, open_example_bank
 from .fewshot.runs import FEWSHOT_TEMPLATE
@@ -168,8 +169,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     sample = examples_from_args(args)
     settings = run_settings(args, len(sample), use_llm, bank)
     models = profile.model_ids()
-    if profile.vqa_precision == "int8":  # int8 answers differ slightly: a resumed run must not mix the two
-        models["vqa_precision"] = profile.vqa_precision
+    if profile.vqa_precision == "int8":  # int8 answers differ slightly: a resumed run must not mix the two, nor
+        models["vqa_precision"] = INT8_RECORDS[int8_runtime()]  # the answers of the two int8 modes
     from .loading import chosen_llm_runtime
 
     if use_llm and chosen_llm_runtime(profile) == "llama.cpp":  # likewise for llama.cpp's replies

@@ -29,6 +29,7 @@ from vle.processing_vle import VLEProcessor
 
 from .cpu_gguf import cpu_gguf_runs
 from .errors import BadSettingError, ModelUnavailableError
+from .fast_vle import fast_int8
 from .hub_access import gguf_cached
 from .profiles import BUNDLED_LLM, Profile
 from .sources import looks_local
@@ -193,10 +194,10 @@ class _Step:
 
 def load_vqa_model(id_or_path: str, device: str, local_files_only: bool = False,
                    precision: str = "auto", dtype: torch.dtype | str | None = None) -> tuple[VLEForVQA, VLEProcessor]:
-    """Load a VLE VQA model (eval mode, on ``device``) and its processor; ``precision="int8"`` quantises its
-    Linear layers (CPU only, :func:`vle.quantize_int8`), ``"fp32"`` keeps it exact on every device. Otherwise the
-    weights' float type is :func:`resolve_dtype`'s ``dtype``: half precision on CUDA unless ``dtype="float32"``,
-    fp32 on the CPU."""
+    """Load a VLE VQA model (eval mode, on ``device``) and its processor; ``precision="int8"`` runs it in this
+    CPU's int8 mode (:mod:`vqa_llm.fast_vle`: OpenVINO static int8 or :func:`vle.quantize_int8`), ``"fp32"``
+    keeps it exact on every device. Otherwise the weights' float type is :func:`resolve_dtype`'s ``dtype``: half
+    precision on CUDA unless ``dtype="float32"``, fp32 on the CPU."""
     check_precision(precision, device)
     check_model_dir(id_or_path, "VQA model")
     torch_dtype = resolve_dtype(torch.float32 if precision == "fp32" else dtype, device)
@@ -209,7 +210,9 @@ def load_vqa_model(id_or_path: str, device: str, local_files_only: bool = False,
                 f"{describe_load_failure('VQA model', id_or_path, exc)} Check that the folder holds a complete "
                 f"VLE VQA checkpoint (config.json, weights, spm.model, preprocessor_config.json). {_OFFLINE_HINT}"
             ) from exc
-    model = apply_precision(model.to(device).eval(), precision)
+    model = model.to(device).eval()
+    if precision == "int8":  # this CPU's int8 mode: OpenVINO static int8 or PyTorch dynamic int8
+        return fast_int8(model, processor, lambda m: apply_precision(m, precision)), processor
     return model, processor
 
 

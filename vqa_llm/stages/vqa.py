@@ -62,8 +62,7 @@ class VQAOutcome:
 
 
 def _device_dtype(model: VLEForVQA) -> tuple[torch.device, torch.dtype]:
-    param = next(model.parameters())
-    return param.device, param.dtype
+    return model.device, model.dtype
 
 
 @torch.inference_mode()
