@@ -27,7 +27,10 @@ from app_testing import BUNDLED_PRETRAIN, bundled_models_present, bundled_pretra
 from llm import ChatLLM, LLMConnectionError
 from training.shape_scenes import read_scene
 from vqa_llm import VQALLMPipeline, overrides_from_args, resolve_profile
+from vqa_llm.app_launch import resolve_host, resolve_port
+from vqa_llm.paths import REPO_ROOT
 from vqa_llm.sources import model_source
+from vqa_llm.tasks import MAX_CLASSIFY_LABELS, MAX_ITM_TEXTS, MAX_TEXT_CHARS
 from vqa_llm.uploads import UploadPolicy
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -227,13 +230,13 @@ def test_unreadable_images_give_a_clear_message(client, tmp_path, image_path):
 def test_itm_and_pbc_text_errors(client, image_path):
     with pytest.raises(AppError, match="one or more texts"):
         client.predict(handle_file(image_path), " \n ", api_name="/itm")
-    with pytest.raises(AppError, match=f"the limit is {app.MAX_ITM_TEXTS}"):
+    with pytest.raises(AppError, match=f"the limit is {MAX_ITM_TEXTS}"):
         client.predict(handle_file(image_path), "\n".join(f"text {i}" for i in range(40)), api_name="/itm")
-    with pytest.raises(AppError, match=f"the limit is {app.MAX_TEXT_CHARS}"):
+    with pytest.raises(AppError, match=f"the limit is {MAX_TEXT_CHARS}"):
         client.predict(handle_file(image_path), "a red circle\n" + "long " * 100, api_name="/itm")
     with pytest.raises(AppError, match="Type a text"):
         client.predict(handle_file(image_path), "  ", 0.5, api_name="/pbc")
-    with pytest.raises(AppError, match=f"the limit is {app.MAX_TEXT_CHARS}"):
+    with pytest.raises(AppError, match=f"the limit is {MAX_TEXT_CHARS}"):
         client.predict(handle_file(image_path), "long " * 100, 0.5, api_name="/pbc")
 
 
@@ -241,8 +244,8 @@ def test_itm_and_pbc_text_errors(client, image_path):
     ("", "Type one or more labels"),
     (" \n\n ", "Type one or more labels"),
     ("a red circle\n a red circle ", "at least two labels"),
-    ("\n".join(f"label {i}" for i in range(app.MAX_CLASSIFY_LABELS + 1)), f"the limit is {app.MAX_CLASSIFY_LABELS}"),
-    ("a red circle\n" + "long " * 100, f"the limit is {app.MAX_TEXT_CHARS}"),
+    ("\n".join(f"label {i}" for i in range(MAX_CLASSIFY_LABELS + 1)), f"the limit is {MAX_CLASSIFY_LABELS}"),
+    ("a red circle\n" + "long " * 100, f"the limit is {MAX_TEXT_CHARS}"),
 ])
 def test_classify_label_errors_and_the_server_stays_up(client, image_path, labels, message):
     with pytest.raises(AppError, match=message):
@@ -372,18 +375,18 @@ def test_examples_are_offered_when_given(reference, image_path):
 
 # --------------------------------------------------------------------------------- start-up helpers
 def test_host_and_port_defaults():
-    assert app.resolve_host(None, {}) == "127.0.0.1"
-    assert app.resolve_host(None, {"SPACE_ID": "hfl/vle"}) == "0.0.0.0"
-    assert app.resolve_host("10.0.0.5", {"SPACE_ID": "hfl/vle"}) == "10.0.0.5"
-    assert app.resolve_port(None, {}) is None
-    assert app.resolve_port(None, {"SPACE_ID": "x"}) == 7860 and app.resolve_port(8000, {"SPACE_ID": "x"}) == 8000
+    assert resolve_host(None, {}) == "127.0.0.1"
+    assert resolve_host(None, {"SPACE_ID": "hfl/vle"}) == "0.0.0.0"
+    assert resolve_host("10.0.0.5", {"SPACE_ID": "hfl/vle"}) == "10.0.0.5"
+    assert resolve_port(None, {}) is None
+    assert resolve_port(None, {"SPACE_ID": "x"}) == 7860 and resolve_port(8000, {"SPACE_ID": "x"}) == 8000
     # what Hugging Face Spaces passes wins over the defaults, and a flag over both
     space = {"SPACE_ID": "x/y", "GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "7861"}
-    assert app.resolve_host(None, space) == "0.0.0.0" and app.resolve_port(None, space) == 7861
-    assert app.resolve_host(None, {"GRADIO_SERVER_NAME": "127.0.0.2"}) == "127.0.0.2"
-    assert app.resolve_host("127.0.0.1", space) == "127.0.0.1" and app.resolve_port(9000, space) == 9000
+    assert resolve_host(None, space) == "0.0.0.0" and resolve_port(None, space) == 7861
+    assert resolve_host(None, {"GRADIO_SERVER_NAME": "127.0.0.2"}) == "127.0.0.2"
+    assert resolve_host("127.0.0.1", space) == "127.0.0.1" and resolve_port(9000, space) == 9000
     with pytest.raises(SystemExit, match="GRADIO_SERVER_PORT='http' is not a port number"):
-        app.resolve_port(None, {"GRADIO_SERVER_PORT": "http"})
+        resolve_port(None, {"GRADIO_SERVER_PORT": "http"})
 
 
 def test_banner_names_models_and_their_origin_without_machine_paths(server, model_args):
@@ -391,7 +394,7 @@ def test_banner_names_models_and_their_origin_without_machine_paths(server, mode
     banner = next(b.value for b in demo.blocks.values() if getattr(b, "elem_id", None) == "banner")
     assert "vqa: `" in banner and "captioner: `" in banner and "llm: `chat (local folder)`" in banner
     assert f"VLE pretraining: `{model_source(args.vle_pretrained or str(BUNDLED_PRETRAIN))}`" in banner
-    for path in (str(app.REPO_ROOT), args.llm, args.vle_pretrained or str(BUNDLED_PRETRAIN), "site-packages", "/tmp"):
+    for path in (str(REPO_ROOT), args.llm, args.vle_pretrained or str(BUNDLED_PRETRAIN), "site-packages", "/tmp"):
         assert path not in banner
 
 

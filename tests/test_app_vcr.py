@@ -28,6 +28,7 @@ from robustness_testing import call_answer_raw, profile_from_argv, tiny_model_ar
 from vcr_testing import build_tiny_vcr_model
 from vle import VLEForVCRQ2A, VLEForVCRQ2APipeline, VLEForVCRQA2R, VLEForVCRQA2RPipeline
 from vle.processing_vle import VLEProcessor
+from vqa_llm.app_examples import EXAMPLES_DIR as APP_EXAMPLES_DIR
 from vqa_llm.errors import BadSettingError, ModelUnavailableError
 from vqa_llm.uploads import NOT_UPLOADED, UploadPolicy
 from vqa_llm.vcr import (
@@ -212,7 +213,7 @@ def test_the_examples_are_generated_scenes_with_inline_boxes():
         record = json.loads(found.record)
         assert "img_fn" not in record and "metadata_fn" not in record and record["boxes"]
         assert found.label == record_text(record["question"], record["objects"]) and found.label.endswith("?")
-        assert Path(found.image).is_relative_to(app.EXAMPLES_DIR)  # readable under the app's upload policy
+        assert Path(found.image).is_relative_to(APP_EXAMPLES_DIR)  # readable under the app's upload policy
 
 
 def test_models_load_at_first_use_and_say_when_they_are_missing(vcr_dirs, argv, tmp_path):

@@ -1,4 +1,5 @@
-"""Bad and awkward inputs, each sent through the Python pipeline AND the app's ``/answer`` API.
+"""Bad and awkward inputs, each sent through the Python pipeline AND the app's ``/answer`` API (and the refused
+images and questions through the CLI too).
 
 Every case ends either in one of the project's clear error messages (never a traceback or Gradio's generic
 "an exception occurred") or in a correct answer: for the odd-but-valid images the answer must be computed on
@@ -31,6 +32,8 @@ from tiny_models import single_thread_fixture
 from tiny_vle import DEFAULT_LABELS
 from vle.image_io import image_sha256
 from vqa_llm import VQALLMError, VQALLMPipeline
+from vqa_llm.cli import EXIT_USER_ERROR
+from vqa_llm.cli import main as cli_main
 
 RED, WHITE = (255, 0, 0), (255, 255, 255)
 VOCAB = len(DEFAULT_LABELS)
@@ -257,6 +260,21 @@ def test_api(case, client, oracle, files):
     # the server still answers the next request
     after = client.predict(handle_file(healthy_image()), QUESTION, 2, False, "short", api_name="/answer")
     assert after["stage"] == "done" and len(after["candidates"]) == 2
+
+
+# the CLI always names an image file, and takes top_k as a whole number (argparse)
+CLI_CASES = [case for case in CASES if case.error and case.image is not None and case.top_k == Case.top_k]
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[case.name for case in CLI_CASES])
+def test_cli_refuses_what_the_page_refuses(case, files, capsys):
+    """``python -m vqa_llm ask`` gives the page's message for each refused image or question, before a model
+    loads (the profile's models are never reached: the checks come first)."""
+    code = cli_main(["ask", str(files[case.name]), case.question, "--top-k", str(case.top_k), "--profile", "bundled",
+                     "--vqa-model", "/nonexistent/vqa-model", "-q"])
+    message = capsys.readouterr().err.strip()
+    assert code == EXIT_USER_ERROR and message.startswith("Error: ") and len(message.splitlines()) == 1
+    check_message(message, case.expected_error("api"))
 
 
 def test_both_channels_see_the_same_upright_image(pipe, client, files):

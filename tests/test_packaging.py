@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import tomllib
 from pathlib import Path
@@ -43,3 +44,25 @@ def test_dependencies_are_read_from_the_requirement_files():
     for name in ("requirements.txt", "requirements-dev.txt"):
         for line in (REPO / name).read_text(encoding="utf-8").splitlines():
             assert not line.strip().startswith("-"), f"{name}: {line}"
+
+
+def _imported_top_modules(path: Path) -> set[str]:
+    """The top-level names of every module ``path`` imports (relative imports as ``.``)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            found.add("." if node.level else node.module.split(".")[0])
+    return found
+
+
+def test_app_py_is_the_page_over_vqa_llm_alone():
+    """``app.py`` (layout and event wiring) takes everything of the project from ``vqa_llm``, which never imports
+    ``app``: the layering of the README, where import-linter (the packages only) does not look."""
+    app_py = REPO / "app.py"
+    assert _imported_top_modules(app_py) & (PACKAGES | {"."}) == {"vqa_llm"}
+    assert len(app_py.read_text(encoding="utf-8").splitlines()) <= 300
+    importing_app = [p.relative_to(REPO).as_posix() for p in (REPO / "vqa_llm").rglob("*.py")
+                     if "app" in _imported_top_modules(p)]
+    assert importing_app == []

@@ -109,7 +109,7 @@ def test_cli_answers_in_int8(tmp_path):
 def test_app_parser_has_the_flag():
     import app
 
-    overrides = app.overrides_from_args(app.build_parser().parse_args(["--vqa-precision", "int8"]))
+    overrides = overrides_from_args(app.build_parser().parse_args(["--vqa-precision", "int8"]))
     assert resolve_profile("bundled", overrides, {})[0].vqa_precision == "int8"
 
 

@@ -41,7 +41,7 @@ from robustness_testing import (
 )
 from tiny_models import single_thread_fixture
 from vle import VLEForVQA
-from vqa_llm import ModelUnavailableError, VQALLMPipeline, resolve_profile
+from vqa_llm import ModelUnavailableError, VQALLMPipeline, overrides_from_args, resolve_profile
 from vqa_llm.loading import load_chat_llm
 from vqa_llm.profiles import BASE, LARGE, bundled_profile
 
@@ -108,10 +108,10 @@ def test_pipeline_loader_refuses_a_pickle_payload_with_a_clear_error(flag, argv,
 def test_every_profile_keeps_remote_code_off_unless_asked():
     profiles = [BASE, LARGE, bundled_profile(),
                 resolve_profile("auto", environ={}, hub_probe=lambda env: (False, "test"))[0],
-                resolve_profile("base", app.overrides_from_args(app.build_parser().parse_args([])), environ={})[0]]
+                resolve_profile("base", overrides_from_args(app.build_parser().parse_args([])), environ={})[0]]
     assert [p.trust_remote_code for p in profiles] == [False] * len(profiles)
     asked = app.build_parser().parse_args(["--trust-remote-code"])
-    assert resolve_profile("base", app.overrides_from_args(asked), environ={})[0].trust_remote_code is True
+    assert resolve_profile("base", overrides_from_args(asked), environ={})[0].trust_remote_code is True
 
 
 def test_local_llm_loader_passes_trust_remote_code_false(argv, monkeypatch):

@@ -13,7 +13,17 @@ from vqa_llm import BadSettingError, resolve_profile
 from vqa_llm.paths import REPO_ROOT
 from vqa_llm.profiles import BUNDLED_PRETRAIN_DIR
 from vqa_llm.sources import model_source, public_text
-from vqa_llm.tasks import GENERIC_LABELS, LABELS_FILE, TASKS, default_labels, load_tasks
+from vqa_llm.tasks import (
+    GENERIC_LABELS,
+    LABELS_FILE,
+    MAX_CLASSIFY_LABELS,
+    MAX_ITM_TEXTS,
+    MAX_TEXT_CHARS,
+    TASKS,
+    VLETasks,
+    default_labels,
+    load_tasks,
+)
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +152,61 @@ def test_the_task_heads_follow_the_vqa_precision(checkpoint, monkeypatch):
     load_heads(checkpoint, "cuda:0", precision="fp32")
     load_heads(checkpoint, "cuda:0", precision="auto")
     assert asked == [torch.float32] * len(TASKS) + [torch.float16] * len(TASKS)
+
+
+# ------------------------------------------------------------------- the tasks' input checks, for every caller
+class RecordingPipeline:
+    """A task pipeline that records what it was given and scores every text the same."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, image, text, **kwargs):
+        self.calls.append((text, kwargs))
+        if isinstance(text, str):  # patch relevance
+            return {"heatmap": image, "relevance": np.zeros((2, 2))}
+        return [{"score": 0.5, "logit": 0.0} for _ in text]
+
+
+@pytest.fixture
+def recorded():
+    itm, pbc = RecordingPipeline(), RecordingPipeline()
+    return VLETasks({"itm": itm, "pbc": pbc}, model_id="test"), itm, pbc
+
+
+LONG = "long " * 100
+# (task, its inputs, the message): what the app's /itm, /classify and /pbc refuse (tests/test_app.py)
+REFUSED = [
+    ("match", (" \n ",), "Type one or more texts"),
+    ("match", ("\n".join(f"text {i}" for i in range(40)),), f"the limit is {MAX_ITM_TEXTS}"),
+    ("match", ([f"text {i}" for i in range(MAX_ITM_TEXTS + 1)],), f"the limit is {MAX_ITM_TEXTS}"),
+    ("match", (["a red circle", LONG],), f"the limit is {MAX_TEXT_CHARS}"),
+    ("match", (["a red circle", " \x00 "],), "an empty one"),
+    ("match", ([1, 2],), "must be text"),
+    ("classify", ("",), "Type one or more labels"),
+    ("classify", ("a red circle\n a red circle ",), "at least two labels"),
+    ("classify", (["a red circle"],), "at least two labels"),
+    ("classify", ([f"label {i}" for i in range(MAX_CLASSIFY_LABELS + 1)],), f"the limit is {MAX_CLASSIFY_LABELS}"),
+    ("relevance", ("  ",), "Type a text"),
+    ("relevance", (LONG,), f"the limit is {MAX_TEXT_CHARS}"),
+    ("relevance", ("the shape", 1.5), "alpha must be from 0 to 1"),
+    ("relevance", ("the shape", "0.5"), "alpha must be a number"),
+]
+
+
+@pytest.mark.parametrize("task, inputs, message", REFUSED)
+def test_python_callers_of_the_tasks_get_the_pages_checks(recorded, image_path, task, inputs, message):
+    tasks, itm, pbc = recorded
+    with pytest.raises(BadSettingError, match=message):
+        getattr(tasks, task)(image_path, *inputs)
+    assert not itm.calls and not pbc.calls  # refused before the model
+
+
+def test_the_tasks_clean_the_texts_and_keep_a_listed_text_per_score(recorded, image_path):
+    tasks, itm, pbc = recorded
+    assert tasks.match(image_path, ["a\u202e red circle", "a red circle"]) == [0.5, 0.5]  # one score per text
+    assert itm.calls[-1][0] == ["a red circle", "a red circle"]
+    assert [label for label, _ in tasks.classify(image_path, "a red circle\n\na blue\tcircle\n")] == \
+        ["a red circle", "a blue circle"]
+    tasks.relevance(image_path, " the\x07 shape ", 0)
+    assert pbc.calls[-1] == ("the shape", {"alpha": 0.0})

@@ -63,14 +63,21 @@ def clean_question(question: object, max_chars: int = MAX_QUESTION_CHARS) -> tup
 
 
 def clean_lines(texts: object, what: str, limit: int, max_chars: int) -> list[str]:
-    """The lines of ``texts`` (e.g. labels, one per line), each cleaned by :func:`clean_text`, empty ones dropped
-    and duplicates merged. BadSettingError when ``texts`` is not text, or when no line, more than ``limit`` lines
-    or a line longer than ``max_chars`` remain; ``what`` names the lines in messages ("labels")."""
+    """``texts`` (e.g. labels) each cleaned by :func:`clean_text`: one per line in a string (what a text box
+    sends; empty lines are dropped and duplicates merged), or a list or tuple of strings (kept one for one, so
+    results line up with them: none may be empty). BadSettingError when ``texts`` is neither, when a listed
+    text is empty, or when no text, more than ``limit`` texts or one longer than ``max_chars`` remain; ``what``
+    names the texts in messages ("labels")."""
     if texts is None:
         texts = ""
-    if not isinstance(texts, str):
+    if isinstance(texts, str):
+        lines = list(dict.fromkeys(filter(None, (clean_text(line)[0] for line in texts.splitlines()))))
+    elif isinstance(texts, (list, tuple)) and all(isinstance(text, str) for text in texts):
+        lines = [clean_text(text)[0] for text in texts]
+        if texts and not all(lines):
+            raise BadSettingError(f"The {what} include an empty one (#{lines.index('')}): give each some words.")
+    else:
         raise BadSettingError(f"The {what} must be text, not {type(texts).__name__}: type them one per line.")
-    lines = list(dict.fromkeys(filter(None, (clean_text(line)[0] for line in texts.splitlines()))))
     if not lines:
         raise BadSettingError(f"Type one or more {what}, one per line.")
     if len(lines) > limit:

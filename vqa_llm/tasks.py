@@ -15,6 +15,11 @@ app) is one entry and one method. Loading never raises: without a checkpoint, or
 The labels zero-shot classification offers first come from the checkpoint folder's :data:`LABELS_FILE` (one
 label a line; the bundled easy-VQA checkpoint lists its 24 "a <colour> <shape>" texts), else
 :data:`GENERIC_LABELS`.
+
+Each task checks its inputs before its model runs, the same for the app's pages and API, the CLI and Python
+callers (:func:`match_texts`, :func:`classify_labels`, :func:`relevance_text`, :func:`relevance_alpha`): texts
+cleaned by :func:`vqa_llm.inputs.clean_text`, at most :data:`MAX_TEXT_CHARS` characters each, at most
+:data:`MAX_ITM_TEXTS` texts to match and :data:`MAX_CLASSIFY_LABELS` labels (at least two) to rank.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from vle.pipeline_vle import VLEForITMPipeline, VLEForPBCPipeline
 from vle.processing_vle import VLEProcessor
 
 from .errors import BadSettingError, ModelUnavailableError
+from .inputs import check_number, clean_lines, clean_text
 from .loading import _Step, check_model_dir, describe_load_failure, resolve_device, resolve_dtype
 from .profiles import Profile
 from .sources import looks_local, model_source, public_text
@@ -47,6 +53,13 @@ LABELS_FILE = "zero_shot_labels.txt"
 #: default zero-shot labels of a checkpoint that lists none (photos: the Hub checkpoints)
 GENERIC_LABELS = ("a photo of a cat", "a photo of a dog", "a photo of a bird", "a photo of a car",
                   "a photo of a person", "a photo of food", "a photo of a building", "a photo of a landscape")
+#: the most texts one image-text matching call scores, and labels one classification ranks
+MAX_ITM_TEXTS = 16
+MAX_CLASSIFY_LABELS = 50
+#: the longest text or label, in characters
+MAX_TEXT_CHARS = 300
+#: how much patch relevance may darken the patches a text is not about
+ALPHA_RANGE = (0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -85,29 +98,62 @@ class VLETasks:
         """The checkpoint's name and origin for people (:func:`vqa_llm.sources.model_source`), when loaded."""
         return model_source(self.model_id) if self.available else None
 
-    def _run(self, name: str, **inputs: Any) -> Any:
-        """The output of task ``name``'s pipeline; BadSettingError (with ``note``) when it is not loaded."""
+    def _pipeline(self, name: str) -> Any:
+        """Task ``name``'s pipeline; BadSettingError (with ``note``) when it is not loaded."""
         if name not in self.pipelines:
             raise BadSettingError(self.note or f"{TASKS[name].title.capitalize()} is not available here.")
-        return self.pipelines[name](**inputs)
+        return self.pipelines[name]
 
-    def match(self, image: ImageSource, texts: Sequence[str]) -> list[float]:
-        """Probability that each of ``texts`` describes ``image`` (one batch)."""
-        return [float(out["score"]) for out in self._run("itm", image=image, text=list(texts))]
+    def match(self, image: ImageSource, texts: str | Sequence[str]) -> list[float]:
+        """Probability that each of ``texts`` (checked by :func:`match_texts`) describes ``image`` (one batch)."""
+        pipeline = self._pipeline("itm")
+        return [float(out["score"]) for out in pipeline(image=image, text=match_texts(texts))]
 
-    def classify(self, image: ImageSource, labels: Sequence[str]) -> list[tuple[str, float]]:
-        """Zero-shot classification through ITM: ``labels`` ranked best first, with probabilities that sum to 1
-        (a softmax over the labels' match log-odds)."""
-        outputs = self._run("itm", image=image, text=list(labels))
-        logits = torch.tensor([float(out["logit"]) for out in outputs])
+    def classify(self, image: ImageSource, labels: str | Sequence[str]) -> list[tuple[str, float]]:
+        """Zero-shot classification through ITM: ``labels`` (checked by :func:`classify_labels`) ranked best
+        first, with probabilities that sum to 1 (a softmax over the labels' match log-odds)."""
+        pipeline = self._pipeline("itm")
+        labels = classify_labels(labels)
+        logits = torch.tensor([float(out["logit"]) for out in pipeline(image=image, text=labels)])
         probs = torch.softmax(logits, dim=0).tolist()
         return sorted(zip(labels, probs), key=lambda pair: -pair[1])
 
     def relevance(self, image: ImageSource, text: str, alpha: float = 0.5) -> tuple[Image.Image, np.ndarray]:
         """A heatmap of ``image`` (patches the text is not about darkened by up to ``alpha``) and the
-        ``[rows, cols]`` per-patch relevance of ``text``."""
-        out = self._run("pbc", image=image, text=text, alpha=float(alpha))
+        ``[rows, cols]`` per-patch relevance of ``text`` (both checked, see :func:`relevance_text`)."""
+        pipeline = self._pipeline("pbc")
+        alpha, text = relevance_alpha(alpha), relevance_text(text)
+        out = pipeline(image=image, text=text, alpha=alpha)
         return out["heatmap"], out["relevance"]
+
+
+def match_texts(texts: object) -> list[str]:
+    """The texts to match, one per line or as a list (:func:`vqa_llm.inputs.clean_lines`); BadSettingError
+    when there are none, more than :data:`MAX_ITM_TEXTS` or one is longer than :data:`MAX_TEXT_CHARS`."""
+    return clean_lines(texts, "texts", MAX_ITM_TEXTS, MAX_TEXT_CHARS)
+
+
+def classify_labels(labels: object) -> list[str]:
+    """The labels to rank, as :func:`match_texts` checks texts (up to :data:`MAX_CLASSIFY_LABELS`); at least two."""
+    lines = clean_lines(labels, "labels", MAX_CLASSIFY_LABELS, MAX_TEXT_CHARS)
+    if len(lines) < 2:
+        raise BadSettingError("Give at least two labels, one per line, to choose between.")
+    return lines
+
+
+def relevance_text(text: object) -> str:
+    """The text of patch relevance, cleaned; BadSettingError when it is empty, not text or too long."""
+    text = clean_text(text)[0] if isinstance(text, str) else ""
+    if not text:
+        raise BadSettingError("Type a text describing something in the image.")
+    if len(text) > MAX_TEXT_CHARS:
+        raise BadSettingError(f"The text is {len(text)} characters long; the limit is {MAX_TEXT_CHARS}. Shorten it.")
+    return text
+
+
+def relevance_alpha(alpha: object) -> float:
+    """``alpha`` when it is a number in :data:`ALPHA_RANGE`; BadSettingError otherwise."""
+    return float(check_number("alpha", alpha, *ALPHA_RANGE))
 
 
 def default_labels(id_or_path: str) -> list[str]:

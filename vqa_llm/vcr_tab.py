@@ -54,7 +54,8 @@ HELP = (
 class VCRHandlers:
     """The tab's and ``/vcr``'s event functions, bound to the VCR models and the page's upload policy.
 
-    ``errors`` is the app's context manager turning user errors into ``gr.Error`` (``app.user_errors``).
+    ``errors`` is the app's context manager turning user errors into ``gr.Error``
+    (:func:`vqa_llm.app_handlers.user_errors`).
     """
 
     def __init__(self, vcr: VCRModels, uploads: UploadPolicy, errors: Callable[[], AbstractContextManager]):
