@@ -167,8 +167,8 @@ def main() -> None:
                         help="compare these VLE precisions (e.g. fp32 int8) instead of the attention variants")
     parser.add_argument("--int8-backend", choices=INT8_BACKENDS, default="auto",
                         help="vle.quantize_int8 backend for --precision int8-torch (and int8 where it is PyTorch's)")
-    parser.add_argument("--calibration", type=int, default=4,
-                        help="random inputs that calibrate the OpenVINO int8 export (default 4)")
+    parser.add_argument("--calibration", type=int, default=8,
+                        help="random inputs that calibrate the OpenVINO int8 export (default 8)")
     args = parser.parse_args()
 
     model = build_model()

@@ -16,8 +16,9 @@ from vle.vqa_data import image_for, load_easy_vqa
 from vqa_llm.cli import main
 from vqa_llm.errors import BadSettingError
 from vqa_llm.evaluate import main as evaluate_main
-from vqa_llm.loading import load_vqa_model
+from vqa_llm.loading import load_captioner, load_vqa_model
 from vqa_llm.profiles import (
+    BUNDLED_CAPTIONER_DIR,
     BUNDLED_VQA_DIR,
     ENV_VARS,
     VQA_PRECISIONS,
@@ -93,6 +94,18 @@ def test_bad_precision_values_are_refused_with_the_choices(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--vqa-precision", "int4"])
     assert "invalid choice: 'int4'" in capsys.readouterr().err
+
+
+def test_int8_runs_the_captioner_in_int8_too_with_the_same_captions():
+    distinct = {example.image_path: example for example in load_easy_vqa("test")[:200]}
+    images = [image_for(example) for example in list(distinct.values())[:8]]  # 8 different test images
+    fp32 = load_captioner(str(BUNDLED_CAPTIONER_DIR), "cpu", local_files_only=True)
+    int8 = load_captioner(str(BUNDLED_CAPTIONER_DIR), "cpu", local_files_only=True, precision="int8")
+    assert is_quantized(int8.model) and not is_quantized(fp32.model)
+    same = sum(a == b for a, b in zip(fp32.caption(images), int8.caption(images)))
+    assert same >= 7  # 770 of the 772 checkable test images keep their caption (docs/speed.md)
+    with pytest.raises(BadSettingError, match="CPU only"):
+        load_captioner(str(BUNDLED_CAPTIONER_DIR), "cuda", local_files_only=True, precision="int8")
 
 
 def test_cli_answers_in_int8(tmp_path):
