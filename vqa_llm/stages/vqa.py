@@ -17,6 +17,7 @@ from PIL import Image
 
 from captioner import BlipCaptioner
 from vle import VLEForVQA
+from vle.openvino_vqa import OpenVINOVLEForVQA
 from vle.pipeline_vle import top_answers
 from vle.processing_vle import VLEProcessor
 
@@ -28,7 +29,7 @@ from .clock import Clock
 class VLEParts:
     """The models of the VQA stage, the cache of their image-level work and how answers are scored."""
 
-    vqa_model: VLEForVQA
+    vqa_model: VLEForVQA | OpenVINOVLEForVQA
     processor: VLEProcessor
     captioner: BlipCaptioner | None
     cache: ImageCache
@@ -61,8 +62,11 @@ class VQAOutcome:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _device_dtype(model: VLEForVQA) -> tuple[torch.device, torch.dtype]:
-    return model.device, model.dtype
+def _device_dtype(model: VLEForVQA | OpenVINOVLEForVQA) -> tuple[torch.device, torch.dtype]:
+    if isinstance(model, torch.nn.Module):
+        param = next(model.parameters())
+        return param.device, param.dtype
+    return model.device, model.dtype  # the OpenVINO int8 model: CPU, float32 inputs
 
 
 @torch.inference_mode()
