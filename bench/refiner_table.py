@@ -15,6 +15,8 @@ import re
 import sys
 from pathlib import Path
 
+from vqa_llm.evaluation.summary import flip_counts
+
 _SENTENCE = re.compile(r"^[^\n]*[.!?]$")
 _ANSWER_LINE = re.compile(r"^\s*Answer\s*:\s*\S", re.IGNORECASE | re.MULTILINE)
 
@@ -40,7 +42,9 @@ def summarise(run_dir: Path) -> dict:
     fixed = sum((r["llm_accuracy"] or 0) > r["raw_accuracy"] for r in records)
     broken = sum((r["llm_accuracy"] or 0) < r["raw_accuracy"] for r in records)
     llm_seconds = [r["timings"].get("llm", 0.0) for r in records]
+    flips = flip_counts([{**r, "llm_accuracy": r["llm_accuracy"] or 0.0} for r in records])
     return {"run": str(run_dir), "questions": n, "raw": raw, "llm": llm, "fixed": fixed, "broken": broken,
+            "right_to_wrong_pct": flips["right_to_wrong_pct"], "wrong_to_right_pct": flips["wrong_to_right_pct"],
             "format": sum(follows_format(r) for r in records) / n,
             "fallbacks": sum(bool(r.get("llm_fallback")) for r in records),
             "llm_s_per_question": sum(llm_seconds) / n}
@@ -54,11 +58,13 @@ def main(argv: list[str]) -> int:
     for item in argv:
         label, _, folder = item.rpartition("=")
         rows.append((label or folder, summarise(Path(folder))))
-    print("| configuration | questions | raw VLE | LLM | fixed | broken | format | LLM s/question |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| configuration | questions | raw VLE | LLM | fixed | broken | right→wrong | wrong→right | format | "
+          "LLM s/question |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, s in rows:
         print(f"| {label} | {s['questions']} | {100 * s['raw']:.2f} | {100 * s['llm']:.2f} | {s['fixed']} | "
-              f"{s['broken']} | {100 * s['format']:.1f}% | {s['llm_s_per_question']:.3f} |")
+              f"{s['broken']} | {s['right_to_wrong_pct']:.2f}% | {s['wrong_to_right_pct']:.2f}% | "
+              f"{100 * s['format']:.1f}% | {s['llm_s_per_question']:.3f} |")
     for label, s in rows:
         print(json.dumps({"label": label, **s}))
     return 0

@@ -50,8 +50,8 @@ RECORD_FIELDS = {
     "raw_accuracy", "llm_accuracy", "error", "timings",
 }
 LLM_FIELDS = ("template", "llm_reply", "llm_answer", "llm_explanation", "llm_fallback", "changed", "llm_accuracy")
-GROUP_FIELDS = {"n", "raw_accuracy", "llm_accuracy", "fixed", "broke", "changed_no_effect", "changed", "failed",
-                "llm_errors", "latency_s"}
+GROUP_FIELDS = {"n", "raw_accuracy", "llm_accuracy", "fixed", "broke", "changed_no_effect", "changed", "flips",
+                "failed", "llm_errors", "latency_s"}
 
 
 # ----------------------------------------------------------------------------------------- fixtures
@@ -171,6 +171,12 @@ def test_summary_counts_fixed_broke_and_unchanged_answers():
     assert summary["per_question_type"]["a"]["fixed"] == 1 and summary["per_question_type"]["b"]["failed"] == 1
     assert summary["overall"]["latency_s"] == {"llm": 0.5, "total": 1.0}
     assert summary["questions_per_s"] == 3.0
+    # flips: 1 wrong->right (q1), 1 right->wrong (q2); q3 stays partly right (0.3 is not right: < 3 annotators)
+    assert summary["overall"]["flips"] == {"right_to_wrong": 1, "right_to_wrong_pct": round(100 / 6, 2),
+                                           "wrong_to_right": 1, "wrong_to_right_pct": round(100 / 6, 2)}
+    assert summary["per_question_type"]["b"]["flips"]["right_to_wrong"] == 0
+    assert build_summary([rec(1, "a", 0.9, 0.6, True)], {})["overall"]["flips"]["right_to_wrong"] == 1
+    assert build_summary([{**rec(1, "a", 1.0, None, False)}], {})["overall"]["flips"] is None  # without the LLM
     with pytest.raises(ValueError):
         build_summary([], {})
 

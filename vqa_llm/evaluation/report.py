@@ -51,6 +51,11 @@ def render_markdown(summary: dict[str, Any], chart_name: str | None = None) -> s
     lines += ["", "Accuracy is the official VQA accuracy in %. *fixed*: the LLM answer scores higher than the "
               "VQA top-1; *broke*: lower; *changed, no effect*: a different answer with the same score.", ""]
     lines += _table("Overall", {"all questions": overall})
+    if overall.get("flips"):
+        flips = overall["flips"]
+        lines += [f"Flips (right: at least 3 of 10 annotators gave the answer): right→wrong {flips['right_to_wrong']} "
+                  f"({flips['right_to_wrong_pct']:.2f}% of the questions), wrong→right {flips['wrong_to_right']} "
+                  f"({flips['wrong_to_right_pct']:.2f}%).", ""]
     lines += _table("Per answer type", summary["per_answer_type"])
     lines += _table("Per question type", summary["per_question_type"])
     lines += ["## Mean latency per question (seconds)", "", "| stage | seconds |", "|---|---:|"]

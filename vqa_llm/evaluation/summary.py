@@ -3,7 +3,9 @@
 For the whole run, each answer type and each question type: ``n``, the official VQA accuracy of the raw
 VQA top-1 and of the LLM answer (percentages rounded to 2 digits, as :func:`vqa_llm.metrics.summarise_accuracy`
 reports them), how many answers the LLM ``fixed`` (raw accuracy < LLM accuracy), ``broke`` (raw > LLM) or
-changed without effect (``changed_no_effect``: a different answer with the same accuracy), ``failed``
+changed without effect (``changed_no_effect``: a different answer with the same accuracy), ``flips``
+(right→wrong and wrong→right answers, counts and percentages of the questions, right meaning at least 3 of 10
+annotators gave the answer), ``failed``
 questions (no answer at all, scored 0), ``llm_errors`` (the LLM failed and the VQA answer was kept) and
 the mean seconds per pipeline stage (``latency_s``). Without the LLM the LLM figures are null.
 """
@@ -18,6 +20,8 @@ from ..metrics import summarise_accuracy
 from ..result import STAGES
 from .records import is_failed
 
+#: the VQA accuracy from which an answer counts as right in ``flips`` (3 of 10 annotators: 0.9; easy-VQA: 1.0)
+RIGHT = 0.9
 #: summary keys that hold measured times (differ from run to run, even with identical predictions)
 TIMING_KEYS = ("latency_s", "wall_time_s", "questions_per_s", "sessions")
 
@@ -42,12 +46,23 @@ def _llm_counts(records: Sequence[dict[str, Any]]) -> dict[str, int]:
     return {"fixed": fixed, "broke": broke, "changed_no_effect": no_effect, "changed": changed}
 
 
+def flip_counts(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Right→wrong and wrong→right answers, counts and percentages of the questions; an answer is right when it
+    earns at least :data:`RIGHT` of the VQA accuracy (3 of 10 annotators gave it)."""
+    right_to_wrong = sum(r["raw_accuracy"] >= RIGHT > r["llm_accuracy"] for r in records)
+    wrong_to_right = sum(r["llm_accuracy"] >= RIGHT > r["raw_accuracy"] for r in records)
+    n = max(len(records), 1)
+    return {"right_to_wrong": right_to_wrong, "right_to_wrong_pct": round(100 * right_to_wrong / n, 2),
+            "wrong_to_right": wrong_to_right, "wrong_to_right_pct": round(100 * wrong_to_right / n, 2)}
+
+
 def group_stats(records: Sequence[dict[str, Any]], raw_accuracy: float, llm_accuracy: float | None) -> dict[str, Any]:
     """The figures of one group of records whose accuracies were already aggregated."""
     use_llm = llm_accuracy is not None
     stats: dict[str, Any] = {"n": len(records), "raw_accuracy": raw_accuracy, "llm_accuracy": llm_accuracy}
     counts = _llm_counts(records) if use_llm else dict.fromkeys(("fixed", "broke", "changed_no_effect", "changed"))
     stats.update(counts)
+    stats["flips"] = flip_counts(records) if use_llm else None
     stats["failed"] = sum(is_failed(record) for record in records)
     stats["llm_errors"] = (sum(bool(record.get("error")) and not is_failed(record) for record in records)
                            if use_llm else None)
