@@ -52,17 +52,17 @@ USER_ERRORS = [
     ("vqa_llm.example_bank", ["build", "--dataset", "easy-vqa", "--limit", "2", "--profile", "bundled", "--out",
                               UNDER_A_FILE], "lies under the file"),
     ("vqa_llm.example_bank", ["info", "{tmp}/no-bank"], "does not exist"),
-    ("training.vqa_finetune", ["--init", "{tmp}/vle", "--train-questions", "{tmp}/q.json", "--train-annotations",
-                               "{tmp}/a.json", "--train-images", "{tmp}", "--out", "{tmp}/out"],
+    ("training.vqa_finetune", ["--init", "{tmp}/vle", "--train_questions", "{tmp}/q.json", "--train_annotations",
+                               "{tmp}/a.json", "--train_images", "{tmp}", "--output_dir", "{tmp}/out"],
      "questions file not found"),
-    ("training.vqa_finetune", ["--init", "{tmp}/vle", "--train", "easy-vqa", "--out", UNDER_A_FILE],
+    ("training.vqa_finetune", ["--init", "{tmp}/vle", "--train", "easy-vqa", "--output_dir", UNDER_A_FILE],
      "lies under the file"),
-    ("training.vqa_finetune", ["--train", "easy-vqa", "--out", "{tmp}/out"], "Pass --init"),
-    ("training.vqa_finetune", ["--init", "{tmp}/no-such-model", "--train", "easy-vqa", "--eval-limit", "1", "--out",
-                               "{tmp}/out", "--train-questions", "{tmp}/q.json"], "go together"),
-    ("training.captioner_finetune", ["--pairs", "{pairs}", "--out", UNDER_A_FILE, "--epochs", "1"],
+    ("training.vqa_finetune", ["--train", "easy-vqa", "--output_dir", "{tmp}/out"], "Pass --init"),
+    ("training.vqa_finetune", ["--init", "{tmp}/no-such-model", "--train", "easy-vqa", "--eval_limit", "1",
+                               "--output_dir", "{tmp}/out", "--train_questions", "{tmp}/q.json"], "go together"),
+    ("training.captioner_finetune", ["--pairs", "{pairs}", "--output_dir", UNDER_A_FILE, "--num_train_epochs", "1"],
      "lies under the file"),
-    ("training.captioner_finetune", ["--pairs", "{tmp}/nope.jsonl", "--out", "{tmp}/out"], "does not exist"),
+    ("training.captioner_finetune", ["--pairs", "{tmp}/nope.jsonl", "--output_dir", "{tmp}/out"], "does not exist"),
     ("training.bundle", ["build", "--out", str(REPO_ROOT / "assets" / "models"), "--only", "blip"],
      "already hold(s) a model: pass --overwrite"),
     ("training.bundle", ["build", "--out", UNDER_A_FILE], "lies under the file"),
@@ -108,9 +108,9 @@ def _python_m(args: list[str], timeout: int = 240) -> subprocess.CompletedProces
 
 @pytest.mark.slow
 @pytest.mark.parametrize("module, argv", [
-    ("training.vqa_finetune", ["--init", "x", "--train-questions", "q.json", "--train-annotations", "a.json",
-                               "--train-images", ".", "--out", "{tmp}/out"]),
-    ("training.captioner_finetune", ["--pairs", "{pairs}", "--out", UNDER_A_FILE]),
+    ("training.vqa_finetune", ["--init", "x", "--train_questions", "q.json", "--train_annotations", "a.json",
+                               "--train_images", ".", "--output_dir", "{tmp}/out"]),
+    ("training.captioner_finetune", ["--pairs", "{pairs}", "--output_dir", UNDER_A_FILE]),
     ("training.bundle", ["build", "--out", UNDER_A_FILE]),
 ], ids=["training.vqa_finetune", "training.captioner_finetune", "training.bundle"])
 def test_python_m_prints_only_the_error_line(module, argv, tmp_path, pairs_file):
@@ -127,8 +127,8 @@ def test_under_accelerate_launch_the_error_line_comes_without_a_traceback(tmp_pa
     with --quiet (and its settings given) the user sees the CLI's one line."""
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--num_processes", "1",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    done = _python_m([*launch, "-m", "training.vqa_finetune", "--init", "x", "--train-questions",
-                      str(tmp_path / "q.json"), "--train-annotations", "a.json", "--train-images", ".", "--out",
+    done = _python_m([*launch, "-m", "training.vqa_finetune", "--init", "x", "--train_questions",
+                      str(tmp_path / "q.json"), "--train_annotations", "a.json", "--train_images", ".", "--output_dir",
                       str(tmp_path / "out")])
     assert done.returncode != 0
     assert "Traceback" not in done.stderr and "CalledProcessError" not in done.stderr
@@ -141,7 +141,7 @@ def test_vle_finetune_does_not_start_over_a_run_without_resume(tmp_path, capsys)
 
     (tmp_path / "out" / "checkpoint-6").mkdir(parents=True)  # what the Trainer leaves after an epoch
     (tmp_path / "out" / "checkpoint-6" / "trainer_state.json").write_text('{"epoch": 1.0}')
-    assert main(["--init", str(tmp_path / "vle"), "--train", "easy-vqa", "--out", str(tmp_path / "out")]) == 2
+    assert main(["--init", str(tmp_path / "vle"), "--train", "easy-vqa", "--output_dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("Error: ") and "already holds checkpoints: pass --resume" in err
 

@@ -387,7 +387,8 @@ def test_image_cache_is_bounded_and_changes_nothing(colour_set):
 
 
 def test_frozen_vision_cache_is_bounded_and_exact(colour_set):
-    from training.vqa_finetune import FrozenVisionCache, VQATrainingSet, collate
+    from training.vision_cache import FrozenVisionCache
+    from training.vqa_finetune import VQATrainingSet, collate
 
     model = colour_set.model
     dataset = VQATrainingSet(colour_set.examples[::2], colour_set.processor, _label2id(model))  # 9 images
@@ -407,7 +408,7 @@ def test_frozen_vision_cache_is_bounded_and_exact(colour_set):
 
 
 def test_data_workers_default_to_several_on_cuda_and_none_on_cpu(monkeypatch):
-    from training.vqa_finetune import data_workers
+    from training.vqa_trainer import data_workers
 
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
@@ -419,6 +420,7 @@ def test_data_workers_default_to_several_on_cuda_and_none_on_cpu(monkeypatch):
 def test_training_preprocesses_in_dataloader_workers(colour_set, tmp_path, monkeypatch):
     import training.vqa_finetune as finetune
     import training.vqa_trainer as vqa_trainer
+    from training.vqa_arguments import vqa_arguments
     from vle import VLEForVQA
 
     seen: list[int] = []
@@ -431,26 +433,28 @@ def test_training_preprocesses_in_dataloader_workers(colour_set, tmp_path, monke
 
     monkeypatch.setattr(vqa_trainer.VQATrainer, "get_train_dataloader", spy)
     model = VLEForVQA.from_pretrained(colour_set.dir)
-    config = finetune.TrainingConfig(output_dir=str(tmp_path / "run"), epochs=1, batch_size=4, num_workers=2,
-                                     warmup_steps=1)
-    log = finetune.train_vqa(model, colour_set.processor, colour_set.examples, config, max_steps=3)
+    args, training_args = vqa_arguments(output_dir=str(tmp_path / "run"), num_train_epochs=1,
+                                        per_device_train_batch_size=4, dataloader_num_workers=2, warmup_steps=1,
+                                        stop_after_steps=3)
+    log = finetune.train_vqa(model, colour_set.processor, colour_set.examples, args, training_args)
     assert seen == [2] and log["epochs"][0]["train_loss"] > 0
 
 
-def test_mixed_precision_auto_is_fp16_on_gpus_without_native_bf16(monkeypatch, tmp_path):
+def test_mixed_precision_auto_is_fp16_on_gpus_without_native_bf16(monkeypatch):
     """What VLE fine-tuning hands the Trainer on a T4/V100 (emulated bf16 only) and on an Ampere GPU."""
-    import training.vqa_trainer as vqa_trainer
+    from training.common import resolved_precision
+    from training.vqa_arguments import training_defaults
 
-    asked = []
-    monkeypatch.setattr(vqa_trainer, "TrainingArguments", lambda **kwargs: asked.append(kwargs) or kwargs)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    config = vqa_trainer.TrainingConfig(output_dir=str(tmp_path))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
-    vqa_trainer.training_arguments(config, 100, evaluate_each_epoch=True)
+    asked = [resolved_precision(None, None)]
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    vqa_trainer.training_arguments(config, 100, evaluate_each_epoch=True)
+    asked.append(resolved_precision(None, None))
     assert [(a["bf16"], a["fp16"]) for a in asked] == [(False, True), (True, False)]
-    assert asked[0]["use_cpu"] is False and asked[0]["dataloader_pin_memory"] is True
+    assert resolved_precision(None, None, fp16_auto=False) == {"bf16": True, "fp16": False}
+    assert resolved_precision(False, False) == {"bf16": False, "fp16": False}  # --bf16 false: fp32
+    defaults = training_defaults()
+    assert defaults["use_cpu"] is False and defaults["dataloader_pin_memory"] is True
 
 
 EVAL_WORKER = """

@@ -101,9 +101,9 @@ def test_every_entry_point_fails_fast_on_uncached_hub_models(silent_hub, tmp_pat
         ("example_bank", "vqa_llm.example_bank", ["build", "--dataset", "easy-vqa", "--limit", "2", "--profile",
                                                   "base", "--out", out, "-q"]),
         ("training.vqa_finetune", "training.vqa_finetune", ["--init", "hfl/vle-base-for-vqa", "--train", "easy-vqa",
-                                                            "--out", out]),
+                                                            "--output_dir", out]),
         ("training.captioner_finetune", "training.captioner_finetune", ["--pairs", str(tmp_path / "pairs.jsonl"),
-                                                                        "--out", out, "--model",
+                                                                        "--output_dir", out, "--model",
                                                                         "Salesforce/blip-image-captioning-base"]),
     ]
     (tmp_path / "pairs.jsonl").write_text(json.dumps({"image": IMAGE, "caption": "a shape"}) + "\n")

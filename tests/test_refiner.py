@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -35,8 +36,8 @@ def chat_lm(tmp_path_factory) -> str:
 
 def _argv(chat_lm: str, out: Path, cache: Path, *extra: str) -> list[str]:
     return ["--llm", chat_lm, "--vqa-model", str(BUNDLED_VQA), "--captioner", str(BUNDLED_BLIP), "--limit", "24",
-            "--eval-share", "0.2", "--batch-size", "4", "--lr", "5e-3", "--save-steps", "2", "--out", str(out),
-            "--cache", str(cache), *extra]
+            "--eval_share", "0.2", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
+            "--learning_rate", "5e-3", "--save_steps", "2", "--output_dir", str(out), "--cache", str(cache), *extra]
 
 
 def _mean_reply_loss(model, tokenizer, chats: list[dict]) -> float:
@@ -63,7 +64,7 @@ class _StopAfterSave(TrainerCallback):
 def test_finetuning_end_to_end_resume_and_the_adapter(chat_lm, tmp_path, one_thread):
     cache = tmp_path / "cache"
     full, split = tmp_path / "full", tmp_path / "split"
-    assert refiner_main(_argv(chat_lm, full, cache, "--max-steps", "4")) == 0
+    assert refiner_main(_argv(chat_lm, full, cache, "--max_steps", "4")) == 0
     for name in ("adapter_config.json", "adapter_model.safetensors", "training_log.json", "templates/short.user.txt",
                  "templates/long.system.txt"):
         assert (full / name).is_file(), name
@@ -76,19 +77,20 @@ def test_finetuning_end_to_end_resume_and_the_adapter(chat_lm, tmp_path, one_thr
     assert len(list(cache.glob("evidence-*.jsonl"))) == 1
 
     # interrupted after step 2, then resumed: the same adapter as the uninterrupted run
-    assert refiner_main(_argv(chat_lm, split, cache, "--max-steps", "4"), callbacks=[_StopAfterSave(2)]) == 130
+    assert refiner_main(_argv(chat_lm, split, cache, "--max_steps", "4"), callbacks=[_StopAfterSave(2)]) == 130
     assert not (split / "adapter_model.safetensors").exists()
     (split / "README.md").write_text("# a maintained card\n")
-    assert refiner_main(_argv(chat_lm, split, cache, "--max-steps", "4", "--resume")) == 0
+    assert refiner_main(_argv(chat_lm, split, cache, "--max_steps", "4", "--resume")) == 0
     assert (split / "README.md").read_text() == "# a maintained card\n"  # kept, not rewritten by peft
     a, b = load_file(full / "adapter_model.safetensors"), load_file(split / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)
     assert any(k.endswith("lora_B.weight") and a[k].abs().sum() > 0 for k in a)  # B starts at zero: it trained
 
     # the reply loss falls on the training chats, and the adapter loads back and changes the output
-    from training.refiner import build_parser, make_examples
+    from training.arguments import parse
+    from training.refiner import RENAMES, build_parser, make_examples
 
-    train_chats, _, _ = make_examples(build_parser().parse_args(_argv(chat_lm, full, cache)))
+    train_chats, _, _ = make_examples(parse(build_parser(), _argv(chat_lm, full, cache), RENAMES)[0])
     tokenizer = AutoTokenizer.from_pretrained(chat_lm)
     base = AutoModelForCausalLM.from_pretrained(chat_lm).eval()
     tuned = TransformersChatLLM.from_pretrained(chat_lm, device="cpu", adapter=full)
@@ -132,7 +134,7 @@ def _no_chat_template(tmp_path: Path, chat_lm: str) -> str:
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(case, message, chat_lm, tmp_path):
-    out = ["--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
+    out = ["--output_dir", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
     models = ["--vqa-model", str(BUNDLED_VQA), "--captioner", str(BUNDLED_BLIP)]
     if case == "missing-questions":
         args = ["--llm", chat_lm, *models, "--dataset", "vqav2", "--questions", str(tmp_path / "nope.json"),
@@ -149,7 +151,7 @@ def test_user_errors_are_one_line_and_exit_2(case, message, chat_lm, tmp_path):
         args = ["--llm", chat_lm, *models, "--template", "short", "nonesuch", *out]
     else:
         (tmp_path / "file.txt").write_text("x")
-        args = ["--llm", chat_lm, *models, "--out", str(tmp_path / "file.txt" / "run")]
+        args = ["--llm", chat_lm, *models, "--output_dir", str(tmp_path / "file.txt" / "run")]
     result = _run_cli(*args)
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
@@ -346,17 +348,24 @@ def test_reply_loss_on_kept_logits_equals_the_models_own_loss_on_left_padded_bat
     assert not torch.allclose(weighted, expected, atol=1e-3)  # the answer line counts more
 
 
-def test_bf16_is_used_where_asked_and_fp32_where_asked():
-    from training.refiner import use_bf16
+def use_bf16(*flags: str) -> bool:
+    """Whether a refiner run with these precision flags trains under bf16."""
+    from training.arguments import parse
+    from training.refiner import RENAMES, build_parser, refiner_precision
 
-    assert use_bf16("bf16") and not use_bf16("fp32")
+    given = parse(build_parser(), ["--output_dir", "out", *flags], RENAMES)[1] if flags else None
+    return refiner_precision(given or SimpleNamespace(bf16=None, fp16=None))["bf16"]  # no flags: the run picks
+
+
+def test_bf16_is_used_where_asked_and_fp32_where_asked():
+    assert use_bf16("--bf16") and not use_bf16("--bf16", "false")
+    assert use_bf16("--precision", "bf16") and not use_bf16("--precision", "fp32")  # the previous release's flags
 
 
 def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch):
     """One rule for every trainer: native bf16 GPUs get bf16, older ones fp16 (the refiner: fp32), the CPU bf16 only
     where a trainer asks for it (the refiner) and the CPU computes it natively."""
     from training.common import mixed_precision_mode
-    from training.refiner import use_bf16
 
     gpu = {"present": False, "native": False}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu["present"])
@@ -364,14 +373,14 @@ def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch)
                         or gpu["native"])
     cpu_native = {"value": False}
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: cpu_native["value"], raising=False)
-    assert mixed_precision_mode("auto") == "no" and not use_bf16("auto")
+    assert mixed_precision_mode("auto") == "no" and not use_bf16()
     cpu_native["value"] = True
     assert mixed_precision_mode("auto") == "no" and mixed_precision_mode("auto", cpu_bf16=True) == "bf16"
-    assert use_bf16("auto")
+    assert use_bf16()
     gpu["present"] = True
-    assert mixed_precision_mode("auto") == "fp16" and not use_bf16("auto")
+    assert mixed_precision_mode("auto") == "fp16" and not use_bf16()
     gpu["native"] = True
-    assert mixed_precision_mode("auto") == "bf16" and use_bf16("auto")
+    assert mixed_precision_mode("auto") == "bf16" and use_bf16()
     assert mixed_precision_mode("fp16") == "fp16"
     with pytest.raises(ValueError, match="mixed precision"):
         mixed_precision_mode("fp8")

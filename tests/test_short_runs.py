@@ -12,8 +12,10 @@ from safetensors.torch import load_file
 
 from tiny_models import build_tiny_blip, single_thread
 from tiny_vle import build_tiny_vle_vqa
-from training.captioner_finetune import TrainConfig, main, warmup_steps
-from training.vqa_finetune import TrainingConfig, train_vqa
+from training.captioner_finetune import main
+from training.common import warmup_steps
+from training.vqa_arguments import vqa_arguments
+from training.vqa_finetune import train_vqa
 from vle.modeling_vle import VLEForVQA
 from vle.processing_vle import VLEProcessor
 from vle.vqa_data import VQAExample
@@ -50,8 +52,9 @@ def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) ->
 def test_one_epoch_on_eight_pairs_changes_the_weights(eight_pairs, tmp_path, capsys):
     pairs, model = eight_pairs
     out = tmp_path / "run"
-    code = main(["--pairs", str(pairs), "--model", model, "--out", str(out), "--epochs", "1", "--batch_size", "32",
-                 "--eval_fraction", "0", "--no_progress", "--lr", "1e-3"])
+    code = main(["--pairs", str(pairs), "--model", model, "--output_dir", str(out), "--num_train_epochs", "1",
+                 "--per_device_train_batch_size", "32", "--eval_fraction", "0", "--disable_tqdm", "true",
+                 "--learning_rate", "1e-3"])
     assert code == 0
     # before: one optimiser step, all of it warm-up at learning rate 0: the saved weights equal the input
     assert _changed(_weights(Path(model)), _weights(out))
@@ -62,22 +65,24 @@ def test_one_epoch_on_eight_pairs_changes_the_weights(eight_pairs, tmp_path, cap
 def test_a_run_that_changes_nothing_says_so(eight_pairs, tmp_path, capsys):
     pairs, model = eight_pairs
     out = tmp_path / "run"
-    assert main(["--pairs", str(pairs), "--model", model, "--out", str(out), "--epochs", "1", "--lr", "0",
-                 "--eval_fraction", "0", "--no_progress"]) == 0
+    assert main(["--pairs", str(pairs), "--model", model, "--output_dir", str(out), "--num_train_epochs", "1",
+                 "--learning_rate", "0", "--eval_fraction", "0", "--disable_tqdm", "true"]) == 0
     assert json.loads((out / "training_log.json").read_text())["weights_changed"] is False
     assert "Warning: the saved model equals the starting model" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("total, requested, ratio, expected", [
-    (1, None, 0.1, 0),      # one step: no warm-up, it trains at the full rate
-    (2, None, 0.1, 1),
-    (10, None, 0.1, 1),
-    (10, 200, 0.1, 5),      # an explicit warm-up longer than the run is capped at half of it
-    (1000, None, 0.1, 100),
-    (1000, 200, 0.1, 200),
+@pytest.mark.parametrize("total, requested, expected", [
+    (1, 0.1, 0),      # one step: no warm-up, it trains at the full rate
+    (2, 0.1, 1),
+    (10, 0.1, 1),
+    (10, 200, 5),     # an explicit warm-up longer than the run is capped at half of it
+    (1000, 0.1, 100),
+    (1000, 200, 200),
+    (1000, 0, 0),
 ])
-def test_warmup_is_at_most_half_of_the_run(total, requested, ratio, expected):
-    assert warmup_steps(TrainConfig(warmup_steps=requested, warmup_ratio=ratio), total) == expected
+def test_warmup_is_at_most_half_of_the_run(total, requested, expected):
+    """The one warm-up rule: TrainingArguments.warmup_steps (below 1: a share of the run), capped at half of it."""
+    assert warmup_steps(requested, total) == expected
 
 
 def test_vle_short_run_trains_and_reports_it(tmp_path):
@@ -91,11 +96,11 @@ def test_vle_short_run_trains_and_reports_it(tmp_path):
     label = model.config.id2label[0]
     examples = [VQAExample(question_id=i, image_id="x", image_path=str(image), question="what colour is it?",
                            answers=[label] * 10) for i in range(8)]
-    log = train_vqa(model, processor, examples, TrainingConfig(output_dir=str(tmp_path / "out"), epochs=1,
-                                                               batch_size=64, learning_rate=1e-3))
+    log = train_vqa(model, processor, examples, *vqa_arguments(output_dir=str(tmp_path / "out"), num_train_epochs=1,
+                                                            per_device_train_batch_size=64, learning_rate=1e-3))
     assert log["weights_changed"] is True
     assert _changed(before, dict(model.named_parameters()))
     frozen = VLEForVQA.from_pretrained(folder)
-    log = train_vqa(frozen, processor, examples, TrainingConfig(output_dir=str(tmp_path / "out0"), epochs=1,
-                                                                batch_size=64, learning_rate=0.0))
+    log = train_vqa(frozen, processor, examples, *vqa_arguments(output_dir=str(tmp_path / "out0"), num_train_epochs=1,
+                                                             per_device_train_batch_size=64, learning_rate=0.0))
     assert log["weights_changed"] is False

@@ -10,7 +10,8 @@ from PIL import Image
 
 from tiny_vle import build_tiny_vle_vqa
 from training.vision_pretrain import pretrain_vision_tower
-from training.vqa_finetune import TrainingConfig, answer_vocabulary, latest_checkpoint, main, train_vqa
+from training.vqa_arguments import vqa_arguments
+from training.vqa_finetune import answer_vocabulary, latest_checkpoint, main, train_vqa
 from vle import VLEForVQA, VLEProcessor
 from vle.vqa_data import VQAExample
 
@@ -50,8 +51,10 @@ def model_and_processor(tmp_path, dataset):
     return model, VLEProcessor.from_pretrained(directory)
 
 
-def _config(out, **kw):
-    return TrainingConfig(output_dir=str(out), batch_size=8, learning_rate=3e-3, warmup_steps=2, seed=0, **kw)
+def _train(model, processor, dataset, out, eval_examples=None, **kw):
+    args, training_args = vqa_arguments(output_dir=str(out), per_device_train_batch_size=8, learning_rate=3e-3,
+                                        warmup_steps=2, seed=0, **kw)
+    return train_vqa(model, processor, dataset, args, training_args, eval_examples)
 
 
 def test_answer_vocabulary_comes_from_training_answers(dataset):
@@ -60,7 +63,7 @@ def test_answer_vocabulary_comes_from_training_answers(dataset):
 
 def test_training_lowers_the_loss_and_saves_model_and_processor(tmp_path, dataset, model_and_processor):
     model, processor = model_and_processor
-    log = train_vqa(model, processor, dataset, _config(tmp_path / "run", epochs=8), eval_examples=dataset)
+    log = _train(model, processor, dataset, tmp_path / "run", dataset, num_train_epochs=8)
     losses = [epoch["train_loss"] for epoch in log["epochs"]]
     assert losses[-1] < losses[0] * 0.7
     assert log["epochs"][-1]["eval"]["vqa_score"] > log["epochs"][0]["eval"]["vqa_score"] - 1e-9
@@ -74,15 +77,15 @@ def test_training_lowers_the_loss_and_saves_model_and_processor(tmp_path, datase
 def test_resume_continues_from_the_last_checkpoint(tmp_path, dataset, model_and_processor):
     model, processor = model_and_processor
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    straight = train_vqa(model, processor, dataset, _config(tmp_path / "straight", epochs=2))
+    straight = _train(model, processor, dataset, tmp_path / "straight", num_train_epochs=2)
     expected = {k: v.clone() for k, v in model.state_dict().items()}
 
     model.load_state_dict(initial)
     # Stopped after the first epoch (6 steps) of a 2-epoch run, as a killed job would be.
-    train_vqa(model, processor, dataset, _config(tmp_path / "interrupted", epochs=2), max_steps=6)
+    _train(model, processor, dataset, tmp_path / "interrupted", num_train_epochs=2, stop_after_steps=6)
     assert latest_checkpoint(tmp_path / "interrupted")[1] == 1
     model.load_state_dict(initial)  # a new process would start from scratch weights; resume must restore them
-    resumed = train_vqa(model, processor, dataset, _config(tmp_path / "interrupted", epochs=2), resume=True)
+    resumed = _train(model, processor, dataset, tmp_path / "interrupted", num_train_epochs=2, resume=True)
     assert [e["epoch"] for e in resumed["epochs"]] == [1, 2]
     assert resumed["epochs"][1]["train_loss"] == pytest.approx(straight["epochs"][1]["train_loss"], rel=1e-4)
     for key, value in model.state_dict().items():
@@ -93,7 +96,7 @@ def test_frozen_vision_tower_is_not_updated(tmp_path, dataset, model_and_process
     model, processor = model_and_processor
     vision_before = {k: v.clone() for k, v in model.vle.vision_model.state_dict().items()}
     fusion_before = model.vle.cross_modal_text_layers[0].output.dense.weight.clone()
-    train_vqa(model, processor, dataset, _config(tmp_path / "frozen", epochs=1, freeze_vision=True))
+    _train(model, processor, dataset, tmp_path / "frozen", num_train_epochs=1, freeze_vision=True)
     for key, value in model.vle.vision_model.state_dict().items():
         assert torch.equal(value, vision_before[key]), key
     assert not torch.equal(model.vle.cross_modal_text_layers[0].output.dense.weight, fusion_before)
@@ -113,5 +116,5 @@ def test_vision_pretraining_learns_image_labels(model_and_processor):
 
 
 def test_cli_requires_a_starting_point(tmp_path, capsys):
-    assert main(["--train", "easy-vqa", "--out", str(tmp_path), "--epochs", "0"]) == 2
+    assert main(["--train", "easy-vqa", "--output_dir", str(tmp_path), "--num_train_epochs", "0"]) == 2
     assert capsys.readouterr().err.startswith("Error: Pass --init")

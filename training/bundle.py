@@ -50,7 +50,9 @@ from .easyvqa_attributes import image_attributes
 from .processor_files import write_processor_files
 from .vcr_bundle import VCR_DIR_NAMES, build_vcr, evaluate_vcr_bundle, write_vcr_cards
 from .vision_pretrain import pretrain_vision_tower
-from .vqa_finetune import TrainingConfig, answer_vocabulary, train_vqa
+from .vqa_arguments import vqa_arguments
+from .vqa_finetune import answer_vocabulary
+from .vqa_finetune import train as train_vqa_task
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +75,10 @@ REFINER_DIR_NAME = "smollm2-easyvqa-refiner"
 #: explanation before the answer line, starting from the top candidate's score copied from the prompt
 #: (:func:`training.refiner_data.reasoning`); the reply's first line weighs 5x the rest in the loss. (Earlier
 #: recipes taught copying the top candidate, flipping yes/no, or following the caption: docs/results.md#llm-refiner.)
-REFINER_ARGS = ("--llm", "smollm2", "--limit", "6000", "--seed", "0", "--template", "short", "long",
-                "--caption-noise", "0.8", "--easy-share", "0.5", "--per-confidence", "--answer-weight", "5",
-                "--epochs", "1", "--batch-size", "8", "--lr", "1.5e-3", "--lora-r", "16", "--lora-alpha", "32")
+REFINER_RECIPE = {"llm": "smollm2", "limit": 6000, "sample_seed": 0, "template": ["short", "long"],
+                  "caption_noise": 0.8, "easy_share": 0.5, "per_confidence": True, "answer_weight": 5.0,
+                  "num_train_epochs": 1, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 8,
+                  "learning_rate": 1.5e-3, "lora_r": 16, "lora_alpha": 32}
 #: how the refiner's questions are dealt among the VQA models: one to the bundled VLE, four to the weak one
 REFINER_EVIDENCE = (VLE_DIR_NAME, WEAK_VLE_DIR_NAME, WEAK_VLE_DIR_NAME, WEAK_VLE_DIR_NAME, WEAK_VLE_DIR_NAME)
 PRETRAIN_DIR_NAME = "vle-easyvqa-pretrain"
@@ -157,11 +160,13 @@ def build_vle(out_dir: Path, work_dir: Path, vision_epochs: int = 15, vqa_epochs
     vision_seconds = time.time() - started
 
     # Stage 2: VQA training of the whole model on top of the pre-trained tower.
-    config = TrainingConfig(
-        output_dir=str(work_dir / "vqa"), epochs=vqa_epochs, batch_size=64, learning_rate=5e-4, warmup_steps=200,
-        seed=SEED, freeze_vision=False,
+    args, training_args = vqa_arguments(
+        train="easy-vqa", train_limit=train_limit, eval="easy-vqa", eval_limit=2000, stop_after_steps=max_steps,
+        output_dir=str(work_dir / "vqa"), num_train_epochs=vqa_epochs, per_device_train_batch_size=64,
+        learning_rate=5e-4, warmup_steps=200, seed=SEED,
     )
-    vqa_log = train_vqa(model, processor, train, config, eval_examples=test[:2000], max_steps=max_steps)
+    shutil.rmtree(training_args.output_dir, ignore_errors=True)  # a fresh run: no checkpoints of an earlier build
+    vqa_log = train_vqa_task(args, training_args, model=model, processor=processor)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return {
@@ -172,8 +177,9 @@ def build_vle(out_dir: Path, work_dir: Path, vision_epochs: int = 15, vqa_epochs
 
 def build_blip(out_dir: Path, epochs: int = 20, vision_epochs: int = 15) -> dict[str, Any]:
     """Train the bundled BLIP captioner on easy-VQA train images ("a blue rectangle"), evaluated on test images."""
+    from .captioner_arguments import captioner_arguments
     from .captioner_finetune import CHECKPOINT_DIR as CAPTIONER_CHECKPOINTS
-    from .captioner_finetune import train_captioner
+    from .captioner_finetune import train as train_captioner
 
     started = time.time()
     pairs = {}
@@ -183,10 +189,11 @@ def build_blip(out_dir: Path, epochs: int = 20, vision_epochs: int = 15) -> dict
             (path, caption_for(attr), caption_for(attr)) for path, attr in sorted(attributes.items())
             if "shape" in attr and "color" in attr
         ]
-    result = train_captioner(
-        pairs["train"], out_dir, eval_pairs=pairs["test"][:500], epochs=epochs, batch_size=64, lr=5e-4,
-        seed=SEED, vision_epochs=vision_epochs, keep_checkpoints=1,
+    args, training_args = captioner_arguments(
+        output_dir=str(out_dir), num_train_epochs=epochs, per_device_train_batch_size=64,
+        per_device_eval_batch_size=64, learning_rate=5e-4, seed=SEED, vision_epochs=vision_epochs, save_total_limit=1,
     )
+    result = train_captioner(args, training_args, pairs=pairs["train"], eval_pairs=pairs["test"][:500])
     shutil.rmtree(out_dir / CAPTIONER_CHECKPOINTS, ignore_errors=True)  # the bundle ships no optimiser state
     log = dict(getattr(result, "__dict__", {"summary": str(result)}))
     if "out_dir" in log:
@@ -198,15 +205,21 @@ def build_blip(out_dir: Path, epochs: int = 20, vision_epochs: int = 15) -> dict
 def build_refiner(out_dir: Path, work_dir: Path, models: Path) -> dict[str, Any]:
     """Train the bundled LLM refiner (a LoRA adapter for SmolLM2-135M-Instruct) on evidence of the VLE and BLIP
     models in ``models``; its training log is ``out_dir/training_log.json``."""
-    from .refiner import main as refiner_main
+    from .refiner import USER_ERRORS
+    from .refiner import train as train_refiner
+    from .refiner_arguments import refiner_arguments
 
     started = time.time()
-    argv = [*REFINER_ARGS, "--vqa-model", *(str(models / name) for name in REFINER_EVIDENCE),
-            "--captioner", str(models / BLIP_DIR_NAME), "--out", str(out_dir), "--overwrite",
-            "--checkpoints", str(work_dir / "checkpoints"), "--cache", str(work_dir / "evidence")]
-    if refiner_main(argv) != 0:
-        raise BadSettingError("The refiner build failed (see the error above).")
-    return {"seconds": time.time() - started, "command": "python -m training.refiner " + " ".join(argv)}
+    args, training_args = refiner_arguments(
+        **REFINER_RECIPE, vqa_model=[str(models / name) for name in REFINER_EVIDENCE],
+        captioner=str(models / BLIP_DIR_NAME), output_dir=str(out_dir), overwrite=True,
+        checkpoints=str(work_dir / "checkpoints"), cache=str(work_dir / "evidence"),
+    )
+    try:
+        train_refiner(args, training_args)
+    except USER_ERRORS as exc:
+        raise BadSettingError(f"The refiner build failed: {exc}") from None
+    return {"seconds": time.time() - started, "recipe": REFINER_RECIPE}
 
 
 def build_pretrain(out_dir: Path, start: Path, epochs: int) -> dict[str, Any]:

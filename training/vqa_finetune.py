@@ -6,14 +6,17 @@ vocabulary is built from the training answers into ``id2label``. Training runs o
 multi-GPU with ``accelerate launch``, an evaluation and a checkpoint per epoch (``OUT/checkpoint-STEP``,
 continue with ``--resume``), seeded. Data: easy-VQA (the ``easy-vqa`` package) or VQAv2-format files.
 
+The command line is :class:`training.vqa_arguments.VQAArguments` and transformers' ``TrainingArguments`` (its
+standard flags, VQA defaults); Python callers (the bundle build) call :func:`train` with the same two dataclasses.
+
 Examples::
 
     # fine-tune a published checkpoint on VQAv2-format files
-    accelerate launch -m training.vqa_finetune --init hfl/vle-base-for-vqa --train-questions q.json \\
-        --train-annotations a.json --train-images train2014/ --out runs/vqa --epochs 10
+    accelerate launch -m training.vqa_finetune --init hfl/vle-base-for-vqa --train_questions q.json \\
+        --train_annotations a.json --train_images train2014/ --output_dir runs/vqa --num_train_epochs 10
     # start from pretrained encoders (new fusion layers)
-    python -m training.vqa_finetune --vision-model openai/clip-vit-base-patch16 \\
-        --text-model microsoft/deberta-v3-base --image-size 384 --train easy-vqa --out runs/easy
+    python -m training.vqa_finetune --vision_model openai/clip-vit-base-patch16 \\
+        --text_model microsoft/deberta-v3-base --image_size 384 --train easy-vqa --output_dir runs/easy
 
 :func:`training.vision_pretrain.pretrain_vision_tower` is the "encoders first" stage used for the bundled
 easy-VQA model: the CLIP tower alone learns per-image labels (e.g. shape and colour) before VQA training.
@@ -21,14 +24,13 @@ easy-VQA model: the CLIP tower alone learns per-image labels (e.g. shape and col
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
 import time
-from collections import OrderedDict, defaultdict
-from dataclasses import asdict, dataclass, field
+from collections import defaultdict
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
@@ -39,6 +41,7 @@ from accelerate.utils import gather_object
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
+from transformers import HfArgumentParser, TrainingArguments
 
 from vle.errors import VLEError
 from vle.modeling_vle import VLEForVQA
@@ -53,7 +56,12 @@ from vle.vqa_data import (
 )
 
 from . import common
+from .arguments import build_parser as task_parser
+from .arguments import parse
 from .common import weights_fingerprint
+from .vision_cache import FrozenVisionCache, TensorLRU
+from .vqa_arguments import RENAMES, VQAArguments, training_defaults
+from .vqa_trainer import StopAfterSteps, VQATrainer, epoch_records, top1, vqa_run_arguments
 
 logger = logging.getLogger(__name__)
 EXIT_USER_ERROR = 2
@@ -64,63 +72,6 @@ OTHER_PROCESSES_EXIT_DELAY_S = 2.0
 
 class FinetuneError(VLEError):
     """A fine-tuning option, path or starting model is unusable; the message says what to do."""
-
-
-@dataclass
-class TrainingConfig:
-    """Optimisation settings of a fine-tuning run (saved beside each checkpoint)."""
-
-    output_dir: str
-    epochs: int = 5
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    learning_rate: float = 5e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 200
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    mixed_precision: str = "auto"  # see training.common.mixed_precision_mode
-    freeze_vision: bool = False
-    image_cache_mb: float = 1024  # preprocessed images kept per data process (LRU); 0: none
-    vision_cache_mb: float = 1024  # with freeze_vision: vision-tower outputs kept on the device (LRU); 0: none
-    num_workers: int | None = None  # DataLoader workers preprocessing images; None: up to 4 on CUDA, 0 on CPU
-    lr_multipliers: dict[str, float] = field(default_factory=dict)  # parameter-name prefix -> lr factor
-    keep_checkpoints: int = 2  # the newest N epoch checkpoints are kept (0: all)
-
-
-class TensorLRU:
-    """Tensors by key within a byte budget: the least recently used go first (``max_bytes`` 0 keeps nothing)."""
-
-    def __init__(self, max_bytes: float):
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._items: OrderedDict[Any, torch.Tensor] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, key: Any) -> bool:
-        return key in self._items
-
-    def get(self, key: Any) -> torch.Tensor | None:
-        tensor = self._items.get(key)
-        if tensor is not None:
-            self._items.move_to_end(key)
-        return tensor
-
-    def put(self, key: Any, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        if size > self.max_bytes:
-            return
-        old = self._items.pop(key, None)
-        if old is not None:
-            self.bytes -= old.numel() * old.element_size()
-        self._items[key] = tensor
-        self.bytes += size
-        while self.bytes > self.max_bytes:
-            _, dropped = self._items.popitem(last=False)
-            self.bytes -= dropped.numel() * dropped.element_size()
 
 
 class VQATrainingSet(Dataset):
@@ -191,39 +142,6 @@ def collate(batch: list[dict[str, Any]], num_labels: int, pad_id: int = 0) -> di
     }
 
 
-def data_workers(requested: int | None, device: torch.device, num_processes: int = 1) -> int:
-    """DataLoader workers: ``requested``, else 4 per process on CUDA (within the CPUs) and 0 on the CPU."""
-    if requested is not None:
-        return max(0, requested)
-    if device.type != "cuda":
-        return 0
-    return max(0, min(4, (os.cpu_count() or 1) // max(1, num_processes) - 1))
-
-
-class FrozenVisionCache:
-    """With a frozen vision tower, each image's CLIP output is computed once and reused while it stays in a
-    cache of ``max_mb`` on the device (least recently used dropped first; 0: computed every time)."""
-
-    def __init__(self, model: VLEForVQA, max_mb: float = 1024):
-        self.tower = model.vle.vision_model
-        self.projection = model.vle.image_projection_layer
-        self.features = TensorLRU(max_mb * 2**20)
-
-    def image_embeds(self, pixel_values: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
-        ids = image_ids.tolist()
-        found = {image_id: self.features.get(image_id) for image_id in ids}
-        missing = [i for i, image_id in enumerate(ids) if found[image_id] is None]
-        if missing:
-            self.tower.eval()  # the Trainer puts the whole model in training mode at each step
-            with torch.no_grad():
-                hidden = self.tower(pixel_values[missing]).last_hidden_state
-                hidden = self.tower.vision_model.post_layernorm(hidden)
-            for row, i in enumerate(missing):
-                found[ids[i]] = hidden[row].clone()  # a view would keep the whole batch alive
-                self.features.put(ids[i], found[ids[i]])
-        return self.projection(torch.stack([found[image_id] for image_id in ids]))
-
-
 def score_answers(examples: Sequence[VQAExample], scored: Sequence[tuple[int, str]]) -> dict[str, Any]:
     """VQA score of predicted answers (``(example index, answer)`` pairs; the mean soft score, the usual
     training-time metric), overall and per question type."""
@@ -267,16 +185,16 @@ def evaluate(
     return score_answers(dataset.examples, scored)
 
 
-def param_groups(model: nn.Module, config: TrainingConfig) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, args: VQAArguments, training_args: TrainingArguments) -> list[dict[str, Any]]:
     """AdamW groups: ``lr_multipliers`` by parameter-name prefix, no weight decay on biases and norm weights."""
     groups: dict[tuple[float, float], list[nn.Parameter]] = defaultdict(list)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        factor = next((f for prefix, f in config.lr_multipliers.items() if name.startswith(prefix)), 1.0)
-        decay = 0.0 if param.ndim < 2 else config.weight_decay
+        factor = next((f for prefix, f in args.lr_multipliers.items() if name.startswith(prefix)), 1.0)
+        decay = 0.0 if param.ndim < 2 else training_args.weight_decay
         groups[(factor, decay)].append(param)
-    return [{"params": p, "lr": config.learning_rate * f, "weight_decay": d} for (f, d), p in groups.items()]
+    return [{"params": p, "lr": training_args.learning_rate * f, "weight_decay": d} for (f, d), p in groups.items()]
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> tuple[Path, int] | None:
@@ -291,59 +209,56 @@ def train_vqa(
     model: VLEForVQA,
     processor,
     train_examples: Sequence[VQAExample],
-    config: TrainingConfig,
+    args: VQAArguments,
+    training_args: TrainingArguments,
     eval_examples: Sequence[VQAExample] | None = None,
-    resume: bool = False,
-    max_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` (whose ``id2label`` is the answer vocabulary) with transformers' ``Trainer`` and save it
-    with ``processor`` to ``output_dir``.
+    """Train ``model`` (whose ``id2label`` is the answer vocabulary) on ``train_examples`` with transformers'
+    ``Trainer`` and save it with ``processor`` to ``training_args.output_dir``.
 
     Returns the training log: per epoch the mean loss, the eval VQA score (overall and per question type) and
-    the wall time. ``max_steps`` stops after that many optimiser steps, the schedule unchanged (smoke tests).
+    the wall time.
     """
-    # The Trainer is imported here, when a run starts: it pulls in bitsandbytes, whose import-time warning would
-    # otherwise precede the one-line error of a mistyped command.
-    from .vqa_trainer import StopAfterSteps, VQATrainer, epoch_records, top1, training_arguments
-
-    output_dir = Path(config.output_dir)
+    output_dir = Path(training_args.output_dir)
     label2id = model.config.label2id or {label: int(i) for i, label in model.config.id2label.items()}
     label2id = {k: int(v) for k, v in label2id.items()}
     id2label = {int(i): label for i, label in model.config.id2label.items()}
-    train_set = VQATrainingSet(train_examples, processor, label2id, config.image_cache_mb)
-    eval_set = VQATrainingSet(eval_examples, processor, label2id, config.image_cache_mb) if eval_examples else None
+    train_set = VQATrainingSet(train_examples, processor, label2id, args.image_cache_mb)
+    eval_set = VQATrainingSet(eval_examples, processor, label2id, args.image_cache_mb) if eval_examples else None
 
     def compute_metrics(prediction) -> dict[str, Any]:
         indices, answers = prediction.label_ids.tolist(), prediction.predictions.tolist()
         return score_answers(eval_set.examples, [(i, id2label[a]) for i, a in zip(indices, answers)])
 
-    if config.freeze_vision:
+    if args.freeze_vision:
         model.vle.vision_model.requires_grad_(False)
     initial_weights = weights_fingerprint(model)
     trainer = VQATrainer(
         model=model,
-        args=training_arguments(config, len(train_set), eval_set is not None),
+        args=vqa_run_arguments(training_args, len(train_set), eval_set is not None),
         train_dataset=train_set,
         eval_dataset=eval_set,
         data_collator=partial(collate, num_labels=len(id2label), pad_id=processor.tokenizer.pad_token_id or 0),
         processing_class=processor,
-        optimizers=(torch.optim.AdamW(param_groups(model, config), lr=config.learning_rate), None),
+        optimizers=(torch.optim.AdamW(param_groups(model, args, training_args), lr=training_args.learning_rate),
+                    None),
         compute_metrics=compute_metrics if eval_set is not None else None,
         preprocess_logits_for_metrics=top1,
-        callbacks=[StopAfterSteps(max_steps)] if max_steps is not None else None,
-        vision_cache=FrozenVisionCache(model, config.vision_cache_mb) if config.freeze_vision else None,
+        callbacks=[StopAfterSteps(args.stop_after_steps)] if args.stop_after_steps is not None else None,
+        vision_cache=FrozenVisionCache(model, args.vision_cache_mb) if args.freeze_vision else None,
     )
-    found = latest_checkpoint(output_dir) if resume else None
+    found = latest_checkpoint(output_dir) if args.resume else None
     if found:
         logger.info("Resuming after epoch %d from %s", found[1], found[0])
     trainer.train(resume_from_checkpoint=str(found[0]) if found else None)
 
-    log: dict[str, Any] = {"config": asdict(config), "epochs": epoch_records(trainer.state.log_history)}
+    log: dict[str, Any] = {"arguments": asdict(args), "training_arguments": trainer.args.to_dict(),
+                           "epochs": epoch_records(trainer.state.log_history)}
     log["weights_changed"] = not torch.equal(initial_weights, weights_fingerprint(model))
     if not log["weights_changed"]:
         logger.warning("Training left every weight unchanged (learning rate %g, %d optimiser steps): the saved "
-                       "model equals the starting one. Raise --lr or --epochs.", config.learning_rate,
-                       trainer.state.global_step)
+                       "model equals the starting one. Raise --learning_rate or --num_train_epochs.",
+                       training_args.learning_rate, trainer.state.global_step)
     if trainer.is_world_process_zero():  # save_pretrained, not save_model: no pickled training_args.bin beside it
         model.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
@@ -358,9 +273,6 @@ def answer_vocabulary(
     return dict(enumerate(build_answer_vocab(examples, min_count=min_count, max_size=max_size)))
 
 
-# ------------------------------------------------------------------------------------------------ CLI
-
-
 def _load_split(kind: str | None, questions: str | None, annotations: str | None, images: str | None, split: str):
     if kind == "easy-vqa":
         return load_easy_vqa(split)
@@ -369,51 +281,7 @@ def _load_split(kind: str | None, questions: str | None, annotations: str | None
     return None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.vqa_finetune", description=__doc__.split("\n\n")[0])
-    start = parser.add_argument_group("starting point (one of)")
-    start.add_argument("--init", help="VLE checkpoint (Hub id or folder) to fine-tune; its processor is used too")
-    start.add_argument("--vision-model", help="CLIP model for a new VLE (with --text-model)")
-    start.add_argument("--text-model", help="DeBERTa-v2/v3 model for a new VLE (with --vision-model)")
-    start.add_argument("--processor", help="VLE processor folder (default: the --init folder)")
-    start.add_argument("--image-size", type=int, help="resize the vision position embeddings to this size")
-    data = parser.add_argument_group("data")
-    data.add_argument("--train", choices=["easy-vqa"], help="built-in training set")
-    data.add_argument("--train-questions")
-    data.add_argument("--train-annotations")
-    data.add_argument("--train-images")
-    data.add_argument("--eval", choices=["easy-vqa"], help="built-in evaluation set (its test split)")
-    data.add_argument("--eval-questions"), data.add_argument("--eval-annotations"), data.add_argument("--eval-images")
-    data.add_argument("--eval-limit", type=int, help="evaluate on the first N questions only")
-    data.add_argument("--min-answer-count", type=int, default=1,
-                      help="answers seen fewer times are left out of the vocabulary")
-    run = parser.add_argument_group("training")
-    run.add_argument("--out", required=True, help="output folder (checkpoints, final model, training_log.json)")
-    run.add_argument("--epochs", type=int, default=5)
-    run.add_argument("--batch-size", type=int, default=64)
-    run.add_argument("--lr", type=float, default=5e-4)
-    run.add_argument("--weight-decay", type=float, default=0.01)
-    run.add_argument("--warmup-steps", type=int, default=200)
-    run.add_argument("--grad-accum", type=int, default=1)
-    run.add_argument("--max-grad-norm", type=float, default=1.0)
-    run.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"])
-    run.add_argument("--freeze-vision", action="store_true",
-                     help="keep the vision tower fixed (its outputs are cached)")
-    run.add_argument("--image-cache-mb", type=float, default=1024,
-                     help="preprocessed images kept in memory per data process, least recently used dropped "
-                     "first (0: none; a 576 px image takes 4 MB)")
-    run.add_argument("--vision-cache-mb", type=float, default=1024,
-                     help="with --freeze-vision: vision-tower outputs kept on the device (0: none)")
-    run.add_argument("--num-workers", type=int, help="DataLoader worker processes preprocessing images "
-                     "(default: up to 4 per process on CUDA, 0 on CPU)")
-    run.add_argument("--keep-checkpoints", type=int, default=2,
-                     help="keep the newest N epoch checkpoints in --out (0: all)")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    return parser
-
-
-def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+def check_output_dir(path: str | os.PathLike, flag: str = "--output_dir") -> Path:
     """``path`` as a Path; FinetuneError when it cannot be an output folder (a file is in its place or above
     it, or the nearest existing folder is not writable). Nothing is created."""
     return common.check_output_dir(path, flag, FinetuneError)
@@ -430,8 +298,8 @@ def _check_hub(ids: Sequence[str | None]) -> bool:
         raise FinetuneError(str(exc)) from None
 
 
-def _starting_model(args: argparse.Namespace, id2label: dict[int, str], local: bool = False):
-    """(model, processor) from --init, or a new VLE from --vision-model/--text-model (``local``: from the Hub
+def _starting_model(args: VQAArguments, id2label: dict[int, str], local: bool = False):
+    """(model, processor) from --init, or a new VLE from --vision_model/--text_model (``local``: from the Hub
     cache only); FinetuneError if unusable."""
     from vle.processing_vle import VLEProcessor
 
@@ -450,54 +318,67 @@ def _starting_model(args: argparse.Namespace, id2label: dict[int, str], local: b
                             "save_pretrained or a Hub id such as hfl/vle-base-for-vqa.") from None
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Fine-tune as ``args`` say; return the training log. User errors raise FinetuneError or VQADataError
-    before any training starts."""
-    out = check_output_dir(args.out)
+def check_arguments(args: VQAArguments, training_args: TrainingArguments, starting_model: bool = False) -> Path:
+    """The output folder; FinetuneError, before any data or model is loaded, for settings that cannot work
+    (``starting_model``: the caller passes the model, so no --init or --vision_model is needed)."""
+    out = check_output_dir(training_args.output_dir)
     if latest_checkpoint(out) and not args.resume:
         raise FinetuneError(f"{out} already holds checkpoints: pass --resume to continue that run, or choose "
-                            "another --out.")
-    if not args.init and not (args.vision_model and args.text_model):
-        raise FinetuneError("Pass --init CHECKPOINT, or --vision-model and --text-model.")
-    if not args.init and not args.processor:
+                            "another --output_dir.")
+    if not starting_model and not args.init and not (args.vision_model and args.text_model):
+        raise FinetuneError("Pass --init CHECKPOINT, or --vision_model and --text_model.")
+    if not starting_model and not args.init and not args.processor:
         raise FinetuneError("A new VLE needs --processor (a folder with the VLE processor files).")
-    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
-                        ("--grad-accum", args.grad_accum)):
+    for flag, value in (("--num_train_epochs", training_args.num_train_epochs),
+                        ("--per_device_train_batch_size", training_args.per_device_train_batch_size),
+                        ("--gradient_accumulation_steps", training_args.gradient_accumulation_steps)):
         if value < 1:
             raise FinetuneError(f"{flag} must be at least 1, got {value}.")
     for split in ("train", "eval"):
         files = [getattr(args, f"{split}_{kind}") for kind in ("questions", "annotations", "images")]
         if any(files) and not all(files):
-            raise FinetuneError(f"--{split}-questions, --{split}-annotations and --{split}-images go together: "
+            raise FinetuneError(f"--{split}_questions, --{split}_annotations and --{split}_images go together: "
                                 "pass all three.")
-    local = _check_hub([args.init, args.vision_model, args.text_model, args.processor])
-    train = _load_split(args.train, args.train_questions, args.train_annotations, args.train_images, "train")
-    if not train:
+    return out
+
+
+def train(args: VQAArguments, training_args: TrainingArguments, model: VLEForVQA | None = None,
+          processor=None) -> dict[str, Any]:
+    """Fine-tune as ``args`` and ``training_args`` say (the CLI and the bundle build); return the training log.
+    ``model`` and ``processor`` (the model's ``id2label`` being the answer vocabulary) replace --init or
+    --vision_model/--text_model. User errors raise FinetuneError or VQADataError before any training starts."""
+    check_arguments(args, training_args, starting_model=model is not None)
+    local = _check_hub([args.init, args.vision_model, args.text_model, args.processor]) if model is None else True
+    train_examples = _load_split(args.train, args.train_questions, args.train_annotations, args.train_images, "train")
+    if not train_examples:
         raise FinetuneError(
-            "No training data: pass --train easy-vqa or --train-questions/--train-annotations/--train-images."
+            "No training data: pass --train easy-vqa or --train_questions/--train_annotations/--train_images."
         )
+    train_examples = train_examples[: args.train_limit]
     evaluation = _load_split(args.eval, args.eval_questions, args.eval_annotations, args.eval_images, "test")
     if evaluation and args.eval_limit:
         evaluation = evaluation[: args.eval_limit]
-    id2label = answer_vocabulary(train, min_count=args.min_answer_count)
-    model, processor = _starting_model(args, id2label, local)
-    config = TrainingConfig(
-        output_dir=str(out), epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, gradient_accumulation_steps=args.grad_accum,
-        max_grad_norm=args.max_grad_norm, seed=args.seed, mixed_precision=args.mixed_precision,
-        freeze_vision=args.freeze_vision, image_cache_mb=args.image_cache_mb, vision_cache_mb=args.vision_cache_mb,
-        num_workers=args.num_workers, keep_checkpoints=args.keep_checkpoints,
-    )
-    return train_vqa(model, processor, train, config, evaluation, resume=args.resume)
+    if model is None:
+        model, processor = _starting_model(args, answer_vocabulary(train_examples, args.min_answer_count), local)
+    return train_vqa(model, processor, train_examples, args, training_args, evaluation)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def build_parser() -> HfArgumentParser:
+    """The ``python -m training.vqa_finetune`` parser: :class:`VQAArguments` and ``TrainingArguments``."""
+    return task_parser(VQAArguments, training_defaults(), prog="python -m training.vqa_finetune",
+                       description=__doc__.split("\n\n")[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status (0 done, 2 a user error: one ``Error:`` line on stderr, printed by
     the main process only when several run)."""
-    args = build_parser().parse_args(argv)
+    args, training_args = parse(build_parser(), argv, RENAMES)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        log = run(args)
+        log = train(args, training_args)
     except (VLEError, VQADataError) as exc:
         if os.environ.get("RANK", "0") == "0":  # every process meets the same error: say it once
             print("Error: " + " ".join(str(exc).split()), file=sys.stderr, flush=True)
@@ -506,8 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     print(json.dumps(log["epochs"][-1] if log["epochs"] else {}, indent=1))
     if not log.get("weights_changed", True):
-        print("Warning: the saved model equals the starting model (no weight changed); raise --lr or --epochs.",
-              file=sys.stderr)
+        print("Warning: the saved model equals the starting model (no weight changed); raise --learning_rate or "
+              "--num_train_epochs.", file=sys.stderr)
     return 0
 
 

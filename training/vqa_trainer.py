@@ -1,39 +1,39 @@
 """The transformers ``Trainer`` pieces of :func:`training.vqa_finetune.train_vqa` (checkpoints and ``--resume``,
 mixed precision, gradient accumulation, an evaluation per epoch and multi-GPU with ``accelerate launch`` all come
-from the Trainer): its settings, the VQA loss inputs with the frozen-vision cache, the per-epoch log. Imported
-when a run starts (transformers' trainer module pulls in bitsandbytes, whose import-time warning would otherwise
-precede a mistyped command's one-line error)."""
+from the Trainer): the run's final ``TrainingArguments``, the VQA loss inputs with the frozen-vision cache, the
+per-epoch log."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Sequence
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .common import logs_by_epoch, mixed_precision_mode, optimizer_steps, trainer_precision, world_size
-from .vqa_finetune import FrozenVisionCache, TrainingConfig, data_workers
+from .common import logs_by_epoch, run_arguments, world_size
+from .vision_cache import FrozenVisionCache
+from .vqa_arguments import AUTO_WORKERS
 
 
-def training_arguments(config: TrainingConfig, train_size: int, evaluate_each_epoch: bool) -> TrainingArguments:
-    """The Trainer's settings for ``config``: a checkpoint and (with an evaluation set) an evaluation per epoch,
-    the epoch's mean loss logged, warm-up at most half of the run."""
-    total = optimizer_steps(train_size, config.batch_size, config.epochs, config.gradient_accumulation_steps)
-    on_cuda = torch.cuda.is_available()
-    workers = data_workers(config.num_workers, torch.device("cuda" if on_cuda else "cpu"), world_size())
-    return TrainingArguments(
-        output_dir=config.output_dir, num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.eval_batch_size, learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay, lr_scheduler_type="linear", warmup_steps=min(config.warmup_steps, total // 2),
-        gradient_accumulation_steps=config.gradient_accumulation_steps, max_grad_norm=config.max_grad_norm,
-        seed=config.seed, **trainer_precision(mixed_precision_mode(config.mixed_precision)),
-        logging_strategy="epoch", save_strategy="epoch",
-        save_total_limit=config.keep_checkpoints or None, eval_strategy="epoch" if evaluate_each_epoch else "no",
-        label_names=["index"], remove_unused_columns=False, report_to=[],
-        dataloader_num_workers=workers,
-        dataloader_pin_memory=on_cuda, use_cpu=not on_cuda,
-    )
+def data_workers(requested: int | None, device: torch.device, num_processes: int = 1) -> int:
+    """DataLoader workers: ``requested``, else 4 per process on CUDA (within the CPUs) and 0 on the CPU."""
+    if requested is not None:
+        return max(0, requested)
+    if device.type != "cuda":
+        return 0
+    return max(0, min(4, (os.cpu_count() or 1) // max(1, num_processes) - 1))
+
+
+
+def vqa_run_arguments(training_args: TrainingArguments, train_size: int, evaluate_each_epoch: bool
+                      ) -> TrainingArguments:
+    """:func:`training.common.run_arguments` with the data workers picked where not given (:func:`data_workers`)."""
+    workers = training_args.dataloader_num_workers
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return run_arguments(training_args, train_size, evaluate_each_epoch, dataloader_num_workers=data_workers(
+        None if workers == AUTO_WORKERS else workers, device, world_size()))
 
 
 class StopAfterSteps(TrainerCallback):

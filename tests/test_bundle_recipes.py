@@ -1,0 +1,49 @@
+"""The bundle build hands the tasks' train(...) functions dataclasses (no argv strings), with the settings of the
+previous release's recipes: the committed models stay what their recipes say."""
+
+import dataclasses
+from pathlib import Path
+
+import training.captioner_finetune as captioner_finetune
+import training.refiner as refiner
+from training import bundle
+from training.arguments import parse
+
+
+def _captured(monkeypatch, module, result=None):
+    seen = []
+
+    def fake_train(args, training_args, *rest, **kwargs):
+        seen.append((args, training_args, kwargs))
+        return result
+
+    monkeypatch.setattr(module, "train", fake_train)
+    return seen
+
+
+def test_the_refiner_recipe_is_the_previous_command_line(monkeypatch, tmp_path):
+    seen = _captured(monkeypatch, refiner)
+    bundle.build_refiner(tmp_path / "out", tmp_path / "work", tmp_path / "models")
+    ((args, training_args, _),) = seen
+    models = [str(tmp_path / "models" / name) for name in bundle.REFINER_EVIDENCE]
+    previous = ["--llm", "smollm2", "--limit", "6000", "--seed", "0", "--template", "short", "long",
+                "--caption-noise", "0.8", "--easy-share", "0.5", "--per-confidence", "--answer-weight", "5",
+                "--epochs", "1", "--batch-size", "8", "--lr", "1.5e-3", "--lora-r", "16", "--lora-alpha", "32",
+                "--vqa-model", *models, "--captioner", str(tmp_path / "models" / bundle.BLIP_DIR_NAME),
+                "--out", str(tmp_path / "out"), "--overwrite", "--checkpoints", str(tmp_path / "work" / "checkpoints"),
+                "--cache", str(tmp_path / "work" / "evidence")]
+    old_args, old_training = parse(refiner.build_parser(), previous, refiner.RENAMES)
+    assert dataclasses.asdict(args) == dataclasses.asdict(old_args)
+    assert training_args.to_dict() == old_training.to_dict()
+
+
+def test_the_captioner_recipe_gets_dataclasses_and_pairs(monkeypatch, tmp_path):
+    result = captioner_finetune.TrainResult(out_dir=str(tmp_path), history=[], vision_history=[])
+    seen = _captured(monkeypatch, captioner_finetune, result)
+    bundle.build_blip(tmp_path, epochs=20, vision_epochs=15)
+    ((args, training_args, kwargs),) = seen
+    assert (args.vision_epochs, training_args.num_train_epochs, training_args.per_device_train_batch_size,
+            training_args.per_device_eval_batch_size, training_args.learning_rate, training_args.seed,
+            training_args.save_total_limit, training_args.warmup_steps) == (15, 20, 64, 64, 5e-4, 0, 1, 0.1)
+    assert Path(training_args.output_dir) == tmp_path
+    assert len(kwargs["eval_pairs"]) == 500 and kwargs["pairs"][0][1].startswith("a ")
