@@ -39,8 +39,7 @@ def mixed_precision_mode(requested: str, cpu_bf16: bool = False) -> str:
 
 
 #: the state file transformers' Trainer writes last into each checkpoint (``transformers.trainer.TRAINER_STATE_NAME``;
-#: that module is not imported here: it pulls in bitsandbytes, whose import-time warning would precede a CLI's
-#: one-line error)
+#: these helpers need no Trainer)
 TRAINER_STATE_NAME = "trainer_state.json"
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainingArguments
 
 from vqa_llm.paths import portable_path
 
@@ -46,12 +47,10 @@ def scenes(work_dir: Path) -> Path:
 
 
 def vcr_run_arguments(task: str, start: Path, data: Path, out: Path, object_tokens: bool = True,
-                      epochs: int = EPOCHS, train_annotations: Path | None = None) -> tuple[VCRFinetuneArguments, Any]:
+                      epochs: int = EPOCHS, train_annotations: Path | None = None
+                      ) -> tuple[VCRFinetuneArguments, TrainingArguments]:
     """The arguments of one VCR fine-tuning run of the bundle recipe (also used by the ablation): the task's
-    and transformers' ``TrainingArguments`` (imported here: its import pulls in bitsandbytes, whose import-time
-    notice would precede a mistyped ``training.bundle`` command's one-line error)."""
-    from transformers import TrainingArguments
-
+    and transformers' ``TrainingArguments``."""
     args = VCRFinetuneArguments(
         task=task, init=str(start), train_annotations=str(train_annotations or data / "train.jsonl"),
         train_images=str(data / "images"), eval_annotations=str(data / "val.jsonl"), eval_images=str(data / "images"),

@@ -52,7 +52,11 @@ from vle.vcr_encoding import VCR_TASKS, VCREncodedItem, collate_vcr, encode_vcr_
 from vle.vcr_inputs import object_names
 
 from . import common
+from .arguments import build_parser as task_parser
+from .arguments import parse
 from .processor_files import write_processor_files
+from .vcr_trainer import VCRTrainer
+from .vqa_trainer import StopAfterSteps
 
 logger = logging.getLogger(__name__)
 EXIT_USER_ERROR = 2
@@ -311,14 +315,10 @@ def train(args: VCRFinetuneArguments, training_args: Any) -> dict[str, Any]:
 
 def _train(args: VCRFinetuneArguments, training_args: Any, model: nn.Module, processor: VLEProcessor,
            train_items: list[VCRItem], eval_items: list[VCRItem] | None, vocabulary_before: int) -> dict[str, Any]:
-    from .vcr_trainer import VCRTrainer
-    from .vqa_trainer import StopAfterSteps
-
     output_dir = Path(training_args.output_dir)
     train_set = VCRTrainingSet(train_items, processor, model.config, args.task)
     eval_set = VCRTrainingSet(eval_items, processor, model.config, args.task) if eval_items else None
-    if eval_set is None:
-        training_args.eval_strategy = "no"
+    training_args = common.run_arguments(training_args, len(train_set), eval_set is not None)
 
     def compute_metrics(prediction) -> dict[str, Any]:
         labels, indices = prediction.label_ids
@@ -405,17 +405,13 @@ def _local_only(model_id: str) -> bool:
 # ------------------------------------------------------------------------------------------------ CLI
 def build_parser():
     """``HfArgumentParser`` over :class:`VCRFinetuneArguments` and ``TrainingArguments``, with VCR defaults."""
-    from transformers import HfArgumentParser, TrainingArguments
-
-    parser = HfArgumentParser((VCRFinetuneArguments, TrainingArguments), prog="python -m training.vcr_finetune",
-                              description=__doc__.split("\n\n")[0])
-    parser.set_defaults(**TRAINING_DEFAULTS)
-    return parser
+    return task_parser(VCRFinetuneArguments, TRAINING_DEFAULTS, prog="python -m training.vcr_finetune",
+                       description=__doc__.split("\n\n")[0])
 
 
 def parse_arguments(argv: Sequence[str] | None = None) -> tuple[VCRFinetuneArguments, Any]:
     """``(VCRFinetuneArguments, TrainingArguments)`` from the command line."""
-    args, training_args = build_parser().parse_args_into_dataclasses(args=argv)
+    args, training_args = parse(build_parser(), argv, {})
     return args, training_args
 
 

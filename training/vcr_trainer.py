@@ -1,6 +1,4 @@
-"""transformers' ``Trainer`` with the VCR loss of :mod:`training.vcr_finetune` (imported when a run starts: the
-trainer module pulls in bitsandbytes, whose import-time notice would otherwise precede a mistyped command's
-one-line error)."""
+"""transformers' ``Trainer`` with the VCR loss of :mod:`training.vcr_finetune`."""
 
 from __future__ import annotations
 

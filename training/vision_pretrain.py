@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,11 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
+from transformers import Trainer, TrainingArguments
 
 from captioner.errors import CaptionerError
 
 from .caption_data import ImageLike, LabelCollator
-from .common import logs_by_epoch, optimizer_steps, trainer_precision
+from .common import logs_by_epoch, optimizer_steps, trainer_precision, warmup_steps
 
 logger = logging.getLogger(__name__)
 
@@ -129,12 +129,7 @@ def train_vision_classifier(
     """Train ``classifier`` with transformers' ``Trainer``; returns per epoch the mean loss and, with
     ``evaluation``, the accuracy per label set. No checkpoints: the stage takes minutes and the run after it
     checkpoints.
-
-    The Trainer is imported here, when a run starts: it pulls in bitsandbytes, whose import-time warning would
-    otherwise precede the one-line error of a mistyped command.
     """
-    from transformers import Trainer, TrainingArguments
-
     names = list(classifier.heads)
 
     def top1(logits, labels):
@@ -200,7 +195,7 @@ def pretrain_vision(
     classifier = VisionClassifier(copy.deepcopy(model.vision_model), {"labels": len(classes)},
                                   Augmentation(max_shift, flip, shift_each_image=True, seed=seed + 1))
     total = optimizer_steps(len(images), batch_size, epochs)
-    run = VisionRun(epochs, batch_size, lr, weight_decay, math.ceil(warmup_ratio * total), seed, mixed_precision,
+    run = VisionRun(epochs, batch_size, lr, weight_decay, warmup_steps(warmup_ratio, total), seed, mixed_precision,
                     progress)
     items = [(image, index[str(y)]) for image, y in zip(images, labels, strict=True)]
     history = train_vision_classifier(classifier, items, run, collator=LabelCollator(image_processor))
