@@ -406,7 +406,8 @@ def check_evaluator(args: argparse.Namespace, sizes: Sizes, checks: Checks, work
 # ------------------------------------------------------------------------------------- 4. fine-tuning
 def check_finetune(mode: str, sizes: Sizes, checks: Checks, workdir: Path) -> dict[str, Any]:
     """``sizes.steps`` steps of VQA fine-tuning in mixed precision ``mode``: finite, falling loss."""
-    from training.vqa_finetune import TrainingConfig, answer_vocabulary, train_vqa
+    from training.vqa_arguments import vqa_arguments
+    from training.vqa_finetune import answer_vocabulary, train_vqa
     from vle import VLEForVQA, VLEProcessor
     from vle.vqa_data import load_easy_vqa
     from vqa_llm.evaluation.data import sample_examples
@@ -425,11 +426,12 @@ def check_finetune(mode: str, sizes: Sizes, checks: Checks, workdir: Path) -> di
         lambda module, inputs, out: losses.append(out.loss.detach().item()) if module.training else None)
     model.vqa_classifier.register_forward_hook(
         lambda module, inputs, out: head_dtypes.add(out.dtype) if module.training else None)
-    config = TrainingConfig(output_dir=str(workdir / f"finetune-{mode}"), epochs=1,
-                            batch_size=sizes.train_batch_size, learning_rate=FINETUNE_LR, warmup_steps=2,
-                            mixed_precision=mode, seed=SAMPLE_SEED, keep_checkpoints=1)
+    args, training_args = vqa_arguments(output_dir=str(workdir / f"finetune-{mode}"), num_train_epochs=1,
+                                        per_device_train_batch_size=sizes.train_batch_size,
+                                        learning_rate=FINETUNE_LR, warmup_steps=2, bf16=mode == "bf16",
+                                        fp16=mode == "fp16", seed=SAMPLE_SEED, save_total_limit=1)
     started = time.perf_counter()
-    log = train_vqa(model, processor, train, config)
+    log = train_vqa(model, processor, train, args, training_args)
     window = max(1, min(5, len(losses) // 2))
     first, last = mean(losses[:window]), mean(losses[-window:])
     trainer_device = "cuda" if torch.cuda.is_available() else "cpu"  # training_arguments' rule

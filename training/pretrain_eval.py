@@ -27,7 +27,7 @@ import torch
 
 from vle import VLEForMLM
 from vle.vqa_data import load_easy_vqa
-from vqa_llm.tasks import TASKS, VLETasks, load_heads
+from vqa_llm.tasks import MAX_ITM_TEXTS, TASKS, VLETasks, load_heads
 
 from .pretrain_texts import NEGATIVE_KINDS, TEMPLATES, caption, mismatch, zero_shot_labels
 from .shape_scenes import Scene, patch_labels, read_scene
@@ -50,10 +50,11 @@ def load_tasks_from(model_dir: str | Path) -> VLETasks:
 
 def _itm(tasks: VLETasks, path: str, scene: Scene, labels: list[str], rng: random.Random,
          record: dict[str, list[bool]]) -> None:
-    """ITM pairs of one image: its caption and three mismatched ones (from one batch over all 24 captions, which
-    also gives the all-pairs figure), and a paraphrase pair."""
+    """ITM pairs of one image: its caption and three mismatched ones (from the scores of all 24 captions, matched
+    :data:`~vqa_llm.tasks.MAX_ITM_TEXTS` at a time, which also give the all-pairs figure), and a paraphrase pair."""
     truth = caption(scene.color, scene.shape)
-    scores = dict(zip(labels, tasks.match(path, labels)))
+    chunks = [labels[i:i + MAX_ITM_TEXTS] for i in range(0, len(labels), MAX_ITM_TEXTS)]
+    scores = dict(zip(labels, [p for chunk in chunks for p in tasks.match(path, chunk)]))
     record["match"].append(scores[truth] > 0.5)
     for kind in NEGATIVE_KINDS:
         record[kind].append(scores[caption(*mismatch(scene.color, scene.shape, kind, rng))] <= 0.5)

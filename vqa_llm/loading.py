@@ -256,7 +256,8 @@ def load_captioner(id_or_path: str, device: str, local_files_only: bool = False,
         except Exception as exc:  # e.g. a refused pickle: BlipCaptioner only wraps the errors it expects
             raise ModelUnavailableError(f"{describe_load_failure('captioning model', id_or_path, exc)} "
                                         f"{_OFFLINE_HINT}") from exc
-    apply_precision(captioner.model, precision)
+    if precision == "int8":
+        apply_precision(captioner.model, precision)
     return captioner
 
 
