@@ -25,10 +25,10 @@ from PIL import Image
 import app
 from app_testing import BUNDLED_PRETRAIN, bundled_models_present, bundled_pretrain_present, demo_model_argv, free_port
 from llm import ChatLLM, LLMConnectionError
+from project_base.paths import REPO_ROOT
 from training.shape_scenes import read_scene
 from vqa_llm import VQALLMPipeline, overrides_from_args, resolve_profile
 from vqa_llm.app_launch import resolve_host, resolve_port
-from vqa_llm.paths import REPO_ROOT
 from vqa_llm.sources import model_source
 from vqa_llm.tasks import MAX_CLASSIFY_LABELS, MAX_ITM_TEXTS, MAX_TEXT_CHARS
 from vqa_llm.uploads import UploadPolicy

@@ -178,7 +178,7 @@ def test_committed_example_bank_is_small_and_keyed_by_the_bundled_vle():
 
 
 def test_committed_files_name_no_folder_of_the_machine_that_built_them(tmp_path):
-    from vqa_llm.paths import REPO_ROOT, portable_path
+    from project_base.paths import REPO_ROOT, portable_path
 
     assert portable_path(VLE_DIR) == f"assets/models/{VLE_DIR_NAME}"
     assert portable_path("hfl/vle-base") == "hfl/vle-base" and portable_path(None) is None

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from project_base.hub_probe import PROBE_TIMEOUT_S, check_hub
 from tiny_models import build_tiny_blip
 from tiny_vle import build_tiny_vle_vqa
 from vqa_llm.errors import ModelUnavailableError
-from vqa_llm.hub_access import PROBE_TIMEOUT_S, check_hub, check_profile_hub
+from vqa_llm.hub_access import check_profile_hub
 from vqa_llm.profiles import BASE, bundled_profile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

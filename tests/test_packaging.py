@@ -11,7 +11,7 @@ from setuptools import find_packages
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
-PACKAGES = {"vle", "captioner", "llm", "prompts", "vqa_llm", "training"}
+PACKAGES = {"vle", "captioner", "llm", "prompts", "project_base", "vqa_llm", "training"}
 
 
 def test_every_project_package_and_no_other_is_installed():

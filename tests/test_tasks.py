@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from app_testing import build_tiny_vle_pretrained
+from project_base.paths import REPO_ROOT
 from vqa_llm import BadSettingError, resolve_profile
-from vqa_llm.paths import REPO_ROOT
 from vqa_llm.profiles import BUNDLED_PRETRAIN_DIR
 from vqa_llm.sources import model_source, public_text
 from vqa_llm.tasks import (

@@ -38,13 +38,13 @@ import torch
 from transformers import CLIPVisionConfig, DebertaV2Config
 
 from captioner.errors import CaptionerError
+from project_base.errors import BadSettingError, VQALLMError
+from project_base.output_folder import check_output_folder
+from project_base.paths import REPO_ROOT, portable_path
 from vle import VLEConfig, VLEForVQA
 from vle.errors import VLEError
 from vle.processing_vle import VLEProcessor
 from vle.vqa_data import EASY_VQA_COLORS, EASY_VQA_SHAPES, VQADataError, load_easy_vqa
-from vqa_llm.errors import BadSettingError, VQALLMError
-from vqa_llm.evaluation.store import check_output_folder
-from vqa_llm.paths import REPO_ROOT, portable_path
 
 from .easyvqa_attributes import image_attributes
 from .processor_files import write_processor_files

@@ -38,6 +38,8 @@ from accelerate.utils import set_seed
 from transformers import BlipForConditionalGeneration, BlipProcessor, HfArgumentParser, TrainingArguments
 
 from captioner import CaptionerError
+from project_base.errors import ModelUnavailableError
+from project_base.hub_probe import check_hub
 
 from . import common
 from .arguments import build_parser as task_parser
@@ -233,9 +235,6 @@ def build_parser() -> HfArgumentParser:
 
 def _check_hub(model: str | None) -> bool:
     """Fail within seconds when --model is a Hub id and the Hub does not answer; True: load from the cache."""
-    from vqa_llm.errors import ModelUnavailableError
-    from vqa_llm.hub_access import check_hub
-
     try:
         return check_hub([model]).local_only
     except ModelUnavailableError as exc:

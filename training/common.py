@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from vqa_llm.errors import BadSettingError
-from vqa_llm.evaluation.store import check_output_folder
+from project_base.errors import BadSettingError
+from project_base.output_folder import check_output_folder
 
 logger = logging.getLogger(__name__)
 MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")

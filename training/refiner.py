@@ -44,13 +44,13 @@ import torch.nn.functional as F
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 from llm import LLMError, TransformersChatLLM, load_llm
+from project_base.errors import VQALLMError
+from project_base.output_folder import check_output_folder
+from project_base.paths import portable_path
 from prompts import PromptError, available_templates
 from vle.vqa_data import VQADataError
-from vqa_llm.errors import VQALLMError
 from vqa_llm.evaluation.data import examples_from_args
 from vqa_llm.evaluation.errors import EvaluationError
-from vqa_llm.evaluation.store import check_output_folder
-from vqa_llm.paths import portable_path
 
 from .arguments import build_parser as task_parser
 from .arguments import parse

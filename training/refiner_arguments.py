@@ -9,9 +9,9 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from project_base.paths import REPO_ROOT
 from prompts.templates import TEMPLATE_DIR
 from vqa_llm.evaluation.data import VQA_DATASETS
-from vqa_llm.paths import REPO_ROOT
 
 from .arguments import COMMON_RENAMES, SHARED_BATCH_RENAMES, Renamed, runtime_defaults, task_arguments
 

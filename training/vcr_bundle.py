@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
-from vqa_llm.paths import portable_path
+from project_base.paths import portable_path
 
 from .vcr_finetune import TRAINING_DEFAULTS, VCRFinetuneArguments, train
 from .vcr_scenes import write_scenes

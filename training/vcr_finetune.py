@@ -44,6 +44,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from project_base.errors import ModelUnavailableError
+from project_base.hub_probe import check_hub
 from vle.errors import VLEError
 from vle.modeling_vle import IMAGE_TOKEN_TYPE, VLEForVCRQ2A, VLEForVCRQA2R, resize_vision_position_embeddings
 from vle.processing_vle import VLEProcessor
@@ -393,9 +395,6 @@ def _epoch_records(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]
 
 def _local_only(model_id: str) -> bool:
     """Fail within seconds when a Hub model is named and the Hub does not answer; True: load from the cache."""
-    from vqa_llm.errors import ModelUnavailableError
-    from vqa_llm.hub_access import check_hub
-
     try:
         return check_hub([model_id]).local_only
     except ModelUnavailableError as exc:

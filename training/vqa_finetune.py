@@ -43,6 +43,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, TrainingArguments
 
+from project_base.errors import ModelUnavailableError
+from project_base.hub_probe import check_hub
 from vle.errors import VLEError
 from vle.modeling_vle import VLEForVQA
 from vle.vqa_data import (
@@ -289,9 +291,6 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--output_dir") -> Pat
 
 def _check_hub(ids: Sequence[str | None]) -> bool:
     """Fail within seconds when Hub models are named and the Hub does not answer; True: load from the cache."""
-    from vqa_llm.errors import ModelUnavailableError
-    from vqa_llm.hub_access import check_hub
-
     try:
         return check_hub(ids).local_only
     except ModelUnavailableError as exc:

@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from .paths import REPO_ROOT
+from project_base.paths import REPO_ROOT
 
 logger = logging.getLogger(__name__)
 

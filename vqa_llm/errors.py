@@ -1,14 +1,16 @@
-"""Exception types of the VQA+LLM orchestration; each message tells the user what to do.
+"""Exception types of the VQA+LLM orchestration; each message tells the user what to do. The ones
+``training`` shares (:class:`VQALLMError`, :class:`BadSettingError`, :class:`ModelUnavailableError`) live in
+:mod:`project_base.errors`.
 
 The UI and the CLI show ``str(error)`` of any :class:`VQALLMError` as it is, without a traceback.
 """
 
 from __future__ import annotations
 
+from project_base.errors import BadSettingError, ModelUnavailableError, VQALLMError
 
-class VQALLMError(Exception):
-    """Base class of every error the ``vqa_llm`` package raises on purpose."""
-
+__all__ = ["BadImageError", "BadQuestionError", "BadSettingError", "LLMFailure", "ModelUnavailableError",
+           "VQALLMError", "user_error_types"]
 
 class BadImageError(VQALLMError, ValueError):
     """The image cannot be read or is unsafe to decode; the message says which and how to fix it."""
@@ -16,14 +18,6 @@ class BadImageError(VQALLMError, ValueError):
 
 class BadQuestionError(VQALLMError, ValueError):
     """The question is empty, too long or otherwise unusable."""
-
-
-class BadSettingError(VQALLMError, ValueError):
-    """A setting is unknown or out of range: profile name, prompt template, generation option, batch shape."""
-
-
-class ModelUnavailableError(VQALLMError, RuntimeError):
-    """A model could not be loaded (missing folder or file, corrupt weights, no network for a Hub id)."""
 
 
 class LLMFailure(VQALLMError, RuntimeError):

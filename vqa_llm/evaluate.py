@@ -47,6 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from project_base.output_folder import check_output_folder
 from vle.vqa_data import VQADataError, VQAExample
 
 from .cpu_gguf import cpu_gguf_runs
@@ -63,7 +64,6 @@ from .evaluation.data import VCR_DATASET, examples_from_args
 from .evaluation.report import render_markdown, write_chart
 from .evaluation.store import (
     OutputLayout,
-    check_output_folder,
     current_records,
     done_question_ids,
     merge_records,

@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from project_base.output_folder import check_output_folder
+
 from .evaluation.command import (
     accelerate_state,
     build_parser,
@@ -32,7 +34,6 @@ from .evaluation.command import (
 from .evaluation.store import (
     OutputLayout,
     RecordWriter,
-    check_output_folder,
     current_records,
     done_question_ids,
     merge_records,

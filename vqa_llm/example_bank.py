@@ -23,11 +23,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from project_base.output_folder import check_output_folder
 from vle.vqa_data import VQADataError
 
 from .errors import VQALLMError
 from .evaluation.data import add_dataset_arguments, examples_from_args
-from .evaluation.store import check_output_folder
 from .fewshot.bank import META_FILE, ExampleBank, ExampleBankError
 from .fewshot.build import DEFAULT_BANK_TOP_K, build_bank
 from .hub_access import check_profile_hub

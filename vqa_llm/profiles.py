@@ -28,10 +28,11 @@ from typing import Any
 from llm import LLMError, smollm2_gguf
 from llm.hub_gguf import HubGGUF
 from llm.runtime import RUNTIMES, llamacpp_installed, normalise_runtime
+from project_base.hub_probe import hub_offline, hub_reachable, is_cached
+from project_base.paths import REPO_ROOT
 
 from .errors import BadSettingError
-from .hub_access import gguf_cached, hub_offline, hub_reachable, is_cached
-from .paths import REPO_ROOT
+from .hub_access import gguf_cached
 
 BUNDLED_VQA_DIR = REPO_ROOT / "assets" / "models" / "vle-easyvqa"
 BUNDLED_CAPTIONER_DIR = REPO_ROOT / "assets" / "models" / "blip-easyvqa"

@@ -17,7 +17,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from .paths import REPO_ROOT
+from project_base.paths import REPO_ROOT
 
 _PACKAGE_DIRS = ("site-packages", "dist-packages")
 #: a POSIX absolute path inside free text (not the "//host/..." of a URL)

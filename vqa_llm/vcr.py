@@ -38,6 +38,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from project_base.paths import REPO_ROOT
 from vle import VLEError, VLEForVCRQ2APipeline, VLEForVCRQA2RPipeline
 from vle.image_io import ImageSource, load_image_with_geometry
 from vle.vcr_data import NUM_CHOICES, VCRDataError, VCRItem, inline_item
@@ -47,7 +48,6 @@ from vle.vcr_inputs import object_names
 from .errors import BadImageError, BadSettingError, ModelUnavailableError
 from .inputs import clean_text
 from .loading import check_model_dir, resolve_device
-from .paths import REPO_ROOT
 from .profiles import Profile
 from .sources import model_source, public_text
 from .vcr_loading import WHAT, load_vcr_model

@@ -22,12 +22,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from project_base.hub_probe import check_hub
 from vle import VLEError
 from vle.vcr_data import VCRItem
 from vle.vcr_encoding import VCR_TASKS, VCREncodedItem, collate_vcr, encode_vcr_item
 
 from ..errors import ModelUnavailableError
-from ..hub_access import check_hub
 from ..loading import enable_tf32, resolve_device
 from ..profiles import Profile
 from ..vcr_loading import FLAGS, WHAT, VCRModel, load_vcr_model
@@ -52,7 +52,7 @@ def vcr_model_ids(profile: Profile) -> dict[str, Any]:
 
 
 def check_vcr_hub(profile: Profile) -> tuple[Profile, str]:
-    """:func:`vqa_llm.hub_access.check_hub` for the profile's VCR models (the only ones a VCR run loads)."""
+    """:func:`project_base.hub_probe.check_hub` for the profile's VCR models (the only ones a VCR run loads)."""
     found = check_hub([profile.vcr_q2a, profile.vcr_qa2r])
     if found.local_only and not profile.local_files_only:
         profile = replace(profile, local_files_only=True)

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from project_base.paths import portable_path
 from vle.vqa_data import VQAExample
 
-from ..paths import portable_path
 from .bank import ExampleBank, ExampleBankError, short_image_hash
 
 if TYPE_CHECKING:
