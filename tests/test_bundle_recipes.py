@@ -5,6 +5,7 @@ import dataclasses
 from pathlib import Path
 
 import training.captioner_finetune as captioner_finetune
+import training.pretrain as pretrain
 import training.refiner as refiner
 from training import bundle
 from training.arguments import parse
@@ -47,3 +48,27 @@ def test_the_captioner_recipe_gets_dataclasses_and_pairs(monkeypatch, tmp_path):
             training_args.save_total_limit, training_args.warmup_steps) == (15, 20, 64, 64, 5e-4, 0, 1, 0.1)
     assert Path(training_args.output_dir) == tmp_path
     assert len(kwargs["eval_pairs"]) == 500 and kwargs["pairs"][0][1].startswith("a ")
+
+
+def test_the_pretraining_recipe_gets_dataclasses(monkeypatch, tmp_path):
+    seen = _captured(monkeypatch, pretrain, {"steps": 378})
+    start = tmp_path / "vle"
+    start.mkdir()
+    (start / "config.json").write_text("{}")
+    assert bundle.build_pretrain(tmp_path / "out", start, epochs=6) == {"steps": 378}
+    ((args, training_args, _),) = seen
+    assert (args.init, args.train, args.train_limit) == (str(start), "easy-vqa", None)
+    assert (training_args.num_train_epochs, training_args.per_device_train_batch_size, training_args.learning_rate,
+            training_args.weight_decay, training_args.warmup_steps, training_args.max_grad_norm,
+            training_args.seed) == (6, 64, 3e-4, 0.01, 50, 1.0, 0)
+    assert Path(training_args.output_dir) == tmp_path / "out"
+
+
+def test_a_step_built_alone_starts_from_the_models_built_into_out_else_the_committed_ones(tmp_path):
+    out = tmp_path / "out"
+    assert bundle.upstream_models(out, [bundle.VLE_DIR_NAME]) == bundle.MODELS_DIR
+    (out / bundle.VLE_DIR_NAME).mkdir(parents=True)
+    (out / bundle.VLE_DIR_NAME / "config.json").write_text("{}")
+    assert bundle.upstream_models(out, [bundle.VLE_DIR_NAME]) == out
+    # the refiner learns from three models: all must be in --out
+    assert bundle.upstream_models(out, [*bundle.REFINER_EVIDENCE, bundle.BLIP_DIR_NAME]) == bundle.MODELS_DIR

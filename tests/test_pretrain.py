@@ -13,7 +13,8 @@ from PIL import Image
 from tiny_vle import tiny_vle_config
 from tiny_vle_processor import write_original_processor_files
 from training.bundle import MODELS_DIR, PRETRAIN_DIR_NAME, VLE_DIR_NAME, image_attributes
-from training.pretrain import BatchMaker, PretrainConfig, SceneData, train_pretraining
+from training.pretrain import BatchMaker, SceneData, main, train_pretraining
+from training.pretrain_arguments import pretrain_arguments
 from training.pretrain_eval import easy_vqa_test_images, evaluate_pretraining
 from training.pretrain_texts import NEGATIVE_KINDS, TEMPLATES, caption, mask_words, mismatch, zero_shot_labels
 from training.shape_scenes import SceneError, patch_labels, read_scene
@@ -116,14 +117,49 @@ def test_training_is_seeded_and_saves_the_hfl_vle_base_layout(tiny, tmp_path):
     for _ in range(2):
         torch.manual_seed(0)
         model = VLEForPreTraining(tiny_vle_config())
-        log = train_pretraining(model, processor, data, PretrainConfig(epochs=2, batch_size=2, seed=5))
+        _, training_args = pretrain_arguments(output_dir=str(tmp_path / "run"), num_train_epochs=2,
+                                              per_device_train_batch_size=2, seed=5)
+        log = train_pretraining(model, processor, data, training_args)
         assert log["steps"] == 4 and all(np.isfinite(e["loss"]) for e in log["epochs"])
+        assert log["settings"]["warmup_steps"] == 2  # the one warm-up rule: 50 asked, at most half of 4 steps
         weights.append(model.itm_score.fc.weight.detach().clone())
     assert torch.equal(*weights)
     model.save_pretrained(tmp_path)
     for cls in HEAD_CLASSES:
         _, info = cls.from_pretrained(tmp_path, output_loading_info=True)
         assert not any(info.values()), (cls.__name__, info)
+
+
+def test_cli_trains_from_a_vle_folder_and_saves_every_head_and_the_labels(tmp_path, capsys):
+    start = tmp_path / "start"
+    torch.manual_seed(0)
+    VLEForPreTraining(tiny_vle_config(image_size=32)).save_pretrained(start)
+    write_original_processor_files(start, image_size=32)
+    out = tmp_path / "out"
+    assert main(["--init", str(start), "--output_dir", str(out), "--train_limit", "4", "--num_train_epochs", "1",
+                 "--per_device_train_batch_size", "2"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 2
+    for cls in HEAD_CLASSES:
+        _, info = cls.from_pretrained(out, output_loading_info=True)
+        assert not any(info.values()), (cls.__name__, info)
+    assert (out / LABELS_FILE).read_text().splitlines() == zero_shot_labels()
+    assert VLEProcessor.from_pretrained(out).tokenizer("a red circle")["input_ids"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "Pass --init"),
+    (["--init", "{tmp}/missing"], "Could not load the starting VLE"),
+    (["--init", "{tmp}/start", "--output_dir", "{tmp}/a_file"], "is a file, not a folder"),
+])
+def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    (tmp_path / "a_file").write_text("x")
+    argv = [part.format(tmp=tmp_path) for part in argv]
+    if "--output_dir" not in argv:
+        argv += ["--output_dir", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("Error: ") and message in err[0], err
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------------------------- the committed checkpoint

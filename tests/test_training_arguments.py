@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from training import captioner_finetune, refiner, vcr_finetune, vqa_finetune
+from training import captioner_finetune, pretrain, refiner, vcr_finetune, vqa_finetune
 from training.arguments import modernise, parse
 from training.captioner_arguments import RENAMES as CAPTIONER_RENAMES
 from training.common import optimizer_steps, planned_steps, run_arguments, warmup_steps
@@ -23,7 +23,7 @@ def _parsed(module, argv, renamed):
     return [dataclasses.asdict(d) if not hasattr(d, "to_dict") else d.to_dict() for d in parsed]
 
 
-@pytest.mark.parametrize("module", [vqa_finetune, captioner_finetune, refiner, vcr_finetune])
+@pytest.mark.parametrize("module", [vqa_finetune, captioner_finetune, refiner, vcr_finetune, pretrain])
 def test_help_shows_the_standard_training_arguments(module, capsys):
     with pytest.raises(SystemExit) as done:
         module.main(["--help"])

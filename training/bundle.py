@@ -224,14 +224,15 @@ def build_refiner(out_dir: Path, work_dir: Path, models: Path) -> dict[str, Any]
 
 def build_pretrain(out_dir: Path, start: Path, epochs: int) -> dict[str, Any]:
     """Train the bundled VLE pretraining checkpoint from the VLE at ``start`` on the easy-VQA train images."""
-    from .pretrain import PretrainConfig, build_pretrained
+    from .pretrain import train as train_pretraining
+    from .pretrain_arguments import pretrain_arguments
 
     if not (start / "config.json").is_file():
         raise BadSettingError(f"No VLE at {start} to start the pretraining checkpoint from: build it first "
                               "(--only vle) or pass --out a folder that holds it.")
-    paths = sorted({example.image_path for example in load_easy_vqa("train")})
-    log = build_pretrained(start, out_dir, paths, PretrainConfig(epochs=epochs, seed=SEED))
-    return {**log, "start": portable_path(start)}
+    args, training_args = pretrain_arguments(init=str(start), output_dir=str(out_dir), num_train_epochs=epochs,
+                                             seed=SEED)
+    return train_pretraining(args, training_args)
 
 
 def evaluate_vle(model_dir: Path, limit: int | None = None, batch_size: int = 256) -> dict[str, Any]:
@@ -442,7 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--overwrite", action="store_true", help="replace model folders that already exist in --out")
     build.add_argument("--work", default=str(REPO_ROOT / "build_cache" / "bundle"),
                        help="intermediate files (default: %(default)s)")
-    build.add_argument("--only", choices=sorted(BUILDS), help="build one model only (default: all)")
+    build.add_argument("--only", choices=sorted(BUILDS),
+                       help="build one model only (default: all); a step that starts from or learns from other "
+                            "bundled models reads them from --out when they are there, else the committed ones")
     build.add_argument("--vision-epochs", type=int, default=15,
                        help="vision tower pre-training epochs (default: %(default)s)")
     build.add_argument("--vqa-epochs", type=int, default=8, help="VQA epochs of the VLE (default: %(default)s)")
@@ -523,6 +526,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def upstream_models(out: Path, names: Sequence[str]) -> Path:
+    """The folder a build step reads the models it starts from or learns from (``names``): ``out`` when it holds
+    them all (built earlier in this build, or by an earlier ``--only`` step into the same ``--out``), else the
+    committed models."""
+    found = out if all((out / name / "config.json").is_file() or (out / name / "adapter_config.json").is_file()
+                       for name in names) else MODELS_DIR
+    logger.info("Starting from %s in %s", ", ".join(dict.fromkeys(names)), found)
+    return found
+
+
 def _build(args: argparse.Namespace) -> int:
     out, work = Path(args.out), Path(args.work)
     names = BUILDS[args.only] if args.only else [name for names in BUILDS.values() for name in names]
@@ -540,14 +553,13 @@ def _build(args: argparse.Namespace) -> int:
         report["blip"] = build_blip(out / BLIP_DIR_NAME, args.caption_epochs, args.vision_epochs)
         (out / BLIP_DIR_NAME / "build_log.json").write_text(json.dumps(report["blip"], indent=1, default=str))
     if args.only in (None, "pretrain"):
-        start = (out if args.only is None else MODELS_DIR) / VLE_DIR_NAME
+        start = upstream_models(out, [VLE_DIR_NAME]) / VLE_DIR_NAME
         report["pretrain"] = build_pretrain(out / PRETRAIN_DIR_NAME, start, args.pretrain_epochs)
         (out / PRETRAIN_DIR_NAME / "build_log.json").write_text(json.dumps(report["pretrain"], indent=1))
     if args.only in (None, "vcr"):
-        start = (out if args.only is None else MODELS_DIR) / PRETRAIN_DIR_NAME
-        report["vcr"] = build_vcr(out, work / "vcr", start)
+        report["vcr"] = build_vcr(out, work / "vcr", upstream_models(out, [PRETRAIN_DIR_NAME]) / PRETRAIN_DIR_NAME)
     if args.only in (None, "refiner"):
-        evidence_models = out if args.only is None else MODELS_DIR
+        evidence_models = upstream_models(out, [*REFINER_EVIDENCE, BLIP_DIR_NAME])
         report["refiner"] = build_refiner(out / REFINER_DIR_NAME, work / "refiner", evidence_models)
     print(json.dumps({k: v.get("seconds") for k, v in report.items()}))
     return 0

@@ -1,4 +1,4 @@
-"""Train a VLE pretraining checkpoint (ITM, PBC and MLM heads, the layout of hfl/vle-base) on easy-VQA images.
+"""Train a VLE pretraining checkpoint (ITM, PBC, MLM heads; the layout of hfl/vle-base) on easy-VQA images.
 
 It starts from a VLE VQA checkpoint's backbone (the bundled ``vle-easyvqa``: its encoders and fusion layers) with
 new heads, and trains the three pretraining tasks together on the training images of easy-VQA, whose content is
@@ -12,48 +12,54 @@ read from the pixels (:mod:`training.shape_scenes`):
 
 Each step runs the ITM/PBC batch and the MLM batch through :class:`vle.VLEForPreTraining` and sums the losses
 (transformers' ``Trainer``: AdamW, warm-up and linear decay, gradient clipping; random horizontal flips of image
-and patch labels). Seeds
-are fixed; the result is saved with the starting model's processor, so ``VLEForITM``, ``VLEForPBC``,
-``VLEForMLM`` and ``VLEModel`` all load from the folder.
+and patch labels). Seeds are fixed; the result is saved with the starting model's processor, so ``VLEForITM``,
+``VLEForPBC``, ``VLEForMLM`` and ``VLEModel`` all load from the folder.
+
+    python -m training.pretrain --init assets/models/vle-easyvqa --output_dir runs/pretrain [TrainingArguments flags]
+
+takes :class:`~training.pretrain_arguments.PretrainArguments` and transformers' ``TrainingArguments`` (the bundle
+recipe as defaults); ``python -m training.bundle build --only pretrain`` calls the same :func:`train`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
-import tempfile
+import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import HfArgumentParser, Trainer, TrainingArguments
 
+from project_base.errors import BadSettingError, ModelUnavailableError, VQALLMError
+from project_base.hub_probe import check_hub
+from project_base.output_folder import check_output_folder
+from project_base.paths import portable_path
 from vle import VLEForPreTraining
+from vle.errors import VLEError
 from vle.processing_vle import VLEProcessor
+from vle.vqa_data import load_easy_vqa
 from vqa_llm.tasks import LABELS_FILE
 
-from .common import logs_by_epoch, optimizer_steps
+from .arguments import build_parser as task_parser
+from .arguments import parse
+from .common import logs_by_epoch, run_arguments
+from .pretrain_arguments import PretrainArguments, training_defaults
 from .pretrain_texts import NEGATIVE_KINDS, TEMPLATES, caption, mask_words, mismatch, zero_shot_labels
 from .shape_scenes import patch_labels, read_scene
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class PretrainConfig:
-    """Optimisation settings of :func:`train_pretraining`."""
-
-    epochs: int = 6
-    batch_size: int = 64
-    learning_rate: float = 3e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    max_steps: int | None = None
+EXIT_USER_ERROR = 2
+#: the ``TrainingArguments`` a run's log records (after :func:`training.common.run_arguments`)
+SETTINGS_LOGGED = ("num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+                   "learning_rate", "weight_decay", "warmup_steps", "max_grad_norm", "seed", "bf16", "fp16")
 
 
 @dataclass
@@ -164,39 +170,30 @@ class PretrainTrainer(Trainer):
 
 
 def train_pretraining(model: VLEForPreTraining, processor: VLEProcessor, data: SceneData,
-                      config: PretrainConfig) -> dict[str, Any]:
-    """Train ``model`` in place on ``data`` with transformers' ``Trainer`` (AdamW, warm-up + linear decay, gradient
-    clipping, mixed precision and multi-GPU from it); returns per-epoch losses and training-batch accuracies.
+                      training_args: TrainingArguments) -> dict[str, Any]:
+    """Train ``model`` in place on ``data`` with transformers' ``Trainer`` as ``training_args`` say (AdamW, warm-up
+    by :func:`training.common.warmup_steps` and linear decay, gradient clipping, mixed precision and multi-GPU from
+    it); returns per-epoch losses and training-batch accuracies.
 
-    Each step runs the ITM/PBC batch and the MLM batch that :class:`BatchMaker` draws for the step's images and
-    sums the two losses. No checkpoints: the run takes minutes.
+    Each step runs the ITM/PBC batch and the MLM batch that :class:`BatchMaker` draws for the step's images (seeded
+    by ``training_args.seed``) and sums the two losses. With the task's defaults no checkpoint is written.
     """
-    make = BatchMaker(data, processor, random.Random(config.seed))
-    total = optimizer_steps(len(data.pixels), config.batch_size, config.epochs)
-    if config.max_steps is not None:
-        total = min(config.max_steps, total)
+    make = BatchMaker(data, processor, random.Random(training_args.seed))
+    run_args = run_arguments(training_args, len(data.pixels), evaluate_each_epoch=False)
     started = time.time()
-    with tempfile.TemporaryDirectory() as scratch:  # save_strategy "no": the Trainer writes nothing there
-        args = TrainingArguments(
-            output_dir=scratch, num_train_epochs=config.epochs, max_steps=config.max_steps or -1,
-            per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
-            weight_decay=config.weight_decay, lr_scheduler_type="linear",
-            warmup_steps=min(config.warmup_steps, total // 10), max_grad_norm=config.max_grad_norm, seed=config.seed,
-            data_seed=config.seed, logging_strategy="epoch", save_strategy="no", remove_unused_columns=False,
-            report_to=[], dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
-        )
-        trainer = PretrainTrainer(
-            model=model, args=args, train_dataset=list(range(len(data.pixels))),
-            data_collator=lambda index: dict(zip(("itm", "mlm"), make(torch.tensor(index)))),
-        )
-        trainer.train()
+    trainer = PretrainTrainer(
+        model=model, args=run_args, train_dataset=list(range(len(data.pixels))),
+        data_collator=lambda index: dict(zip(("itm", "mlm"), make(torch.tensor(index)))),
+    )
+    trainer.train()
     history = [{"epoch": logs["epoch"], "steps": logs["step"], "loss": logs["loss"],
                 **{name: logs[name] for name in ("itm", "pbc", "mlm")}}
                for logs in logs_by_epoch(trainer.state.log_history) if "loss" in logs]
     for record in history:
         logger.info("pretraining %s", record)
     model.eval()
-    return {"config": asdict(config), "epochs": history, "steps": trainer.state.global_step,
+    settings = {name: getattr(run_args, name) for name in SETTINGS_LOGGED}
+    return {"settings": settings, "epochs": history, "steps": trainer.state.global_step,
             "seconds": round(time.time() - started, 1)}
 
 
@@ -205,18 +202,64 @@ def write_labels(out_dir: str | Path) -> None:
     (Path(out_dir) / LABELS_FILE).write_text("\n".join(zero_shot_labels()) + "\n", encoding="utf-8")
 
 
-def build_pretrained(start: str | Path, out_dir: str | Path, paths: Sequence[str], config: PretrainConfig) -> dict:
-    """Start from the VLE checkpoint ``start`` (its backbone; new ITM/PBC/MLM heads), train on the images at
-    ``paths`` and save model + processor to ``out_dir``; returns the training log."""
-    started, cpu_started = time.time(), time.process_time()
-    torch.manual_seed(config.seed)
-    processor = VLEProcessor.from_pretrained(start)
-    model = VLEForPreTraining.from_pretrained(start)
+def _starting_model(init: str) -> tuple[VLEForPreTraining, VLEProcessor]:
+    """The model (``init``'s backbone; its ITM/PBC/MLM heads when it has them, else new ones) and processor."""
+    local = check_hub([init]).local_only  # ModelUnavailableError within seconds when the Hub does not answer
+    try:
+        processor = VLEProcessor.from_pretrained(init, local_files_only=local)
+        model = VLEForPreTraining.from_pretrained(init, local_files_only=local)
+    except (OSError, ValueError) as exc:  # transformers: no such folder or repo, no config, damaged weights
+        raise ModelUnavailableError(f"Could not load the starting VLE {init} ({exc}). Pass --init a VLE folder "
+                                    "saved with save_pretrained or a Hub id such as hfl/vle-base.") from None
     model.config.num_labels = 2  # no VQA answers: the heads have fixed sizes
+    return model, processor
+
+
+def training_images(args: PretrainArguments) -> list[str]:
+    """The image paths of ``args.train`` (the easy-VQA train split), in a fixed order, at most ``train_limit``."""
+    return sorted({example.image_path for example in load_easy_vqa("train")})[: args.train_limit]
+
+
+def train(args: PretrainArguments, training_args: TrainingArguments) -> dict[str, Any]:
+    """Start from the VLE ``args.init``, train the three pretraining tasks on ``args.train``'s images and save
+    model + processor + the app's zero-shot labels to ``training_args.output_dir`` (the CLI and the bundle build);
+    returns the training log. User errors (no --init, an unusable output folder or starting model) raise
+    BadSettingError or ModelUnavailableError before any training starts."""
+    if not args.init:
+        raise BadSettingError("Pass --init, the VLE checkpoint to start from (a folder or a Hub id such as "
+                              "hfl/vle-base).")
+    out = check_output_folder(training_args.output_dir, "--output_dir")
+    started, cpu_started = time.time(), time.process_time()
+    torch.manual_seed(training_args.seed)
+    model, processor = _starting_model(args.init)
+    paths = training_images(args)
     data = load_scene_data(paths, processor, model.config.vision_config.patch_size)
-    log = train_pretraining(model, processor, data, config)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    write_labels(out_dir)
-    return {**log, "images": len(paths), "seconds": round(time.time() - started, 1),
+    log = train_pretraining(model, processor, data, training_args)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    write_labels(out)
+    return {**log, "init": portable_path(args.init), "images": len(paths), "seconds": round(time.time() - started, 1),
             "cpu_seconds": round(time.process_time() - cpu_started, 1), "threads": torch.get_num_threads()}
+
+
+def build_parser() -> HfArgumentParser:
+    """The ``python -m training.pretrain`` parser: :class:`PretrainArguments` and ``TrainingArguments``."""
+    return task_parser(PretrainArguments, training_defaults(), prog="python -m training.pretrain",
+                       description=__doc__.split("\n\n")[0])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit status (0 done, 2 a user error: one ``Error:`` line on stderr)."""
+    args, training_args = parse(build_parser(), argv, {})
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        log = train(args, training_args)
+    except (VQALLMError, VLEError) as exc:
+        print("Error: " + " ".join(str(exc).split()), file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+    print(json.dumps(log["epochs"][-1] if log["epochs"] else {}))  # the last line: the last epoch's figures
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
