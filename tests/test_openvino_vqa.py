@@ -15,6 +15,7 @@ from PIL import Image
 from tiny_vle import build_tiny_vle_vqa
 from vle import VLEForVQA, VLEProcessor
 from vle.openvino_vqa import (
+    Calibration,
     OpenVINOVLEForVQA,
     calibration_inputs,
     cpu_has_int8_dot_product,
@@ -107,6 +108,34 @@ def test_the_cache_key_follows_the_weights_and_the_calibration(tiny):
     with torch.no_grad():
         changed.vqa_classifier[3].bias.add_(0.01)
     assert weights_key(changed, calibration) != key
+
+
+def test_a_cached_export_is_served_without_building_the_calibration_inputs(tiny, tmp_path):
+    model, processor, _ = tiny
+    made = []
+
+    def make():
+        made.append(1)
+        return _calibration(model, processor)
+
+    lazy = Calibration("four questions of the test", make)
+    first = OpenVINOVLEForVQA.from_model(model, tmp_path, lazy)
+    assert made == [1] and is_complete(first.folder, weights_key(model, lazy))
+    again = OpenVINOVLEForVQA.from_model(model, tmp_path, lazy)
+    assert again.folder == first.folder and made == [1]  # the cache answered: no calibration built
+    other = Calibration("other questions", make)
+    assert weights_key(model, other) != weights_key(model, lazy)
+    assert OpenVINOVLEForVQA.from_model(model, tmp_path, other).folder != first.folder and made == [1, 1]
+
+
+def test_the_calibration_key_follows_the_processor(tiny):
+    _, processor, _ = tiny
+    key = fast_vle.calibration_key(processor)
+    assert fast_vle.calibration_key(processor) == key and fast_vle.calibration_key(processor, count=8) != key
+    settings = {**processor.image_processor.to_dict(), "size": {"shortest_edge": 17},
+                "crop_size": {"height": 17, "width": 17}}
+    resized = VLEProcessor(image_processor=type(processor.image_processor)(**settings), tokenizer=processor.tokenizer)
+    assert fast_vle.calibration_key(resized) != key
 
 
 def test_a_cache_that_cannot_be_written_exports_into_a_temporary_folder(tiny, tmp_path, monkeypatch):

@@ -33,11 +33,13 @@ import importlib.util
 import io
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +116,19 @@ def calibration_inputs(model: VLEForVQA, processor: Any, images: Sequence[Any], 
     return batches
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """Calibration inputs made only when an export needs them: ``make()`` returns the batches
+    (:func:`calibration_inputs`), ``key`` names them for the cache (where they come from, how many, the processor's
+    settings), so that a cached export is served without building them."""
+
+    key: str
+    make: Callable[[], list[dict[str, torch.Tensor]]]
+
+
+Batches = Sequence[dict[str, torch.Tensor]]
+
+
 def _fusion_feed(batch: dict[str, torch.Tensor], image_embeds: torch.Tensor) -> dict[str, torch.Tensor]:
     ids = batch["input_ids"]
     mask = batch.get("attention_mask")
@@ -139,9 +154,10 @@ def _padded(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def weights_key(model: VLEForVQA, calibration: Sequence[dict[str, torch.Tensor]], quantize: bool = True) -> str:
-    """SHA-256 of what an export depends on: every tensor of the state dict, the config, the calibration inputs,
-    int8 or not, the export format and the openvino/nncf versions."""
+def weights_key(model: VLEForVQA, calibration: Batches | Calibration, quantize: bool = True) -> str:
+    """SHA-256 of what an export depends on: every tensor of the state dict, the config, the calibration inputs
+    (their tensors, or a :class:`Calibration`'s key), int8 or not, the export format and the openvino/nncf
+    versions."""
     digest = hashlib.sha256()
     versions = {name: importlib.metadata.version(name) for name in ("openvino", "nncf")}
     header = {"format": FORMAT, "int8": quantize, "versions": versions, "config": model.config.to_dict()}
@@ -149,6 +165,9 @@ def weights_key(model: VLEForVQA, calibration: Sequence[dict[str, torch.Tensor]]
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    if isinstance(calibration, Calibration):
+        digest.update(b"calibration:" + calibration.key.encode())
+        return digest.hexdigest()
     for batch in calibration:
         for name, tensor in sorted(batch.items()):
             digest.update(name.encode())
@@ -210,7 +229,7 @@ def export(model: VLEForVQA, calibration: Sequence[dict[str, torch.Tensor]], fol
         manifest = {"format": FORMAT, "key": key, "int8": quantize, "files": files}
         (temp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
+            _remove(folder)
         try:
             temp.rename(folder)
         except OSError:
@@ -221,6 +240,16 @@ def export(model: VLEForVQA, calibration: Sequence[dict[str, torch.Tensor]], fol
             shutil.rmtree(temp, ignore_errors=True)
     logger.info("Exported the VLE VQA model to OpenVINO%s in %.0f s: %s", " int8" if quantize else "",
                 time.perf_counter() - started, folder)
+
+
+def _remove(folder: Path) -> None:
+    """Delete ``folder``: renamed aside first (atomic), so no reader sees it half deleted under its own name."""
+    trash = folder.with_name(f".trash-{folder.name}-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        folder.rename(trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 class OpenVINOVLEForVQA:
@@ -244,11 +273,12 @@ class OpenVINOVLEForVQA:
         self._fusion = core.compile_model(self.folder / "fusion.xml", "CPU", settings)
 
     @classmethod
-    def from_model(cls, model: VLEForVQA, cache_dir: str | Path, calibration: Sequence[dict[str, torch.Tensor]],
+    def from_model(cls, model: VLEForVQA, cache_dir: str | Path, calibration: Batches | Calibration,
                    quantize: bool = True) -> OpenVINOVLEForVQA:
         """The fast model of ``model`` (fp32, on the CPU): exported and quantised on first use, from
-        ``cache_dir`` afterwards. VLEError when openvino/nncf are missing or the model is not on the CPU;
-        OSError when the cache cannot be written."""
+        ``cache_dir`` afterwards. ``calibration``: the batches, or a :class:`Calibration` that makes them only
+        for an export. VLEError when openvino/nncf are missing or the model is not on the CPU; OSError when the
+        cache cannot be written."""
         if not openvino_installed():
             raise VLEError(f"{INSTALL_HINT} (or use the PyTorch int8 mode).")
         if not isinstance(model, VLEForVQA):
@@ -256,7 +286,7 @@ class OpenVINOVLEForVQA:
         if {p.device.type for p in model.parameters()} != {"cpu"} or model.dtype != torch.float32:
             raise VLEError("The OpenVINO fast mode exports an fp32 model on the CPU; load it with dtype=float32 "
                            "on the CPU.")
-        if not calibration:
+        if not isinstance(calibration, Calibration) and not calibration:
             raise VLEError("The OpenVINO int8 export needs calibration inputs (see calibration_inputs).")
         key = weights_key(model, calibration, quantize)
         root = Path(cache_dir).expanduser()
@@ -266,7 +296,10 @@ class OpenVINOVLEForVQA:
             if folder.exists():
                 logger.warning("The OpenVINO export %s is incomplete or damaged; exporting again", folder)
             logger.info("Exporting the VLE VQA model to OpenVINO once (later starts load %s) ...", folder)
-            export(model, calibration, folder, key, quantize=quantize)
+            batches = calibration.make() if isinstance(calibration, Calibration) else calibration
+            if not batches:
+                raise VLEError("The OpenVINO int8 export needs calibration inputs (see calibration_inputs).")
+            export(model, batches, folder, key, quantize=quantize)
         return cls(folder, model.config, threads=torch.get_num_threads())
 
     def eval(self) -> OpenVINOVLEForVQA:

@@ -18,6 +18,8 @@ domain; for a model of photos such as the Hub profiles' they are a stand-in, see
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import random
@@ -28,7 +30,13 @@ from PIL import Image
 
 from llm.gguf_cache import cache_root
 from vle import VLEError, VLEForVQA
-from vle.openvino_vqa import OpenVINOVLEForVQA, calibration_inputs, cpu_has_int8_dot_product, openvino_installed
+from vle.openvino_vqa import (
+    Calibration,
+    OpenVINOVLEForVQA,
+    calibration_inputs,
+    cpu_has_int8_dot_product,
+    openvino_installed,
+)
 from vle.processing_vle import VLEProcessor
 
 from .errors import BadSettingError
@@ -67,12 +75,21 @@ def calibration_examples(count: int = CALIBRATION_SIZE, seed: int = 0) -> tuple[
     return [Image.open(paths[image_ids[i]]).convert("RGB") for i in picked], [questions[i] for i in picked]
 
 
+def calibration_key(processor: VLEProcessor, count: int = CALIBRATION_SIZE, seed: int = 0) -> str:
+    """What the calibration inputs of :func:`calibration_examples` depend on, for the export cache's key: where
+    they come from, how many, the seed, and the processor's image settings and vocabulary."""
+    vocabulary = hashlib.sha256(json.dumps(sorted(processor.tokenizer.get_vocab().items())).encode()).hexdigest()
+    return json.dumps({"source": "easy-vqa train", "count": count, "seed": seed, "vocabulary": vocabulary,
+                       "tokenizer": type(processor.tokenizer).__name__,
+                       "image_processor": processor.image_processor.to_dict()}, sort_keys=True, default=str)
+
+
 def openvino_int8(model: VLEForVQA, processor: VLEProcessor,
                   environ: Mapping[str, str] | None = None) -> OpenVINOVLEForVQA:
     """``model`` in OpenVINO static int8, exported once into ``$VQA_LLM_CACHE/vle-openvino`` (a temporary
     folder when the cache is off or cannot be written)."""
-    images, questions = calibration_examples()
-    calibration = calibration_inputs(model, processor, images, questions)
+    calibration = Calibration(calibration_key(processor),
+                              lambda: calibration_inputs(model, processor, *calibration_examples()))
     root = cache_root(environ)
     if root is not None:
         try:
