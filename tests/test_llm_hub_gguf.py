@@ -105,6 +105,8 @@ def test_the_base_profile_runs_its_cached_gguf_with_llamacpp_and_names_it(hub_ca
     assert f"llama.cpp (auto: the LLM's CPU GGUF {BASE.llm_cpu_gguf} on the CPU): {BASE_GGUF.model_id}" in caplog.text
     assert llm.generate(CHAT, max_new_tokens=12) == expected_reply  # the cached file is what ran
     assert "".join(llm.stream(CHAT, max_new_tokens=12)) == expected_reply
+    # --device auto resolves as the loaders resolve it: the CPU here (no CUDA in the tests)
+    assert cpu_gguf_runs(resolve_profile("base", {"device": "auto"}, _environ(hub_cache))[0])
     # on a GPU, or with transformers asked for, the GGUF is not what runs
     assert not cpu_gguf_runs(resolve_profile("base", {"device": "cuda"}, _environ(hub_cache))[0])
     assert not cpu_gguf_runs(resolve_profile("base", {"device": "cpu", "llm_runtime": "transformers"},

@@ -11,17 +11,10 @@ from typing import TYPE_CHECKING
 from llm import LLMError
 from llm.runtime import choose_runtime, gguf_path
 
+from .devices import resolve_device
+
 if TYPE_CHECKING:
     from .profiles import Profile
-
-
-def profile_device(profile: Profile) -> str:
-    """The profile's device: as given, else ``cuda`` when available, else ``cpu`` (as the loaders resolve it)."""
-    if profile.device:
-        return str(profile.device)
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def cpu_gguf_runs(profile: Profile) -> bool:
@@ -34,8 +27,8 @@ def cpu_gguf_runs(profile: Profile) -> bool:
     if gguf_path(profile.llm, profile.llm_gguf_file) is not None:
         return False
     try:
-        runtime, _ = choose_runtime(profile.llm_runtime, profile.llm, profile.llm_gguf_file, profile_device(profile),
-                                    profile.quantization, profile.llm_cpu_gguf)
+        runtime, _ = choose_runtime(profile.llm_runtime, profile.llm, profile.llm_gguf_file,
+                                    resolve_device(profile.device), profile.quantization, profile.llm_cpu_gguf)
     except LLMError:  # llama.cpp asked for and impossible here: loading says why
         return False
     return runtime == "llama.cpp"

@@ -28,6 +28,7 @@ from vle import VLEError, VLEForVQA, quantize_int8
 from vle.processing_vle import VLEProcessor
 
 from .cpu_gguf import cpu_gguf_runs
+from .devices import resolve_device
 from .errors import BadSettingError, ModelUnavailableError
 from .fast_vle import fast_int8
 from .hub_access import gguf_cached
@@ -53,13 +54,6 @@ class Components:
     captioner: BlipCaptioner | None
     llm: ChatLLM | None
     model_ids: dict[str, str | None]
-
-
-def resolve_device(device: str | None) -> str:
-    """``None``/``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; anything else as given."""
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
 
 
 DTYPE_NAMES = {

@@ -39,9 +39,10 @@ from vle.image_io import ImageSource
 from vle.pipeline_vle import VLEForITMPipeline, VLEForPBCPipeline
 from vle.processing_vle import VLEProcessor
 
+from .devices import resolve_device
 from .errors import BadSettingError, ModelUnavailableError
 from .inputs import check_number, clean_lines, clean_text
-from .loading import _Step, check_model_dir, describe_load_failure, resolve_device, resolve_dtype
+from .loading import _Step, check_model_dir, describe_load_failure, resolve_dtype
 from .profiles import Profile
 from .sources import looks_local, model_source, public_text
 

@@ -45,9 +45,10 @@ from vle.vcr_data import NUM_CHOICES, VCRDataError, VCRItem, inline_item
 from vle.vcr_encoding import VCR_TASKS
 from vle.vcr_inputs import object_names
 
+from .devices import resolve_device
 from .errors import BadImageError, BadSettingError, ModelUnavailableError
 from .inputs import clean_text
-from .loading import check_model_dir, resolve_device
+from .loading import check_model_dir
 from .profiles import Profile
 from .sources import model_source, public_text
 from .vcr_loading import WHAT, load_vcr_model

@@ -27,8 +27,9 @@ from vle import VLEError
 from vle.vcr_data import VCRItem
 from vle.vcr_encoding import VCR_TASKS, VCREncodedItem, collate_vcr, encode_vcr_item
 
+from ..devices import resolve_device
 from ..errors import ModelUnavailableError
-from ..loading import enable_tf32, resolve_device
+from ..loading import enable_tf32
 from ..profiles import Profile
 from ..vcr_loading import FLAGS, WHAT, VCRModel, load_vcr_model
 from .store import RecordWriter
