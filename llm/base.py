@@ -127,6 +127,15 @@ class ChatLLM(ABC):
         opts = GenerationOptions(max_new_tokens, temperature, top_p, timeout)
         return self._generate_batch(batch, opts, **backend_options)
 
+    def count_tokens(self, messages: Sequence[dict]) -> int | None:
+        """Number of prompt tokens ``messages`` take, or ``None`` when this backend cannot count them (a
+        server's tokenizer is not known here)."""
+        return None
+
+    def prompt_limit(self, max_new_tokens: int) -> int | None:
+        """Most prompt tokens a reply of ``max_new_tokens`` leaves room for, or ``None`` when unknown."""
+        return None
+
     # ------------------------------------------------------------------------- backend hooks
     @abstractmethod
     def _generate(self, messages: Sequence[dict], opts: GenerationOptions) -> str:

@@ -25,6 +25,7 @@ The LLM of the ``bundled`` profile is SmolLM2-135M-Instruct from the ``llm-smoll
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import re
@@ -195,7 +196,7 @@ def build_blip(out_dir: Path, epochs: int = 20, vision_epochs: int = 15) -> dict
     )
     result = train_captioner(args, training_args, pairs=pairs["train"], eval_pairs=pairs["test"][:500])
     shutil.rmtree(out_dir / CAPTIONER_CHECKPOINTS, ignore_errors=True)  # the bundle ships no optimiser state
-    log = dict(getattr(result, "__dict__", {"summary": str(result)}))
+    log = dataclasses.asdict(result)
     if "out_dir" in log:
         log["out_dir"] = portable_path(log["out_dir"])
     return {"result": log, "train_pairs": len(pairs["train"]), "epochs": epochs, "vision_epochs": vision_epochs,

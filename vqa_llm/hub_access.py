@@ -56,7 +56,7 @@ def check_profile_hub(profile: Profile, *, use_llm: bool = True, use_captioner: 
             if profile.llm_runtime == "llama.cpp" or gguf_cached(profile.llm_cpu_gguf, cache_env):
                 llm = hub_file.repo
                 gguf[llm] = hub_file.first_part
-        ids += [llm, getattr(profile, "llm_adapter", None)]
+        ids += [llm, profile.llm_adapter]
         if llm == profile.llm and profile.llm and profile.llm_gguf_file:
             gguf[profile.llm] = profile.llm_gguf_file
     found = check_hub(ids, environ, probe, gguf)

@@ -87,11 +87,9 @@ def failed(result: VQALLMResult, message: str, base: LLMOutcome | None = None) -
 
 # --------------------------------------------------------------------------------------------- prompts
 def _token_budget(llm: ChatLLM, options: dict[str, Any]) -> tuple[Callable[[Chat], int] | None, int | None]:
-    """The LLM's prompt-token counter and limit, when its backend knows them (local transformers models)."""
-    count, limit_of = getattr(llm, "count_tokens", None), getattr(llm, "prompt_limit", None)
-    if not callable(count) or not callable(limit_of):
-        return None, None
-    return count, limit_of(options.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
+    """The LLM's prompt-token counter and limit, when its backend knows them (local models)."""
+    limit = llm.prompt_limit(options.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
+    return (None, None) if limit is None else (llm.count_tokens, limit)
 
 
 def build_chats(result: VQALLMResult, plan: LLMPlan, llm: ChatLLM, examples: Examples | None) -> Prompted:

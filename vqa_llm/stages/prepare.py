@@ -94,7 +94,7 @@ def generation_options(options: Mapping[str, Any], default_timeout: float | None
 def template_dir(llm: ChatLLM | None, template: str) -> Path | None:
     """Where ``template`` is read from: the LLM's own prompt folder when it has one with that template (a
     fine-tuned refiner brings the compact prompts it was trained on), else ``None`` (the project's templates)."""
-    directory = getattr(llm, "template_dir", None)
+    directory = llm.template_dir if llm is not None else None
     return directory if directory is not None and template in available_templates(directory) else None
 
 
