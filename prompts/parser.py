@@ -5,9 +5,9 @@ label) a first line that is a bare answer: a letter (``B`` / ``(B)`` / ``option 
 a candidate, or a free answer of at most three words. A reply that does not follow the template
 otherwise (a sentence without the label), that repeats the prompt's candidate list, or that echoes the prompt
 falls back to the top candidate with ``fallback=True`` and ``problem`` saying why; so does an empty reply. For
-``long`` templates the answer is the reply sentence itself, and
-``short`` is the short answer that sentence gives (:func:`answer_in_sentence`), which is what is compared with
-the VQA answer and scored.
+``long`` templates the answer is the reply's last sentence, the sentences before it the explanation (a reply
+may reason first, :func:`split_long_reply`), and ``short`` is the short answer that sentence gives
+(:func:`answer_in_sentence`), which is what is compared with the VQA answer and scored.
 """
 
 from __future__ import annotations
@@ -170,6 +170,19 @@ def answer_in_sentence(sentence: str, question: str, candidates: Sequence[tuple[
     return _mentioned_candidate(sentence, cands)
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'“‘(]?[A-Z])")
+
+
+def split_long_reply(reply: str) -> tuple[str, str]:
+    """``(explanation, answer sentence)`` of a ``long`` reply: its last sentence is the answer (what the app shows
+    and the parser reads), the sentences before it, if any, the reasoning that led there. A sentence ends in
+    . ! or ? before a capital letter, so "scores 0.91, below 1.00; ..." stays whole."""
+    sentences = [part for part in _SENTENCE_END.split(one_line(reply)) if part.strip()]
+    if not sentences:
+        return "", ""
+    return " ".join(sentences[:-1]), sentences[-1]
+
+
 def is_echo(reply: str) -> bool:
     """True when ``reply`` repeats the prompt: a rendered candidate line ("A. green (1.00)"), the
     ``<question>`` tags, or a "Caption:"/"Candidates:" label."""
@@ -212,7 +225,8 @@ def parse_answer(
     """Turn an LLM ``reply`` into a :class:`ParsedAnswer`, using ``candidates`` (best first) to resolve it.
 
     ``template`` is a template name or kind (``"short"``/``"long"``): for long templates the answer is
-    the stripped reply sentence, the explanation is empty and ``short`` is :func:`answer_in_sentence` of it
+    the reply's last sentence, the explanation the sentences before it (:func:`split_long_reply`) and ``short``
+    :func:`answer_in_sentence` of that sentence, or of the whole reply when the sentence names no answer
     (``question`` helps there). ``directory`` is where custom templates live.
     """
     cands = check_candidates(candidates)
@@ -223,8 +237,11 @@ def parse_answer(
     if is_echo(reply):
         return _fallback(cands, problem=ECHO_PROBLEM, kind=kind)
     if kind == "long":
-        sentence = one_line(reply)
-        return ParsedAnswer(sentence, "", False, "free", short=answer_in_sentence(sentence, question, cands))
+        explanation, sentence = split_long_reply(reply)
+        short = answer_in_sentence(sentence, question, cands)
+        if short is None and explanation:  # an answer sentence that names nothing: what the whole reply gives
+            short = answer_in_sentence(one_line(reply), question, cands)
+        return ParsedAnswer(sentence, explanation, False, "free", short=short)
 
     labelled, explanation = _split_label(reply)
     if labelled is not None:

@@ -275,3 +275,19 @@ def test_answer_in_sentence_takes_yes_or_no_even_when_the_question_says_it():
     from prompts.parser import answer_in_sentence
 
     assert answer_in_sentence("A. no B. yes", "is no red shape present?", [("no", 0.9), ("yes", 0.1)]) == "no"
+
+
+@pytest.mark.parametrize("reply, explanation, sentence", [
+    ("Yes, there is a red circle.", "", "Yes, there is a red circle."),
+    ('The top candidate "no" scores 1.00, so the VQA model is sure. No, there is no gray shape in the image.',
+     'The top candidate "no" scores 1.00, so the VQA model is sure.', "No, there is no gray shape in the image."),
+    ("It scores 0.91, below 1.00; fine. The shape is blue!", "It scores 0.91, below 1.00; fine.", "The shape is blue!"),
+    ("  ", "", ""),
+])
+def test_a_long_reply_may_reason_first_and_its_last_sentence_is_the_answer(reply, explanation, sentence):
+    from prompts.parser import split_long_reply
+
+    assert split_long_reply(reply) == (explanation, sentence)
+    if sentence:
+        parsed = parse_answer(reply, [("blue", 0.5), ("no", 0.3), ("yes", 0.2)], "long", question="q?")
+        assert (parsed.answer, parsed.explanation) == (sentence, explanation)

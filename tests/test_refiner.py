@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,8 @@ def _no_chat_template(tmp_path: Path, chat_lm: str) -> str:
         ("empty-dataset", "no questions"),
         ("no-chat-template", "no chat template"),
         ("unknown-template", "Unknown template"),
+        ("fewshot-without-bank", "needs --example_bank"),
+        ("bank-missing", "--example_bank"),
         ("out-under-a-file", "under the file"),
     ],
 )
@@ -149,6 +152,11 @@ def test_user_errors_are_one_line_and_exit_2(case, message, chat_lm, tmp_path):
         args = ["--llm", _no_chat_template(tmp_path, chat_lm), *models, "--limit", "4", *out]
     elif case == "unknown-template":
         args = ["--llm", chat_lm, *models, "--template", "short", "nonesuch", *out]
+    elif case == "fewshot-without-bank":
+        args = ["--llm", chat_lm, *models, "--template", "short", "fewshot", *out]
+    elif case == "bank-missing":
+        args = ["--llm", chat_lm, *models, "--template", "fewshot", "--example_bank", str(tmp_path / "nope"),
+                "--limit", "4", *out]
     else:
         (tmp_path / "file.txt").write_text("x")
         args = ["--llm", chat_lm, *models, "--output_dir", str(tmp_path / "file.txt" / "run")]
@@ -169,24 +177,39 @@ def test_long_targets_work_the_answer_out_first_and_the_parser_reads_it_back(que
     truth = answer_from_attributes(question, "yes/no", color, shape)
     ev = Evidence(1, "img.png", question, [truth] * 10, "yes/no", f"a {color} {shape}",
                   [("yes", 0.6), ("no", 0.4), ("red", 0.0)], "vle")
-    sentence = target_reply(ev, "long", {"color": color, "shape": shape})
-    assert sentence.endswith(f" the answer is {truth}.") and "\n" not in sentence
+    reply = target_reply(ev, "long", {"color": color, "shape": shape})
+    assert "\n" not in reply
     # the evidence comes first: the score as the prompt shows it, then the caption
-    assert sentence.startswith('The top candidate "yes" scores 0.60, below 1.00; the caption ')
-    assert parse_answer(sentence, ev.candidates, "long", question=question).short_answer == truth
+    assert reply.startswith('The top candidate "yes" scores 0.60, below 1.00; the caption ')
+    parsed = parse_answer(reply, ev.candidates, "long", question=question)
+    assert parsed.short_answer == truth
+    # the shown answer is a person's sentence: it starts with the answer, names no evidence, and is not the reasoning
+    assert parsed.answer.startswith(f"{truth.capitalize()}, there is ") and parsed.answer.endswith(" in the image.")
+    assert not re.search(r"candidate|score|caption|vqa", parsed.answer, re.IGNORECASE)
+    assert parsed.explanation.startswith("The top candidate") and parsed.answer not in parsed.explanation
+    # "no <thing>" exactly where the image lacks it
+    asked = "red shape" if "red" in question else ("blue shape" if "blue" in question else "circle")
+    present = asked.split()[0] in (color, shape)
+    assert (f"there is no {asked}" in parsed.answer) is (not present)
 
 
 def test_long_targets_keep_a_sure_top_candidate_and_read_colours_from_the_caption():
     attributes = {"color": "red", "shape": "circle"}
     sure = _evidence(1, "a blue circle", top="yes")  # caption wrong, VQA sure and right
     sentence = target_reply(sure, "long", attributes)
-    assert sentence == 'The top candidate "yes" scores 1.00, so the VQA model is sure and the answer is yes.'
+    assert sentence == ('The top candidate "yes" scores 1.00, so the VQA model is sure. '
+                        'Yes, there is a red shape in the image.')
     colour = Evidence(2, "i.png", "what color is the circle?", ["red"] * 10, "color", "a red circle",
                       [("blue", 0.55), ("red", 0.4), ("circle", 0.05)], "weak")
     sentence = target_reply(colour, "long", attributes)
     assert sentence == ('The top candidate "blue" scores 0.55, below 1.00; the caption "a red circle" names the '
-                        'colour red, so the answer is red.')
-    assert parse_answer(sentence, colour.candidates, "long", question=colour.question).short_answer == "red"
+                        'colour red. The circle is red.')
+    parsed = parse_answer(sentence, colour.candidates, "long", question=colour.question)
+    assert (parsed.short_answer, parsed.answer) == ("red", "The circle is red.")
+    shape = Evidence(3, "i.png", "what is the red shape?", ["circle"] * 10, "shape", "a red circle",
+                     [("triangle", 0.6), ("circle", 0.3), ("red", 0.1)], "weak")
+    parsed = parse_answer(target_reply(shape, "long", attributes), shape.candidates, "long", question=shape.question)
+    assert (parsed.short_answer, parsed.answer) == ("circle", "The red shape is a circle.")
     # a sure but wrong top candidate: no sentence that works the truth out from the evidence, so none is taught
     wrong = _evidence(3, "a red circle", top="no")
     assert target_reply(wrong, "long", attributes) is None
@@ -384,3 +407,46 @@ def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch)
     assert mixed_precision_mode("fp16") == "fp16"
     with pytest.raises(ValueError, match="mixed precision"):
         mixed_precision_mode("fp8")
+
+
+# ------------------------------------------------------------------------------------------ few-shot chats
+def _bank_entry(image_id: str, question: str, caption: str, qtype: str = "yes/no", answer: str = "yes") -> dict:
+    return {"image_id": image_id, "question": question, "caption": caption, "question_type": qtype,
+            "candidates": [(answer, 1.0), ("no", 0.0)], "answer": answer}
+
+
+def test_solved_examples_are_the_most_alike_and_never_about_the_question_s_own_image():
+    from training.refiner_data import solved_examples
+
+    ev = _evidence(7, "a red circle")  # image 7.png, "is there a red shape?"
+    bank = [_bank_entry("7", "is there a red shape?", "a red circle"),        # own image: never
+            _bank_entry("1", "what color is the shape?", "a red circle", "color", "red"),  # other type: never
+            _bank_entry("2", "is there a blue shape?", "a green circle"),     # same type only
+            _bank_entry("3", "is there a red shape?", "a green circle"),      # same wording
+            _bank_entry("4", "is there a blue shape?", "a red circle"),       # same caption
+            _bank_entry("5", "is there a red shape?", "a red circle")]        # same caption and wording
+    chosen = solved_examples(ev, bank, 8)
+    assert [e["image_id"] for e in chosen] == ["5", "4", "3", "2"]
+    assert [e["image_id"] for e in solved_examples(ev, bank, 2)] == ["5", "4"]
+
+
+def test_fewshot_chats_put_solved_examples_first_and_get_the_reasoning_reply(tmp_path):
+    from prompts.templates import TEMPLATE_DIR
+    from training.refiner_data import build_examples
+
+    attributes = {f"{i}.png": {"color": "red", "shape": "circle"} for i in range(40)}
+    evidence = [_evidence(i, "a red circle", score=0.9) for i in range(40)]
+    bank = [_bank_entry(str(100 + i), "is there a red shape?", "a red circle") for i in range(20)]
+    chats = build_examples(evidence, ["short", "fewshot"], TEMPLATE_DIR / "refiner", attributes, bank=bank,
+                           fewshot=["fewshot"], n_examples=5)
+    fewshot = [c for c in chats if c["template"] == "fewshot"]
+    assert len(fewshot) == 20
+    counts = {(len(c["messages"]) - 2) // 2 for c in fewshot}  # system + example pairs + the question
+    assert counts <= set(range(1, 6)) and len(counts) > 1
+    for chat in fewshot:
+        assert [m["role"] for m in chat["messages"][1:3]] == ["user", "assistant"]
+        assert chat["messages"][2]["content"] == "Answer: yes"  # an example's turn, as the app renders it
+        assert chat["reply"].startswith("Explanation: The top candidate") and chat["reply"].endswith("Answer: yes")
+    assert all(len(c["messages"]) == 2 for c in chats if c["template"] == "short")
+    with pytest.raises(ValueError, match="bank"):
+        build_examples(evidence, ["fewshot"], TEMPLATE_DIR / "refiner", attributes, fewshot=["fewshot"])

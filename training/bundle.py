@@ -46,6 +46,7 @@ from vle import VLEConfig, VLEForVQA
 from vle.errors import VLEError
 from vle.processing_vle import VLEProcessor
 from vle.vqa_data import EASY_VQA_COLORS, EASY_VQA_SHAPES, VQADataError, load_easy_vqa
+from vqa_llm.fewshot.locate import BUNDLED_BANK_DIR
 
 from .easyvqa_attributes import image_attributes
 from .processor_files import write_processor_files
@@ -74,12 +75,16 @@ REFINER_DIR_NAME = "smollm2-easyvqa-refiner"
 #: So neither the shown score nor copying or flipping the top candidate predicts a disagreement's answer; only the
 #: rule "keep a sure top candidate, else follow the caption" does. Short replies work the answer out in the
 #: explanation before the answer line, starting from the top candidate's score copied from the prompt
-#: (:func:`training.refiner_data.reasoning`); the reply's first line weighs 5x the rest in the loss. (Earlier
-#: recipes taught copying the top candidate, flipping yes/no, or following the caption: docs/results.md#llm-refiner.)
-REFINER_RECIPE = {"llm": "smollm2", "limit": 6000, "sample_seed": 0, "template": ["short", "long"],
+#: (:func:`training.refiner_data.reasoning`); the reply's first line weighs 5x the rest in the loss. `long` replies
+#: are that sentence, then the answer as a person would write it; `fewshot` chats put 1-8 solved examples of the
+#: committed example bank before the question and get the `short` reply. (Earlier recipes taught copying the top
+#: candidate, flipping yes/no, or following the caption: docs/results.md#llm-refiner.)
+REFINER_RECIPE = {"llm": "smollm2", "limit": 6000, "sample_seed": 0, "template": ["short", "long", "fewshot"],
+                  "example_bank": str(BUNDLED_BANK_DIR), "fewshot_examples": 8,
                   "caption_noise": 0.8, "easy_share": 0.5, "per_confidence": True, "answer_weight": 5.0,
                   "num_train_epochs": 1, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 8,
-                  "learning_rate": 1.5e-3, "lora_r": 16, "lora_alpha": 32}
+                  "learning_rate": 1.5e-3, "lora_r": 16, "lora_alpha": 32,
+                  "train_sampling_strategy": "group_by_length"}  # few-shot chats are ~4x longer: batch by length
 #: how the refiner's questions are dealt among the VQA models: one to the bundled VLE, four to the weak one
 REFINER_EVIDENCE = (VLE_DIR_NAME, WEAK_VLE_DIR_NAME, WEAK_VLE_DIR_NAME, WEAK_VLE_DIR_NAME, WEAK_VLE_DIR_NAME)
 PRETRAIN_DIR_NAME = "vle-easyvqa-pretrain"

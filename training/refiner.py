@@ -51,6 +51,8 @@ from prompts import PromptError, available_templates
 from vle.vqa_data import VQADataError
 from vqa_llm.evaluation.data import examples_from_args
 from vqa_llm.evaluation.errors import EvaluationError
+from vqa_llm.fewshot.bank import ExampleBank, ExampleBankError
+from vqa_llm.fewshot.runs import FEWSHOT_TEMPLATE
 
 from .arguments import build_parser as task_parser
 from .arguments import parse
@@ -105,6 +107,11 @@ def check_arguments(args: RefinerArguments, training_args: TrainingArguments) ->
     if unknown:
         raise RefinerError(f"Unknown template(s) {', '.join(unknown)} in {directory}; available: "
                            f"{', '.join(available_templates(directory)) or 'none'}.")
+    if FEWSHOT_TEMPLATE in args.template and not args.example_bank:
+        raise RefinerError(f"--template {FEWSHOT_TEMPLATE} needs --example_bank: the folder of the solved examples its "
+                           "chats start with (assets/models/easyvqa-example-bank for easy-VQA).")
+    if args.fewshot_examples < 0:
+        raise RefinerError(f"--fewshot_examples must be 0 or more, got {args.fewshot_examples}.")
     out = check_output_folder(training_args.output_dir, "--output_dir")  # BadSettingError for a file in the way
     if (out / "adapter_config.json").exists() and not (args.resume or args.overwrite):
         raise RefinerError(f"{out} already holds an adapter; pass --overwrite to replace it or --resume to continue.")
@@ -149,6 +156,24 @@ def tokenize_example(tokenizer, example: dict) -> dict[str, list[int]]:
             "labels": [IGNORE_INDEX] * len(prompt_ids) + reply_ids}
 
 
+def solved_bank(folder: str, top_k: int) -> list[dict]:
+    """The records of the example bank at ``folder`` as few-shot examples (candidates cut to ``top_k``, as the app
+    cuts them), each with its ``image_id`` and the ``question_type`` of its question (easy-VQA train)."""
+    from vle.vqa_data import load_easy_vqa
+
+    try:
+        bank = ExampleBank.load(folder)
+    except ExampleBankError as exc:
+        raise RefinerError(f"--example_bank: {exc}") from None
+    if bank.meta.get("source") != "easy-vqa/train":
+        raise RefinerError(f"--example_bank {folder} holds {bank.meta.get('source')!r} questions; the refiner's "
+                           "few-shot chats take their solved examples from an easy-VQA train bank.")
+    types = {str(q.question_id): q.question_type for q in load_easy_vqa("train")}
+    return [{**bank.example(row, top_k), "image_id": str(record.get("image_id")),
+             "question_type": types.get(str(record.get("question_id")))}
+            for row, record in enumerate(bank.records)]
+
+
 def make_examples(args: RefinerArguments) -> tuple[list[dict], list[dict], dict[str, Any]]:
     """(train chats, evaluation chats, data statistics) from the dataset and the evidence of each VQA model."""
     questions = examples_from_args(SimpleNamespace(**asdict(args), seed=args.sample_seed))
@@ -171,7 +196,9 @@ def make_examples(args: RefinerArguments) -> tuple[list[dict], list[dict], dict[
     evidence.sort(key=lambda ev: str(ev.question_id))
     noisy = add_caption_noise(evidence, args.caption_noise, seed=args.sample_seed)
     changed = sum(a.caption != b.caption for a, b in zip(evidence, noisy))
-    all_chats = build_examples(noisy, args.template, args.template_dir, attributes)
+    bank = solved_bank(args.example_bank, args.top_k) if FEWSHOT_TEMPLATE in args.template else None
+    all_chats = build_examples(noisy, args.template, args.template_dir, attributes, bank=bank,
+                               fewshot=[FEWSHOT_TEMPLATE], n_examples=args.fewshot_examples, seed=args.sample_seed)
     chats = select_chats(all_chats, args.easy_share, seed=args.sample_seed, per_confidence=args.per_confidence)
     if not chats:
         raise RefinerError("No training examples: the data has no question whose answer the evidence supports.")

@@ -58,6 +58,11 @@ class RefinerArguments:
                 "disagreement"})
     template: list[str] = field(default_factory=lambda: ["short", "long"], metadata={
         "help": "templates to train on, dealt in turn over the questions"})
+    example_bank: str | None = field(default=None, metadata={
+        "help": "example bank folder (python -m vqa_llm.build_example_bank) whose records are the solved examples "
+                "of the few-shot chats; needed when --template names fewshot"})
+    fewshot_examples: int = field(default=8, metadata={
+        "help": "most solved examples before the question in a few-shot chat (each chat draws 1 to this many)"})
     template_dir: str = field(default=str(REFINER_TEMPLATE_DIR), metadata={
         "help": "folder of the templates (copied into the adapter, which the pipeline then uses)"})
     answer_weight: float = field(default=1.0, metadata={

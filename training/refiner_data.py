@@ -8,9 +8,11 @@ refiner sees candidates that are right and wrong the way real ones are.
 
 Targets follow the template's reply kind. On easy-VQA (whose images hold one shape of one colour) both work the
 answer out from the evidence before giving it (:func:`reasoning`): ``short`` → ``Explanation: <that sentence>`` +
-``Answer: <true answer>``; ``long`` → that one sentence ending in "the answer is <true answer>"
-(:func:`reasoned_sentence`). Elsewhere ``short`` gives ``Answer:`` first and an explanation citing the evidence
-used, and ``long`` a generic but true sentence that contains the answer.
+``Answer: <true answer>``; ``long`` → that sentence, then the answer as a person would write it ("No, there is
+no gray shape in the image.", :func:`reasoned_sentence`). Few-shot chats put solved examples from an example bank
+before the question and get the same replies (:func:`solved_examples`). Elsewhere ``short`` gives ``Answer:``
+first and an explanation citing the evidence used, and ``long`` a generic but true sentence that contains the
+answer.
 
 What the refiner must learn is when to trust which evidence. On easy-VQA the caption alone decides every
 question ("a green circle" answers "is there not a black shape?"), so where the caption and the top candidate
@@ -246,19 +248,41 @@ def reasoning(ev: Evidence, answer: str) -> str | None:
     return f"{caption} names {color} and {shape}, so \"{claim}\" is {verdict}."
 
 
-def reasoned_sentence(ev: Evidence, answer: str) -> str | None:
-    """The ``long`` reply on easy-VQA: the :func:`reasoning` sentence, ending in "the answer is <answer>" (which
-    :func:`prompts.parser.answer_in_sentence` reads back); ``None`` where the reasoning does not lead to ``answer``.
+def answer_sentence(question: str, question_type: str, answer: str) -> str | None:
+    """How a person answers an easy-VQA question in one sentence, from the question and its answer alone ("No,
+    there is no gray shape in the image.", "The red shape is a circle."); ``None`` for a question it cannot read.
 
-    The decision comes after the evidence, as in ``short``: a sentence that gives yes or no first (the first
+    Nothing but the answer and the question's own words: the sentence cannot state a fact the evidence did not
+    decide (a wrong caption's shape, say).
+    """
+    asked = named_attribute(question)
+    if question_type == "color":
+        thing = asked if asked in EASY_VQA_SHAPES else "shape"
+        return f"The {thing} is {answer}."
+    if question_type == "shape":
+        thing = f"{asked} shape" if asked in EASY_VQA_COLORS else "shape"
+        return f"The {thing} is {_article(answer)}."
+    if answer not in ("yes", "no") or asked is None:
+        return None
+    thing = f"{asked} shape" if asked in EASY_VQA_COLORS else asked
+    present = (answer == "yes") != bool(_NEGATED.search(question.lower()))
+    return f"{answer.capitalize()}, there is {_article(thing) if present else 'no ' + thing} in the image."
+
+
+def reasoned_sentence(ev: Evidence, answer: str) -> str | None:
+    """The ``long`` reply on easy-VQA: the :func:`reasoning` sentence, then the answer as a person would write it
+    (:func:`answer_sentence`), which the app shows as the answer and the parser reads
+    (:func:`prompts.parser.split_long_reply`); ``None`` where the reasoning does not lead to ``answer``.
+
+    The decision comes first, in the reasoning, as in ``short``: a sentence that gives yes or no first (the first
     refiner's "Yes, there is a red circle in the image.") decides before it has read the score and the caption,
     and SmolLM2-135M then turned right, unsure "no" answers into "yes" (docs/results.md#llm-refiner).
     """
     steps = reasoning(ev, answer)
-    if steps is None:
+    sentence = answer_sentence(ev.question, ev.question_type, answer)
+    if steps is None or sentence is None:
         return None
-    joint = ", so" if ev.question_type in ("color", "shape") and not ev.top_is_sure else " and"
-    return f"{steps.rstrip('.')}{joint} the answer is {answer}."
+    return f"{steps} {sentence}"
 
 
 def generic_sentence(ev: Evidence, answer: str) -> str:
@@ -293,13 +317,41 @@ def target_reply(ev: Evidence, kind: str, attributes: dict[str, str] | None) -> 
     return f"Answer: {answer}\nExplanation: {explanation(ev, answer, from_caption)}"
 
 
+def solved_examples(ev: Evidence, bank: Sequence[dict], count: int, seed: int = 0) -> list[dict]:
+    """``count`` solved examples for a few-shot chat about ``ev``, from ``bank`` (few-shot example dicts with
+    ``image_id`` and ``question_type``), most alike first, as the app's nearest-neighbour choice gives them.
+
+    The app ranks bank entries by the VQA model's fused image-and-question representation; on easy-VQA that is
+    close to "same caption and same question wording first", which is what this ranks by (then the same caption,
+    then the same wording, then the same question type), with a shuffle seeded by the question id inside each
+    rank. Entries about the question's own image are never chosen, as in the app.
+    """
+    rng = random.Random(f"{seed}:{ev.question_id}")
+    image = Path(ev.image).stem
+    ranked: list[tuple[int, float, dict]] = []
+    for example in bank:
+        if example["image_id"] == image or example["question_type"] != ev.question_type:
+            continue
+        same_caption, same_question = example["caption"] == ev.caption, example["question"] == ev.question
+        ranked.append((-(2 * same_caption + same_question), rng.random(), example))
+    ranked.sort(key=lambda item: item[:2])
+    return [example for _, _, example in ranked[:count]]
+
+
 def build_examples(evidence: Sequence[Evidence], templates: Sequence[str], template_dir: str | Path | None,
-                   attributes: dict[str, dict[str, str]] | None = None) -> list[dict]:
+                   attributes: dict[str, dict[str, str]] | None = None, bank: Sequence[dict] | None = None,
+                   fewshot: Sequence[str] = (), n_examples: int = 8, seed: int = 0) -> list[dict]:
     """Chat examples ``{"messages", "reply", "template", ...}``, one per evidence row, the template dealt in turn.
 
     ``attributes`` maps image paths to their true ``color``/``shape`` (easy-VQA); rows whose true answer no
-    evidence supports are left out (counted in the log).
+    evidence supports are left out (counted in the log). Chats of the templates named in ``fewshot`` start with
+    1 to ``n_examples`` solved examples from ``bank`` (:func:`solved_examples`; how many is drawn per chat from
+    ``seed`` and the question id), as the app's few-shot prompts do, and
+    get the reply of their template's kind all the same: the examples inform, the evidence decides.
     """
+    wanted = sorted(set(fewshot) & set(templates))
+    if wanted and not bank:
+        raise ValueError(f"Few-shot chats ({', '.join(wanted)}) need a bank of solved examples.")
     examples, dropped = [], 0
     for i, ev in enumerate(evidence):
         template = templates[i % len(templates)]
@@ -307,7 +359,12 @@ def build_examples(evidence: Sequence[Evidence], templates: Sequence[str], templ
         if reply is None:
             dropped += 1
             continue
-        messages = build_messages(template, ev.caption, ev.question, ev.candidates, directory=template_dir)
+        solved = None
+        if template in fewshot:  # 1 to n_examples of them, so the adapter sees prompts of every length up to it
+            count = random.Random(f"{seed}:count:{ev.question_id}").randint(min(1, n_examples), n_examples)
+            solved = solved_examples(ev, bank or (), count, seed)
+        messages = build_messages(template, ev.caption, ev.question, ev.candidates, examples=solved,
+                                  directory=template_dir)
         top = ev.candidates[0][0] if ev.candidates else None
         from_caption = caption_answer(ev)
         examples.append({"messages": messages, "reply": reply, "template": template, "source": ev.source,
