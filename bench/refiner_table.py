@@ -3,9 +3,10 @@
     python bench/refiner_table.py "refiner short=runs/ref-short" "zero-shot short=runs/zs-short" ...
 
 Each argument is ``LABEL=RUN_DIR`` (a ``python -m vqa_llm.evaluate --out`` folder). Format rules: ``short``
-replies have an ``Answer:`` line with an answer (and the parser used it: no fallback); ``long`` replies are one
-sentence (one line, at least 3 words, ending in . ! or ?) that contains the answer read from it. Prints a
-Markdown table, then one JSON object per run.
+replies have an ``Answer:`` line with an answer (and the parser used it: no fallback); in ``long`` replies the
+sentence shown as the answer (the last one; the ones before it are the explanation) is one natural sentence: at
+least 3 words, ending in . ! or ?, containing the answer read from it and none of the words candidate, score,
+caption or VQA. Prints a Markdown table, then one JSON object per run.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import re
 import sys
 from pathlib import Path
 
+from prompts.parser import split_long_reply
 from vqa_llm.evaluation.summary import flip_counts
 
 _SENTENCE = re.compile(r"^[^\n]*[.!?]$")
+_EVIDENCE_WORDS = re.compile(r"candidate|score|caption|\bvqa\b", re.IGNORECASE)
 _ANSWER_LINE = re.compile(r"^\s*Answer\s*:\s*\S", re.IGNORECASE | re.MULTILINE)
 
 
@@ -28,8 +31,10 @@ def follows_format(record: dict) -> bool:
         return False
     if record.get("template") == "long":
         answer = (record.get("llm_answer") or "").lower()
-        return (bool(_SENTENCE.match(reply)) and len(reply.split()) >= 3 and bool(answer)
-                and re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", reply.lower()) is not None)
+        shown = split_long_reply(reply)[1]
+        return (bool(_SENTENCE.match(shown)) and len(shown.split()) >= 3 and bool(answer)
+                and not _EVIDENCE_WORDS.search(shown)
+                and re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", shown.lower()) is not None)
     return bool(_ANSWER_LINE.search(reply))
 
 

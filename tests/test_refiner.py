@@ -450,3 +450,40 @@ def test_fewshot_chats_put_solved_examples_first_and_get_the_reasoning_reply(tmp
     assert all(len(c["messages"]) == 2 for c in chats if c["template"] == "short")
     with pytest.raises(ValueError, match="bank"):
         build_examples(evidence, ["fewshot"], TEMPLATE_DIR / "refiner", attributes, fewshot=["fewshot"])
+
+
+def test_prompt_shape_batches_hold_one_shape_each_drawn_at_random():
+    from training.refiner import prompt_shape_batches
+
+    def chat(i, template, examples):
+        return {"template": template, "messages": [{}] * (2 + 2 * examples), "reply": f"r{i}"}
+
+    chats = ([chat(i, "short", 0) for i in range(20)] + [chat(100 + i, "fewshot", 3) for i in range(16)]
+             + [chat(200 + i, "fewshot", 5) for i in range(5)])
+    ordered = prompt_shape_batches(chats, 4, seed=0)
+    assert sorted(c["reply"] for c in ordered) == sorted(c["reply"] for c in chats)  # nothing lost or repeated
+    batches = [ordered[i:i + 4] for i in range(0, len(ordered), 4)]
+    shapes = [{(c["template"], len(c["messages"])) for c in batch} for batch in batches]
+    assert all(len(shape) == 1 for shape in shapes[:9])  # 5 + 4 + 1 full batches, one shape each
+    assert len(batches[-1]) == 1 and len(batches[-2]) == 4  # the incomplete one last
+    assert [len(s) for s in shapes[:9]] == [1] * 9
+    # random: another seed gives another order, and the short chats are not in their original order
+    assert prompt_shape_batches(chats, 4, seed=1) != ordered
+    assert [c["reply"] for c in ordered if c["template"] == "short"] != [f"r{i}" for i in range(20)]
+
+
+def test_fewshot_chats_train_in_batches_of_one_shape_and_the_adapter_brings_the_fewshot_template(
+        chat_lm, tmp_path, one_thread, monkeypatch):
+    import training.refiner as refiner
+
+    seen = []
+    original = refiner.prompt_shape_batches
+    monkeypatch.setattr(refiner, "prompt_shape_batches", lambda *a: seen.append(a) or original(*a))
+    out = tmp_path / "out"
+    bank = REPO / "assets" / "models" / "easyvqa-example-bank"
+    assert refiner_main(_argv(chat_lm, out, tmp_path / "cache", "--max_steps", "2", "--template", "short", "fewshot",
+                              "--example_bank", str(bank), "--fewshot_examples", "3", "--batch_by_prompt_shape")) == 0
+    ((chats, batch_size, _),) = seen
+    assert batch_size == 4 and {c["template"] for c in chats} == {"short", "fewshot"}
+    assert any(len(c["messages"]) > 2 for c in chats)  # few-shot chats carry solved examples
+    assert (out / "templates" / "fewshot.system.txt").is_file()

@@ -76,15 +76,16 @@ REFINER_DIR_NAME = "smollm2-easyvqa-refiner"
 #: rule "keep a sure top candidate, else follow the caption" does. Short replies work the answer out in the
 #: explanation before the answer line, starting from the top candidate's score copied from the prompt
 #: (:func:`training.refiner_data.reasoning`); the reply's first line weighs 5x the rest in the loss. `long` replies
-#: are that sentence, then the answer as a person would write it; `fewshot` chats put 1-8 solved examples of the
-#: committed example bank before the question and get the `short` reply. (Earlier recipes taught copying the top
+#: are that sentence, then the answer as a person would write it; `fewshot` chats (one in five) put 1-8 solved
+#: examples of the committed example bank before the question and get the `short` reply; batches hold one prompt
+#: shape each (:func:`training.refiner.prompt_shape_batches`). (Earlier recipes taught copying the top
 #: candidate, flipping yes/no, or following the caption: docs/results.md#llm-refiner.)
-REFINER_RECIPE = {"llm": "smollm2", "limit": 6000, "sample_seed": 0, "template": ["short", "long", "fewshot"],
+REFINER_RECIPE = {"llm": "smollm2", "limit": 6000, "sample_seed": 0,
+                  "template": ["short", "long", "short", "long", "fewshot"], "batch_by_prompt_shape": True,
                   "example_bank": str(BUNDLED_BANK_DIR), "fewshot_examples": 8,
                   "caption_noise": 0.8, "easy_share": 0.5, "per_confidence": True, "answer_weight": 5.0,
                   "num_train_epochs": 1, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 8,
-                  "learning_rate": 1.5e-3, "lora_r": 16, "lora_alpha": 32,
-                  "train_sampling_strategy": "group_by_length"}  # few-shot chats are ~4x longer: batch by length
+                  "learning_rate": 1.5e-3, "lora_r": 16, "lora_alpha": 32}
 #: how the refiner's questions are dealt among the VQA models: one to the bundled VLE, four to the weak one
 REFINER_EVIDENCE = (VLE_DIR_NAME, WEAK_VLE_DIR_NAME, WEAK_VLE_DIR_NAME, WEAK_VLE_DIR_NAME, WEAK_VLE_DIR_NAME)
 PRETRAIN_DIR_NAME = "vle-easyvqa-pretrain"

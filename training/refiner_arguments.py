@@ -63,6 +63,10 @@ class RefinerArguments:
                 "of the few-shot chats; needed when --template names fewshot"})
     fewshot_examples: int = field(default=8, metadata={
         "help": "most solved examples before the question in a few-shot chat (each chat draws 1 to this many)"})
+    batch_by_prompt_shape: bool = field(default=False, metadata={
+        "help": "batches of one template and one number of solved examples each, drawn at random (no padding of "
+                "short chats to few-shot length; unlike --train_sampling_strategy group_by_length, no grouping by "
+                "content)"})
     template_dir: str = field(default=str(REFINER_TEMPLATE_DIR), metadata={
         "help": "folder of the templates (copied into the adapter, which the pipeline then uses)"})
     answer_weight: float = field(default=1.0, metadata={
