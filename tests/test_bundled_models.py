@@ -111,7 +111,7 @@ def test_bundled_refiner_is_a_small_documented_adapter():
     files = [f for f in REFINER_DIR.rglob("*") if f.is_file()]
     assert sum(f.stat().st_size for f in files) <= 10 * 10**6
     assert (REFINER_DIR / "adapter_model.safetensors").is_file()
-    assert (REFINER_DIR / "templates" / "short.user.txt").is_file()
+    assert all((REFINER_DIR / "templates" / f"{name}.user.txt").is_file() for name in ("short", "long", "fewshot"))
     card = (REFINER_DIR / "README.md").read_text()
     assert "Command" in card and "%" in card
 
@@ -119,7 +119,7 @@ def test_bundled_refiner_is_a_small_documented_adapter():
 def test_bundled_refiner_keeps_the_format_on_real_test_images():
     """The bundled profile (VLE + BLIP + SmolLM2 with the refiner) on a few test questions of each kind: short
     replies are "Explanation: ...\nAnswer: ...", long replies one sentence that works the answer out, then the
-    answer as a person would write it; none falls back."""
+    answer as a person would write it, few-shot replies the short ones after the solved examples; none falls back."""
     import re
 
     from vqa_llm.pipeline import VQALLMPipeline
@@ -145,6 +145,14 @@ def test_bundled_refiner_keeps_the_format_on_real_test_images():
         assert reply.endswith(sentence) and len(sentence.split()) >= 3 and sentence[-1] in ".!?", reply
         assert re.search(rf"\b{re.escape(result.llm_short_answer or '#')}\b", sentence.lower()), reply
         assert not re.search(r"candidate|score|caption|vqa", sentence, re.IGNORECASE), reply
+    # few-shot prompts (solved examples of the committed bank first) get the same reasoning-first reply
+    from vqa_llm.fewshot.locate import BUNDLED_BANK_DIR
+
+    for result in pipe.run_batch(images[::2], questions[::2], template="fewshot", n_examples=8,
+                                 example_bank=BUNDLED_BANK_DIR, max_new_tokens=48):
+        assert result.error is None and not result.llm_fallback, result.llm_reply
+        assert re.fullmatch(r"Explanation: The top candidate [^\n]+[.!?]\nAnswer: [^\n]+", result.llm_reply.strip()), \
+            result.llm_reply
 
 
 def test_committed_example_bank_is_small_and_keyed_by_the_bundled_vle():

@@ -300,7 +300,7 @@ def save_adapter(model, out: Path, args: RefinerArguments) -> None:
     for file in out.glob("adapter_model.*"):
         file.chmod(0o644)  # safetensors writes 0600; the adapter is shared like the other model files
     # a card already there (the bundled refiner's, with measured figures) is kept as it was
-    stub = ADAPTER_CARD.format(llm=portable_path(args.llm), templates=", ".join(args.template))
+    stub = ADAPTER_CARD.format(llm=portable_path(args.llm), templates=", ".join(dict.fromkeys(args.template)))
     card.write_text(kept if kept is not None else stub, encoding="utf-8")
     templates = out / "templates"
     if templates.exists():
