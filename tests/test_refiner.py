@@ -452,6 +452,34 @@ def test_fewshot_chats_put_solved_examples_first_and_get_the_reasoning_reply(tmp
         build_examples(evidence, ["fewshot"], TEMPLATE_DIR / "refiner", attributes, fewshot=["fewshot"])
 
 
+def test_negated_questions_beside_an_unsure_candidate_also_get_a_fewshot_chat_that_quotes_the_negation():
+    from dataclasses import replace
+
+    from prompts.templates import TEMPLATE_DIR
+    from training.refiner_data import build_examples
+
+    attributes = {f"{i}.png": {"color": "red", "shape": "circle"} for i in range(8)}
+    negated = replace(_evidence(0, "a red circle", top="no", score=0.9), question="is there not a red shape?",
+                      answers=["no"] * 10)
+    sure_negated = replace(negated, question_id=1, image="1.png", candidates=[("no", 1.0), ("yes", 0.0)])
+    plain = _evidence(2, "a red circle", score=0.9)
+    bank = [_bank_entry(str(100 + i), "is there not a red shape?", "a red circle", answer="no") for i in range(4)]
+    kwargs = dict(bank=bank, fewshot=["fewshot"], n_examples=3)
+    evidence = [negated, sure_negated, plain]
+    templates = ["short", "long", "short", "long", "fewshot"]
+    without = build_examples(evidence, templates, TEMPLATE_DIR / "refiner", attributes, **kwargs)
+    chats = build_examples(evidence, templates, TEMPLATE_DIR / "refiner", attributes, fewshot_negated=True, **kwargs)
+    assert [(c["question_id"], c["template"]) for c in without] == [(0, "short"), (1, "long"), (2, "short")]
+    # only the unsure negated question gets its second, few-shot chat; its reply keeps the negation
+    assert [(c["question_id"], c["template"]) for c in chats] == [(0, "short"), (0, "fewshot"), (1, "long"),
+                                                                   (2, "short")]
+    extra = chats[1]
+    assert len(extra["messages"]) > 2 and extra["messages"][-1]["content"].endswith(
+        "<question>is there not a red shape?</question>")
+    assert '"no red shape" is false' in extra["reply"] and extra["reply"].endswith("Answer: no")
+    assert extra["reply"] == chats[0]["reply"]
+
+
 def test_prompt_shape_batches_hold_one_shape_each_drawn_at_random():
     from training.refiner import prompt_shape_batches
 

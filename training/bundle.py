@@ -82,7 +82,7 @@ REFINER_DIR_NAME = "smollm2-easyvqa-refiner"
 #: candidate, flipping yes/no, or following the caption: docs/results.md#llm-refiner.)
 REFINER_RECIPE = {"llm": "smollm2", "limit": 6000, "sample_seed": 0,
                   "template": ["short", "long", "short", "long", "fewshot"], "batch_by_prompt_shape": True,
-                  "example_bank": str(BUNDLED_BANK_DIR), "fewshot_examples": 8,
+                  "example_bank": str(BUNDLED_BANK_DIR), "fewshot_examples": 8, "fewshot_negated": True,
                   "caption_noise": 0.8, "easy_share": 0.5, "per_confidence": True, "answer_weight": 5.0,
                   "num_train_epochs": 1, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 8,
                   "learning_rate": 1.5e-3, "lora_r": 16, "lora_alpha": 32}

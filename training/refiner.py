@@ -34,6 +34,7 @@ import shutil
 import sys
 import time
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -199,7 +200,8 @@ def make_examples(args: RefinerArguments) -> tuple[list[dict], list[dict], dict[
     changed = sum(a.caption != b.caption for a, b in zip(evidence, noisy))
     bank = solved_bank(args.example_bank, args.top_k) if FEWSHOT_TEMPLATE in args.template else None
     all_chats = build_examples(noisy, args.template, args.template_dir, attributes, bank=bank,
-                               fewshot=[FEWSHOT_TEMPLATE], n_examples=args.fewshot_examples, seed=args.sample_seed)
+                               fewshot=[FEWSHOT_TEMPLATE], n_examples=args.fewshot_examples, seed=args.sample_seed,
+                               fewshot_negated=args.fewshot_negated)
     chats = select_chats(all_chats, args.easy_share, seed=args.sample_seed, per_confidence=args.per_confidence)
     if not chats:
         raise RefinerError("No training examples: the data has no question whose answer the evidence supports.")
@@ -209,7 +211,8 @@ def make_examples(args: RefinerArguments) -> tuple[list[dict], list[dict], dict[
              "chats": len(chats), "train": len(train), "eval": len(evaluation), "by_source": {},
              "top1_wrong": sum(not c["vqa_top1_correct"] for c in chats),
              "conflicts": sum(c["conflict"] for c in chats),
-             "sure_conflicts": sum(c["conflict"] and c["top1_sure"] for c in chats)}
+             "sure_conflicts": sum(c["conflict"] and c["top1_sure"] for c in chats),
+             "by_template": dict(sorted(Counter(c["template"] for c in chats).items()))}
     for chat in chats:
         stats["by_source"][chat["source"]] = stats["by_source"].get(chat["source"], 0) + 1
     if not train:

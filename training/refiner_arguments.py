@@ -63,6 +63,9 @@ class RefinerArguments:
                 "of the few-shot chats; needed when --template names fewshot"})
     fewshot_examples: int = field(default=8, metadata={
         "help": "most solved examples before the question in a few-shot chat (each chat draws 1 to this many)"})
+    fewshot_negated: bool = field(default=False, metadata={
+        "help": "also a few-shot chat for every negated yes/no question beside an unsure top candidate (the chats "
+                "whose reasoning quotes the claim with its negation), beside the chat of its dealt template"})
     batch_by_prompt_shape: bool = field(default=False, metadata={
         "help": "batches of one template and one number of solved examples each, drawn at random (no padding of "
                 "short chats to few-shot length; unlike --train_sampling_strategy group_by_length, no grouping by "

@@ -317,6 +317,13 @@ def target_reply(ev: Evidence, kind: str, attributes: dict[str, str] | None) -> 
     return f"Answer: {answer}\nExplanation: {explanation(ev, answer, from_caption)}"
 
 
+def is_unsure_negated(ev: Evidence) -> bool:
+    """A yes/no question with a negation ("is there not …", "is no … present") beside a top candidate the prompt
+    shows below 1.00: the chats whose reasoning quotes the claim, negation included."""
+    return (ev.truth in ("yes", "no") and bool(ev.candidates) and not ev.top_is_sure
+            and bool(_NEGATED.search(ev.question.lower())))
+
+
 def solved_examples(ev: Evidence, bank: Sequence[dict], count: int, seed: int = 0) -> list[dict]:
     """``count`` solved examples for a few-shot chat about ``ev``, from ``bank`` (few-shot example dicts with
     ``image_id`` and ``question_type``), most alike first, as the app's nearest-neighbour choice gives them.
@@ -340,7 +347,8 @@ def solved_examples(ev: Evidence, bank: Sequence[dict], count: int, seed: int = 
 
 def build_examples(evidence: Sequence[Evidence], templates: Sequence[str], template_dir: str | Path | None,
                    attributes: dict[str, dict[str, str]] | None = None, bank: Sequence[dict] | None = None,
-                   fewshot: Sequence[str] = (), n_examples: int = 8, seed: int = 0) -> list[dict]:
+                   fewshot: Sequence[str] = (), n_examples: int = 8, seed: int = 0,
+                   fewshot_negated: bool = False) -> list[dict]:
     """Chat examples ``{"messages", "reply", "template", ...}``, one per evidence row, the template dealt in turn.
 
     ``attributes`` maps image paths to their true ``color``/``shape`` (easy-VQA); rows whose true answer no
@@ -348,29 +356,39 @@ def build_examples(evidence: Sequence[Evidence], templates: Sequence[str], templ
     1 to ``n_examples`` solved examples from ``bank`` (:func:`solved_examples`; how many is drawn per chat from
     ``seed`` and the question id), as the app's few-shot prompts do, and
     get the reply of their template's kind all the same: the examples inform, the evidence decides.
+
+    ``fewshot_negated``: a negated yes/no question ("is there not a gray shape?") beside an unsure top candidate
+    also gets a few-shot chat (of the first template in ``fewshot``), beside the chat of its dealt template. Its
+    reply quotes the claim with its negation ("no gray shape") after up to ``n_examples`` solved examples of other
+    images; dealt one chat in five, such chats were too few for that, and the adapter then dropped the negation
+    in few-shot prompts (docs/results.md#llm-refiner).
     """
     wanted = sorted(set(fewshot) & set(templates))
     if wanted and not bank:
         raise ValueError(f"Few-shot chats ({', '.join(wanted)}) need a bank of solved examples.")
     examples, dropped = [], 0
     for i, ev in enumerate(evidence):
-        template = templates[i % len(templates)]
-        reply = target_reply(ev, template_kind(template, template_dir), (attributes or {}).get(ev.image))
-        if reply is None:
-            dropped += 1
-            continue
-        solved = None
-        if template in fewshot:  # 1 to n_examples of them, so the adapter sees prompts of every length up to it
-            count = random.Random(f"{seed}:count:{ev.question_id}").randint(min(1, n_examples), n_examples)
-            solved = solved_examples(ev, bank or (), count, seed)
-        messages = build_messages(template, ev.caption, ev.question, ev.candidates, examples=solved,
-                                  directory=template_dir)
-        top = ev.candidates[0][0] if ev.candidates else None
-        from_caption = caption_answer(ev)
-        examples.append({"messages": messages, "reply": reply, "template": template, "source": ev.source,
-                         "question_id": ev.question_id, "image": ev.image, "vqa_top1_correct": top == ev.truth,
-                         "conflict": from_caption is not None and from_caption != top,
-                         "top1_sure": ev.top_is_sure})
+        dealt = templates[i % len(templates)]
+        chat_templates = [dealt]
+        if fewshot_negated and wanted and dealt not in fewshot and is_unsure_negated(ev):
+            chat_templates.append(wanted[0])
+        for template in chat_templates:
+            reply = target_reply(ev, template_kind(template, template_dir), (attributes or {}).get(ev.image))
+            if reply is None:
+                dropped += template == dealt
+                continue
+            solved = None
+            if template in fewshot:  # 1 to n_examples of them, so the adapter sees prompts of every length
+                count = random.Random(f"{seed}:count:{ev.question_id}").randint(min(1, n_examples), n_examples)
+                solved = solved_examples(ev, bank or (), count, seed)
+            messages = build_messages(template, ev.caption, ev.question, ev.candidates, examples=solved,
+                                      directory=template_dir)
+            top = ev.candidates[0][0] if ev.candidates else None
+            from_caption = caption_answer(ev)
+            examples.append({"messages": messages, "reply": reply, "template": template, "source": ev.source,
+                             "question_id": ev.question_id, "image": ev.image, "vqa_top1_correct": top == ev.truth,
+                             "conflict": from_caption is not None and from_caption != top,
+                             "top1_sure": ev.top_is_sure})
     if dropped:
         logger.info("Left out %d of %d questions: no evidence supports their true answer.", dropped, len(evidence))
     return examples
