@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ctypes
-import ctypes.util
-import functools
 import os
 import stat
 from collections.abc import Iterable, Mapping
@@ -31,6 +28,7 @@ from typing import Any
 
 from PIL import Image
 
+from project_base.memory import release_freed_memory
 from vle.errors import ImageLoadError
 from vle.image_io import load_image_with_geometry
 
@@ -45,24 +43,6 @@ DEFAULT_MAX_SIDE = 1024
 DEFAULT_MAX_PIXELS = 50_000_000
 #: images with more source pixels than this give their decoding memory back to the system when done
 TRIM_AFTER_PIXELS = 4_000_000
-
-
-@functools.lru_cache(maxsize=1)
-def _malloc_trim() -> Any:
-    """glibc's ``malloc_trim``, or ``None`` where the C library is not glibc."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-def release_freed_memory() -> None:
-    """Return the memory that freed objects left in the C allocator to the system. glibc keeps freed blocks for
-    reuse (per thread, and Gradio runs each request in a worker thread), so without this a decoded 7000x7000
-    picture could keep ~150 MB of a server's memory after it was reduced and dropped. No-op elsewhere."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def _megabytes(size: int) -> str:
