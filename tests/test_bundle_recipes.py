@@ -30,6 +30,7 @@ def test_the_refiner_recipe_is_its_command_line(monkeypatch, tmp_path):
     previous = ["--llm", "smollm2", "--limit", "6000", "--seed", "0",
                 "--template", "short", "long", "short", "long", "fewshot",
                 "--example_bank", str(bundle.BUNDLED_BANK_DIR), "--fewshot_examples", "8", "--batch_by_prompt_shape",
+                "--fewshot_negated",
                 "--caption-noise", "0.8", "--easy-share", "0.5", "--per-confidence", "--answer-weight", "5",
                 "--epochs", "1", "--batch-size", "8", "--lr", "1.5e-3", "--lora-r", "16", "--lora-alpha", "32",
                 "--vqa-model", *models, "--captioner", str(tmp_path / "models" / bundle.BLIP_DIR_NAME),
